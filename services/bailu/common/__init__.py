@@ -1,0 +1,1 @@
+"""Code shared by every Bailu service: domain types, errors, settings, logging, metrics."""

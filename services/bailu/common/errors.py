@@ -1,0 +1,139 @@
+"""One error hierarchy for every service.
+
+Each class carries its HTTP status, its OpenAI error `type`/`code` and its gRPC
+status code. The gateway maps them to OpenAI error bodies in one place
+(`bailu.gateway.errors`), the worker to gRPC statuses in one place
+(`bailu.common.grpc_errors`). Anything that is not a `BailuError` is an
+internal error: it is logged with its traceback and reported as a generic
+500/INTERNAL, never leaked.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class BailuError(Exception):
+    """Base class of every error a Bailu service reports to its callers."""
+
+    http_status: ClassVar[int] = 500
+    openai_type: ClassVar[str] = "server_error"
+    openai_code: ClassVar[str | None] = None
+    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+    @property
+    def name(self) -> str:
+        """Stable identifier used to carry the class across the gRPC hop."""
+        return type(self).__name__
+
+
+class InvalidRequest(BailuError):
+    """The request is malformed: bad JSON, wrong types, out-of-range parameters."""
+
+    http_status = 400
+    openai_type = "invalid_request_error"
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class AuthenticationFailed(BailuError):
+    """The API key is missing or unknown."""
+
+    http_status = 401
+    openai_type = "authentication_error"
+    openai_code = "invalid_api_key"
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ModelNotFound(BailuError):
+    """The model or adapter does not exist on any worker."""
+
+    http_status = 404
+    openai_type = "invalid_request_error"
+    openai_code = "model_not_found"
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class NotFound(BailuError):
+    """An unknown URL or resource other than a model."""
+
+    http_status = 404
+    openai_type = "invalid_request_error"
+    openai_code = "not_found"
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class RequestTooLarge(BailuError):
+    """The request body or the prompt is larger than this deployment accepts."""
+
+    http_status = 413
+    openai_type = "invalid_request_error"
+    openai_code = "context_length_exceeded"
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Overloaded(BailuError):
+    """Every worker's queue is full; the client should retry later."""
+
+    http_status = 429
+    openai_type = "rate_limit_error"
+    openai_code = "server_overloaded"
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retryable = True
+
+
+class Unavailable(BailuError):
+    """No worker can take the request now (none ready, or draining)."""
+
+    http_status = 503
+    openai_type = "server_error"
+    openai_code = "service_unavailable"
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+class DeadlineExceeded(BailuError):
+    """The request's deadline passed before it completed."""
+
+    http_status = 504
+    openai_type = "timeout"
+    openai_code = "deadline_exceeded"
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(BailuError):
+    """The caller went away."""
+
+    http_status = 499
+    openai_type = "invalid_request_error"
+    openai_code = "cancelled"
+    grpc_code = grpc.StatusCode.CANCELLED
+
+
+class InternalError(BailuError):
+    """An unexpected failure; details are in the server's log, not in the response."""
+
+
+ERROR_CLASSES: dict[str, type[BailuError]] = {
+    cls.__name__: cls
+    for cls in (
+        InvalidRequest,
+        AuthenticationFailed,
+        ModelNotFound,
+        NotFound,
+        RequestTooLarge,
+        Overloaded,
+        Unavailable,
+        DeadlineExceeded,
+        Cancelled,
+        InternalError,
+    )
+}

@@ -1,0 +1,59 @@
+"""The one mapping between `BailuError` and gRPC statuses, used on both sides of the hop.
+
+The error class travels in the trailing metadata entry `bailu-error` (with
+`bailu-error-param` for the offending field), so that the gateway rebuilds
+the same class the worker raised; a status without it (a dead worker, a
+proxy) is mapped from its code alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from bailu.common.errors import (
+    ERROR_CLASSES,
+    BailuError,
+    Cancelled,
+    DeadlineExceeded,
+    InternalError,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    Unavailable,
+)
+
+ERROR_KEY = "bailu-error"
+PARAM_KEY = "bailu-error-param"
+
+_BY_CODE: dict[grpc.StatusCode, type[BailuError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: ModelNotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: Cancelled,
+}
+
+
+def to_status(error: BailuError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """The gRPC code, details and trailing metadata that report `error`."""
+    metadata: list[tuple[str, str]] = [(ERROR_KEY, error.name)]
+    if error.param:
+        metadata.append((PARAM_KEY, error.param))
+    return error.grpc_code, error.message, tuple(metadata)
+
+
+def from_status(
+    code: grpc.StatusCode | None, details: str | None, metadata: Sequence[tuple[str, str | bytes]] | None
+) -> BailuError:
+    """Rebuild the error a worker reported (or infer one from a bare status)."""
+    entries = {k: v if isinstance(v, str) else v.decode() for k, v in (metadata or ())}
+    cls = ERROR_CLASSES.get(entries.get(ERROR_KEY, ""))
+    if cls is None:
+        cls = _BY_CODE.get(code or grpc.StatusCode.UNKNOWN, InternalError)
+        if cls is InternalError or code is grpc.StatusCode.UNAVAILABLE:
+            # Transport failures: the text is grpc-internal, not for clients.
+            return cls("the inference worker failed" if cls is InternalError else "inference worker unavailable")
+    return cls(details or cls.__doc__ or cls.__name__, param=entries.get(PARAM_KEY))

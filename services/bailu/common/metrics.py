@@ -1,0 +1,78 @@
+"""Every Prometheus metric Bailu exports, defined once.
+
+Dashboards, alerts, autoscaling triggers and tests refer to these names.
+Each service creates its metrics on its own registry (no global state).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Buckets for latencies from a millisecond to a minute.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# gateway
+GATEWAY_REQUESTS = "bailu_gateway_requests_total"
+GATEWAY_REQUEST_DURATION = "bailu_gateway_request_duration_seconds"
+GATEWAY_TTFT = "bailu_gateway_time_to_first_token_seconds"
+GATEWAY_TOKENS = "bailu_gateway_completion_tokens_total"
+GATEWAY_INFLIGHT = "bailu_gateway_inflight_requests"
+GATEWAY_RETRIES = "bailu_gateway_worker_retries_total"
+GATEWAY_WORKERS_READY = "bailu_gateway_workers_ready"
+
+# worker
+WORKER_REQUESTS = "bailu_worker_requests_total"
+WORKER_QUEUED = "bailu_worker_queued_requests"
+WORKER_RUNNING = "bailu_worker_running_requests"
+WORKER_CAPACITY = "bailu_worker_capacity"
+WORKER_READY = "bailu_worker_ready"
+WORKER_TTFT = "bailu_worker_time_to_first_token_seconds"
+WORKER_TOKENS = "bailu_worker_generated_tokens_total"
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            GATEWAY_REQUESTS,
+            "HTTP API requests by route and status code",
+            ["route", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            GATEWAY_REQUEST_DURATION,
+            "Time from request to the end of the response",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            GATEWAY_TTFT,
+            "Time from request to the first generated token, as seen by the gateway",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(GATEWAY_TOKENS, "Completion tokens sent to clients", ["model"], registry=registry)
+        self.inflight = Gauge(GATEWAY_INFLIGHT, "Completions in progress", registry=registry)
+        self.retries = Counter(
+            GATEWAY_RETRIES, "Requests retried on another worker before the first token", registry=registry
+        )
+        self.workers_ready = Gauge(GATEWAY_WORKERS_READY, "Workers reporting ready", registry=registry)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            WORKER_REQUESTS, "Generate calls by outcome (ok or the error name)", ["outcome"], registry=registry
+        )
+        self.queued = Gauge(WORKER_QUEUED, "Requests waiting for an engine slot", registry=registry)
+        self.running = Gauge(WORKER_RUNNING, "Requests being generated", registry=registry)
+        self.capacity = Gauge(WORKER_CAPACITY, "Requests the engine runs at once", registry=registry)
+        self.ready = Gauge(WORKER_READY, "1 once the model is loaded and warmed up", registry=registry)
+        self.ttft = Histogram(
+            WORKER_TTFT,
+            "Time from admission to the first generated token",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(WORKER_TOKENS, "Tokens generated", registry=registry)

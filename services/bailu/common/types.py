@@ -1,0 +1,150 @@
+"""Domain types that cross the gateway → worker hop.
+
+Protobuf stops at the edges (`bailu.common.wire`); everything inside uses these.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+from bailu.common.errors import InvalidRequest
+
+MAX_STOP_SEQUENCES = 4
+ROLES = frozenset({"system", "user", "assistant"})
+
+
+class FinishReason(enum.StrEnum):
+    """Why generation stopped (OpenAI's `finish_reason`)."""
+
+    STOP = "stop"
+    LENGTH = "length"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling parameters; `None` means the engine's default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def validate(self) -> None:
+        """Raise `InvalidRequest` naming the first out-of-range parameter."""
+        _check_range("max_tokens", self.max_tokens, 1, 1 << 20)
+        _check_range("temperature", self.temperature, 0.0, 2.0)
+        _check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _check_range("top_k", self.top_k, 0, 1 << 20)
+        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _check_range("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
+        if len(self.stop) > MAX_STOP_SEQUENCES:
+            raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop")
+        if any(not s for s in self.stop):
+            raise InvalidRequest("stop sequences must be non-empty", param="stop")
+
+
+def _check_range(
+    name: str, value: float | None, low: float, high: float, *, low_open: bool = False
+) -> None:
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(f"{name} must be a finite number", param=name)
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        bracket = "(" if low_open else "["
+        raise InvalidRequest(f"{name} must be in {bracket}{low}, {high}], got {value}", param=name)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """One completion to generate: chat messages or a raw prompt, never both."""
+
+    request_id: str
+    model: str
+    messages: tuple[ChatMessage, ...] | None = None
+    prompt: str | None = None
+    adapter: str = ""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    deadline: float | None = None  # Unix time in seconds
+
+    def validate(self) -> None:
+        """Raise `InvalidRequest` for a request no engine could serve."""
+        if (self.messages is None) == (self.prompt is None):
+            raise InvalidRequest("exactly one of messages or prompt must be given", param="messages")
+        if self.messages is not None:
+            if not self.messages:
+                raise InvalidRequest("messages must contain at least one message", param="messages")
+            for i, message in enumerate(self.messages):
+                if message.role not in ROLES:
+                    raise InvalidRequest(
+                        f"messages[{i}].role must be one of {sorted(ROLES)}", param=f"messages[{i}].role"
+                    )
+            if self.messages[-1].role == "assistant":
+                raise InvalidRequest(
+                    "the last message must be from the user or the system", param="messages"
+                )
+        elif not self.prompt:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        self.sampling.validate()
+
+    @property
+    def served_model(self) -> str:
+        return f"{self.model}:{self.adapter}" if self.adapter else self.model
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateChunk:
+    """A piece of a streamed completion; the last one has `finish_reason` and `usage`."""
+
+    text: str
+    token_count: int = 0
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    served_model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    name: str
+    kind: str = "base"  # "base" or "adapter"
+    base_model: str = ""
+    max_model_len: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    queued: int
+    running: int
+    capacity: int
+    max_queue: int
+    ready: bool
+
+    @property
+    def free_slots(self) -> int:
+        """How many more requests the worker takes before they wait or are refused."""
+        return self.capacity + self.max_queue - self.queued - self.running

@@ -1,0 +1,116 @@
+"""Conversions between protobuf messages and domain types: the only place both meet."""
+
+from __future__ import annotations
+
+from bailu.common.types import (
+    ChatMessage,
+    FinishReason,
+    GenerateChunk,
+    GenerateRequest,
+    LoadReport,
+    ModelCard,
+    SamplingParams,
+    Usage,
+)
+from bailu.v1 import worker_pb2 as pb
+
+_FINISH_TO_PB = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH}
+_FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
+_OPTIONAL_SAMPLING = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "seed",
+)
+
+
+def request_to_pb(req: GenerateRequest) -> pb.GenerateRequest:
+    sampling = pb.SamplingParams(stop=list(req.sampling.stop))
+    for name in _OPTIONAL_SAMPLING:
+        value = getattr(req.sampling, name)
+        if value is not None:
+            setattr(sampling, name, value)
+    msg = pb.GenerateRequest(
+        request_id=req.request_id,
+        model=req.model,
+        adapter=req.adapter,
+        sampling=sampling,
+        deadline_unix_ms=int(req.deadline * 1000) if req.deadline else 0,
+    )
+    if req.messages is not None:
+        msg.chat.messages.extend(pb.ChatMessage(role=m.role, content=m.content) for m in req.messages)
+    elif req.prompt is not None:
+        msg.prompt = req.prompt
+    return msg
+
+
+def request_from_pb(msg: pb.GenerateRequest) -> GenerateRequest:
+    s = msg.sampling
+    sampling = SamplingParams(
+        stop=tuple(s.stop),
+        **{name: getattr(s, name) for name in _OPTIONAL_SAMPLING if s.HasField(name)},  # type: ignore[arg-type]
+    )
+    which = msg.WhichOneof("input")
+    return GenerateRequest(
+        request_id=msg.request_id,
+        model=msg.model,
+        adapter=msg.adapter,
+        messages=tuple(ChatMessage(m.role, m.content) for m in msg.chat.messages) if which == "chat" else None,
+        prompt=msg.prompt if which == "prompt" else None,
+        sampling=sampling,
+        deadline=msg.deadline_unix_ms / 1000 if msg.deadline_unix_ms else None,
+    )
+
+
+def chunk_to_pb(chunk: GenerateChunk) -> pb.GenerateResponse:
+    msg = pb.GenerateResponse(
+        text_delta=chunk.text, token_count=chunk.token_count, served_model=chunk.served_model
+    )
+    if chunk.finish_reason is not None:
+        msg.finish_reason = _FINISH_TO_PB[chunk.finish_reason]
+    if chunk.usage is not None:
+        msg.usage.prompt_tokens = chunk.usage.prompt_tokens
+        msg.usage.completion_tokens = chunk.usage.completion_tokens
+    return msg
+
+
+def chunk_from_pb(msg: pb.GenerateResponse) -> GenerateChunk:
+    return GenerateChunk(
+        text=msg.text_delta,
+        token_count=msg.token_count,
+        finish_reason=_FINISH_FROM_PB.get(msg.finish_reason),
+        usage=Usage(msg.usage.prompt_tokens, msg.usage.completion_tokens) if msg.HasField("usage") else None,
+        served_model=msg.served_model,
+    )
+
+
+def card_to_pb(card: ModelCard) -> pb.ModelCard:
+    return pb.ModelCard(
+        name=card.name, kind=card.kind, base_model=card.base_model, max_model_len=card.max_model_len
+    )
+
+
+def card_from_pb(msg: pb.ModelCard) -> ModelCard:
+    return ModelCard(
+        name=msg.name, kind=msg.kind, base_model=msg.base_model, max_model_len=msg.max_model_len
+    )
+
+
+def load_to_pb(load: LoadReport) -> pb.LoadReport:
+    return pb.LoadReport(
+        queued=load.queued,
+        running=load.running,
+        capacity=load.capacity,
+        max_queue=load.max_queue,
+        ready=load.ready,
+    )
+
+
+def load_from_pb(msg: pb.LoadReport) -> LoadReport:
+    return LoadReport(
+        queued=msg.queued, running=msg.running, capacity=msg.capacity, max_queue=msg.max_queue, ready=msg.ready
+    )

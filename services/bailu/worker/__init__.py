@@ -1,0 +1,1 @@
+"""The inference worker: a gRPC server over a pluggable generation engine."""

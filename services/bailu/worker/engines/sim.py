@@ -1,0 +1,94 @@
+"""A synthetic engine with configurable speed, for load and autoscaling tests.
+
+It produces words from a fixed text at a set pace. It is a tool for
+measuring the platform around the model, never a stand-in for a model in a
+test that claims to test generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from bailu.common.errors import RequestTooLarge
+from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
+from bailu.worker.engines.base import Engine
+from bailu.worker.settings import WorkerSettings
+
+_TEXT = (
+    "white dew settles on the grass at dawn the light is thin and gold a heron lifts from the reeds "
+    "and the river carries the last of the night away "
+).split()
+
+
+class SimEngine(Engine):
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        ttft_s: float,
+        itl_s: float,
+        output_tokens: int,
+        capacity: int,
+        max_model_len: int = 4096,
+        default_max_tokens: int = 256,
+        load_s: float = 0.0,
+    ) -> None:
+        super().__init__(model_name, max_model_len, default_max_tokens)
+        self.ttft_s = ttft_s
+        self.itl_s = itl_s
+        self.output_tokens = output_tokens
+        self._capacity = capacity
+        self.load_s = load_s
+        self.active = 0  # generations in progress, observable by tests
+        self.tokens_generated = 0
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> SimEngine:
+        return cls(
+            settings.model_name,
+            ttft_s=settings.sim_ttft_ms / 1000,
+            itl_s=settings.sim_itl_ms / 1000,
+            output_tokens=settings.sim_output_tokens,
+            capacity=settings.max_batch_size,
+            max_model_len=settings.max_model_len,
+            default_max_tokens=settings.default_max_tokens,
+            load_s=settings.sim_load_s,
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.load_s)
+
+    async def load_adapter(self, name: str, path: str) -> ModelCard:
+        self.adapters[name] = path
+        return next(card for card in self.models() if card.name == name)
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        text = request.prompt if request.prompt is not None else " ".join(m.content for m in request.messages or ())
+        prompt_tokens = max(1, len(text.split()))
+        if prompt_tokens >= self.max_model_len:
+            raise RequestTooLarge(
+                f"the prompt has {prompt_tokens} tokens; this model accepts at most {self.max_model_len - 1}",
+                param="messages" if request.messages is not None else "prompt",
+            )
+        n = min(self.output_tokens, self.max_new_tokens(request, prompt_tokens))
+        served = request.served_model
+        self.active += 1
+        try:
+            start = time.monotonic()
+            for i in range(n):
+                # Sleep to an absolute schedule so that the pace holds under load.
+                due = start + self.ttft_s + i * self.itl_s
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                self.tokens_generated += 1
+                word = _TEXT[i % len(_TEXT)]
+                yield GenerateChunk(text=word if i == 0 else " " + word, token_count=1, served_model=served)
+            finish = FinishReason.LENGTH if n == request.sampling.max_tokens else FinishReason.STOP
+            yield GenerateChunk("", 0, finish, Usage(prompt_tokens, n), served)
+        finally:
+            self.active -= 1

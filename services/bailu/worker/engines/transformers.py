@@ -1,0 +1,242 @@
+"""The `transformers` engine: ms-swift's TransformersEngine on CPU (or a GPU).
+
+Serving goes through ms-swift so that prompts are built with the same chat
+templates as training; LoRA adapters are selected per request with
+ms-swift's `AdapterRequest`. ms-swift batches requests that share sampling
+parameters and adapter (`max_batch_size`).
+
+Cancellation: every request's row in a batch is tagged with a private id
+(carried in `InferRequest.objects`); a logits processor installed through
+ms-swift's `pre_infer_hook` forces end-of-sequence on rows whose request is
+no longer live, so a cancelled request stops generating at the next token
+without disturbing the other rows of its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from bailu.common.errors import InvalidRequest, ModelNotFound, RequestTooLarge
+from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
+from bailu.worker.engines.base import Engine
+from bailu.worker.engines.stops import StopStringFilter
+from bailu.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+_ROW_TAG = "bailu_row"
+
+
+class _StopCancelledRows(LogitsProcessor):
+    """Force end-of-sequence on the rows of a batch whose request was cancelled."""
+
+    def __init__(self, tags: list[str], live: set[str], eos_token_id: int) -> None:
+        self.tags = tags
+        self.live = live
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, tag in enumerate(self.tags):
+            if tag not in self.live and row < scores.shape[0]:
+                scores[row, :] = -float("inf")
+                scores[row, self.eos_token_id] = 0.0
+        return scores
+
+
+class TransformersEngine(Engine):
+    def __init__(
+        self,
+        model_name: str,
+        model_path: Path,
+        *,
+        model_type: str,
+        template: str,
+        max_model_len: int,
+        default_max_tokens: int,
+        max_batch_size: int,
+        torch_threads: int = 0,
+    ) -> None:
+        super().__init__(model_name, max_model_len, default_max_tokens)
+        self.model_path = model_path
+        self.model_type = model_type
+        self.template_type = template
+        self.max_batch_size = max_batch_size
+        self.torch_threads = torch_threads
+        self._swift: Any = None
+        self._eos_token_id = 0
+        self._live: set[str] = set()  # tags of requests still wanted; read by the generate thread
+        self._live_lock = threading.Lock()
+        self._swift_adapter_names: dict[str, str] = {}
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> TransformersEngine:
+        if settings.model_path is None:
+            raise ValueError("BAILU_WORKER_MODEL_PATH must name a model directory for the transformers engine")
+        return cls(
+            settings.model_name,
+            settings.model_path,
+            model_type=settings.model_type,
+            template=settings.template,
+            max_model_len=settings.max_model_len,
+            default_max_tokens=settings.default_max_tokens,
+            max_batch_size=settings.max_batch_size,
+            torch_threads=settings.torch_threads,
+        )
+
+    @property
+    def capacity(self) -> int:
+        return self.max_batch_size
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        if not (self.model_path / "config.json").is_file():
+            raise FileNotFoundError(f"no Hugging Face checkpoint at {self.model_path} (config.json missing)")
+        # Local files only: the hubs are never contacted.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("USE_HF", "1")
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        from swift.infer_engine import TransformersEngine as SwiftTransformersEngine
+
+        self._swift = SwiftTransformersEngine(
+            str(self.model_path),
+            model_type=self.model_type,
+            template_type=self.template_type,
+            max_batch_size=self.max_batch_size,
+            use_hf=True,
+        )
+        self._swift.max_model_len = self.max_model_len
+        self._swift.template.max_length = self.max_model_len
+        eos = self._swift.tokenizer.eos_token_id
+        self._eos_token_id = int(eos[0] if isinstance(eos, list) else eos)
+        log.info("model loaded", extra={"model_path": str(self.model_path), "model": self.model_name})
+
+    def _infer_request(self, request: GenerateRequest, tag: str) -> Any:
+        from swift.infer_engine import InferRequest
+
+        if request.messages is not None:
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        else:
+            # As ms-swift's own server does for /v1/completions: the prompt is one user turn.
+            messages = [{"role": "user", "content": request.prompt or ""}]
+        return InferRequest(messages=messages, objects={_ROW_TAG: [tag]})
+
+    def _count_prompt_tokens(self, request: GenerateRequest) -> int:
+        from swift.template.base import MaxLengthError
+
+        try:
+            encoded = self._swift.template.encode(self._infer_request(request, "count"))
+        except MaxLengthError as exc:
+            raise RequestTooLarge(
+                f"the prompt is longer than this model's context of {self.max_model_len} tokens",
+                param="messages" if request.messages is not None else "prompt",
+            ) from exc
+        return len(encoded["input_ids"])
+
+    def _pre_infer_hook(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        tags = [inputs.objects.get(_ROW_TAG, [""])[0] for inputs in kwargs["template_inputs"]]
+        kwargs["inputs"]["logits_processor"] = LogitsProcessorList(
+            [_StopCancelledRows(tags, self._live, self._eos_token_id)]
+        )
+        return kwargs
+
+    def _request_config(self, request: GenerateRequest, max_tokens: int) -> Any:
+        from swift.infer_engine import RequestConfig
+
+        s = request.sampling
+        return RequestConfig(
+            max_tokens=max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k or None,
+            repetition_penalty=s.repetition_penalty,
+            presence_penalty=s.presence_penalty or 0.0,
+            frequency_penalty=s.frequency_penalty or 0.0,
+            stop=list(s.stop),
+            seed=s.seed,
+            stream=True,
+        )
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        from swift.infer_engine import AdapterRequest
+
+        prompt_tokens = await asyncio.to_thread(self._count_prompt_tokens, request)
+        if prompt_tokens >= self.max_model_len:
+            raise RequestTooLarge(
+                f"the prompt has {prompt_tokens} tokens; this model's context is {self.max_model_len}",
+                param="messages" if request.messages is not None else "prompt",
+            )
+        max_tokens = self.max_new_tokens(request, prompt_tokens)
+        adapter_request = None
+        if request.adapter:
+            if request.adapter not in self.adapters:
+                raise ModelNotFound(f"adapter '{request.adapter}' is not loaded", param="model")
+            adapter_request = AdapterRequest(
+                self._swift_adapter_names[request.adapter], self.adapters[request.adapter]
+            )
+        tag = uuid.uuid4().hex
+        with self._live_lock:
+            self._live.add(tag)
+        stops = StopStringFilter(request.sampling.stop)
+        served = request.served_model
+        completion_tokens = 0
+        try:
+            stream = await self._swift.infer_async(
+                self._infer_request(request, tag),
+                self._request_config(request, max_tokens),
+                adapter_request=adapter_request,
+                pre_infer_hook=self._pre_infer_hook,
+            )
+            async for response in stream:
+                choice = response.choices[0]
+                tokens = response.usage.completion_tokens - completion_tokens
+                completion_tokens = response.usage.completion_tokens
+                text = stops.feed(choice.delta.content or "")
+                if choice.finish_reason is not None or stops.stopped:
+                    text += stops.flush()
+                    if text:
+                        yield GenerateChunk(text, tokens, served_model=served)
+                        tokens = 0
+                    stopped = stops.stopped or choice.finish_reason == "stop"
+                    finish = FinishReason.STOP if stopped else FinishReason.LENGTH
+                    yield GenerateChunk("", tokens, finish, Usage(prompt_tokens, completion_tokens), served)
+                    return
+                if text or tokens:
+                    yield GenerateChunk(text, tokens, served_model=served)
+        finally:
+            with self._live_lock:
+                self._live.discard(tag)
+
+    async def load_adapter(self, name: str, path: str) -> ModelCard:
+        if self.adapters.get(name) == path:
+            return self._card(name)
+        config = Path(path) / "adapter_config.json"
+        if not config.is_file():
+            raise ModelNotFound(f"no LoRA adapter at '{path}' (adapter_config.json missing)", param="path")
+        try:
+            from peft import PeftConfig
+
+            await asyncio.to_thread(PeftConfig.from_pretrained, path)
+        except (ValueError, OSError) as exc:
+            raise InvalidRequest(f"'{path}' is not a valid LoRA adapter: {exc}", param="path") from exc
+        # ms-swift caches adapters by name: a new path gets a new internal name.
+        digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
+        self._swift_adapter_names[name] = f"{name}-{digest}"
+        self.adapters[name] = path
+        return self._card(name)
+
+    def _card(self, name: str) -> ModelCard:
+        return next(card for card in self.models() if card.name == name)

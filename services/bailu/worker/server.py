@@ -1,0 +1,116 @@
+"""Build and run the worker: gRPC server, health, reflection, probes, model loading, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from bailu.common.metrics import WorkerMetrics
+from bailu.v1 import worker_pb2 as pb
+from bailu.v1 import worker_pb2_grpc as pb_grpc
+from bailu.worker.admission import Admission
+from bailu.worker.engines import Engine, create_engine
+from bailu.worker.probes import ProbeServer
+from bailu.worker.servicer import InferenceWorkerServicer
+from bailu.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceWorker"].full_name
+
+
+class WorkerServer:
+    """The worker process's servers. `start()` listens at once and loads the model in the background;
+    health reports SERVING only after the model is loaded and one warm-up generation ran."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        engine: Engine | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or create_engine(settings)
+        self.registry = registry or CollectorRegistry()
+        self.metrics = WorkerMetrics(self.registry)
+        self.admission = Admission(self.engine.capacity, settings.max_queue)
+        self.metrics.capacity.set(self.engine.capacity)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        )
+        pb_grpc.add_InferenceWorkerServicer_to_server(
+            InferenceWorkerServicer(self.engine, self.admission, self.metrics), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = 0
+        self.probes = ProbeServer(settings.host, settings.http_port, self.is_ready, self.registry)
+        self.loaded: asyncio.Task[None] | None = None
+
+    def is_ready(self) -> bool:
+        return self.admission.ready and not self.admission.draining
+
+    async def start(self) -> None:
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if not self.port:
+            raise OSError(f"cannot bind gRPC port {self.settings.host}:{self.settings.port}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        await self.probes.start()
+        log.info("worker listening", extra={"grpc_port": self.port, "http_port": self.probes.port})
+        self.loaded = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        started = time.monotonic()
+        await self.engine.start()
+        for name, path in self.settings.adapters.items():
+            await self.engine.load_adapter(name, str(path))
+        loaded = time.monotonic()
+        if self.settings.warmup:
+            await self.engine.warmup()
+        self.admission.ready = True
+        self.metrics.ready.set(1)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "worker ready",
+            extra={
+                "engine": self.settings.engine.value,
+                "model": self.engine.model_name,
+                "load_s": round(loaded - started, 2),
+                "warmup_s": round(time.monotonic() - loaded, 2),
+            },
+        )
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the model is loaded and warmed up; re-raises a loading failure."""
+        assert self.loaded is not None, "start() first"
+        await asyncio.wait_for(asyncio.shield(self.loaded), timeout)
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: refuse new work, let in-flight requests finish within the grace period, then stop."""
+        grace = self.settings.drain_grace_s if grace_s is None else grace_s
+        log.info("draining", extra={"running": self.admission.running, "queued": self.admission.queued})
+        self.metrics.ready.set(0)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.loaded is not None and not self.loaded.done():
+            self.loaded.cancel()
+        deadline = time.monotonic() + grace
+        finished = await self.admission.drain(grace)
+        await self.server.stop(max(0.0, deadline - time.monotonic()) if finished else 0)
+        await self.probes.close()
+        await self.engine.close()
+        log.info("worker stopped", extra={"drained": finished})

@@ -1,0 +1,117 @@
+"""The gRPC servicer: protobuf at the edge, admission control, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from bailu.common import wire
+from bailu.common.errors import BailuError, Cancelled, InternalError, InvalidRequest
+from bailu.common.grpc_errors import to_status
+from bailu.common.logging import request_id_var
+from bailu.common.metrics import WorkerMetrics
+from bailu.v1 import worker_pb2 as pb
+from bailu.v1 import worker_pb2_grpc as pb_grpc
+from bailu.worker.admission import Admission
+from bailu.worker.engines.base import Engine
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BailuError) -> None:
+    code, details, metadata = to_status(error)
+    await context.abort(code, details, metadata)
+
+
+class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
+    def __init__(self, engine: Engine, admission: Admission, metrics: WorkerMetrics) -> None:
+        self.engine = engine
+        self.admission = admission
+        self.metrics = metrics
+
+    def _sync_gauges(self) -> None:
+        self.metrics.queued.set(self.admission.queued)
+        self.metrics.running.set(self.admission.running)
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        metadata = dict(context.invocation_metadata() or ())
+        rid = request.request_id or str(metadata.get(REQUEST_ID_KEY, "")) or uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        outcome = "ok"
+        try:
+            req = wire.request_from_pb(request)
+            req.validate()
+            self.engine.check_target(req)
+            start = time.monotonic()
+            async with self.admission.slot(req.deadline):
+                self._sync_gauges()
+                first = True
+                stream = self.engine.generate(req)
+                try:
+                    async for chunk in stream:
+                        if first:
+                            self.metrics.ttft.observe(time.monotonic() - start)
+                            first = False
+                        self.metrics.tokens.inc(chunk.token_count)
+                        yield wire.chunk_to_pb(chunk)
+                finally:
+                    await stream.aclose()  # type: ignore[attr-defined]
+        except BailuError as exc:
+            outcome = exc.name
+            log.info("generate failed", extra={"error": exc.name, "reason": exc.message})
+            await _abort(context, exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = Cancelled.__name__
+            log.info("generate cancelled by the caller")
+            raise
+        except Exception:
+            outcome = InternalError.__name__
+            log.exception("generate failed unexpectedly")
+            await _abort(context, InternalError("the engine failed; see the worker's log"))
+        finally:
+            self._sync_gauges()
+            self.metrics.requests.labels(outcome).inc()
+            request_id_var.reset(token)
+
+    async def ListModels(  # noqa: N802
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[wire.card_to_pb(card) for card in self.engine.models()],
+            engine=type(self.engine).__name__.removesuffix("Engine").lower(),
+        )
+
+    async def LoadAdapter(  # noqa: N802
+        self, request: pb.LoadAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LoadAdapterResponse:
+        try:
+            if not request.name or not request.path:
+                raise InvalidRequest("name and path are required", param="name" if not request.name else "path")
+            card = await self.engine.load_adapter(request.name, request.path)
+        except BailuError as exc:
+            await _abort(context, exc)
+        log.info("adapter loaded", extra={"adapter": request.name, "path": request.path})
+        return pb.LoadAdapterResponse(model=wire.card_to_pb(card))
+
+    async def UnloadAdapter(  # noqa: N802
+        self, request: pb.UnloadAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnloadAdapterResponse:
+        try:
+            await self.engine.unload_adapter(request.name)
+        except BailuError as exc:
+            await _abort(context, exc)
+        return pb.UnloadAdapterResponse()
+
+    async def GetLoad(  # noqa: N802
+        self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LoadReport:
+        return wire.load_to_pb(self.admission.report())
