@@ -63,7 +63,10 @@ class GatewayMetrics:
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            WORKER_REQUESTS, "Generate calls by outcome (ok or the error name)", ["outcome"], registry=registry
+            WORKER_REQUESTS,
+            "Generate calls by outcome (ok or the error name)",
+            ["outcome"],
+            registry=registry,
         )
         self.queued = Gauge(WORKER_QUEUED, "Requests waiting for an engine slot", registry=registry)
         self.running = Gauge(WORKER_RUNNING, "Requests being generated", registry=registry)

@@ -57,9 +57,7 @@ class SamplingParams:
             raise InvalidRequest("stop sequences must be non-empty", param="stop")
 
 
-def _check_range(
-    name: str, value: float | None, low: float, high: float, *, low_open: bool = False
-) -> None:
+def _check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False) -> None:
     if value is None:
         return
     if isinstance(value, float) and not math.isfinite(value):
@@ -95,9 +93,7 @@ class GenerateRequest:
                         f"messages[{i}].role must be one of {sorted(ROLES)}", param=f"messages[{i}].role"
                     )
             if self.messages[-1].role == "assistant":
-                raise InvalidRequest(
-                    "the last message must be from the user or the system", param="messages"
-                )
+                raise InvalidRequest("the last message must be from the user or the system", param="messages")
         elif not self.prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         self.sampling.validate()

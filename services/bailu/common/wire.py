@@ -52,7 +52,7 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerateRequest:
     s = msg.sampling
     sampling = SamplingParams(
         stop=tuple(s.stop),
-        **{name: getattr(s, name) for name in _OPTIONAL_SAMPLING if s.HasField(name)},  # type: ignore[arg-type]
+        **{name: getattr(s, name) for name in _OPTIONAL_SAMPLING if s.HasField(name)},
     )
     which = msg.WhichOneof("input")
     return GenerateRequest(
@@ -67,9 +67,7 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerateRequest:
 
 
 def chunk_to_pb(chunk: GenerateChunk) -> pb.GenerateResponse:
-    msg = pb.GenerateResponse(
-        text_delta=chunk.text, token_count=chunk.token_count, served_model=chunk.served_model
-    )
+    msg = pb.GenerateResponse(text_delta=chunk.text, token_count=chunk.token_count, served_model=chunk.served_model)
     if chunk.finish_reason is not None:
         msg.finish_reason = _FINISH_TO_PB[chunk.finish_reason]
     if chunk.usage is not None:
@@ -89,15 +87,11 @@ def chunk_from_pb(msg: pb.GenerateResponse) -> GenerateChunk:
 
 
 def card_to_pb(card: ModelCard) -> pb.ModelCard:
-    return pb.ModelCard(
-        name=card.name, kind=card.kind, base_model=card.base_model, max_model_len=card.max_model_len
-    )
+    return pb.ModelCard(name=card.name, kind=card.kind, base_model=card.base_model, max_model_len=card.max_model_len)
 
 
 def card_from_pb(msg: pb.ModelCard) -> ModelCard:
-    return ModelCard(
-        name=msg.name, kind=msg.kind, base_model=msg.base_model, max_model_len=msg.max_model_len
-    )
+    return ModelCard(name=msg.name, kind=msg.kind, base_model=msg.base_model, max_model_len=msg.max_model_len)
 
 
 def load_to_pb(load: LoadReport) -> pb.LoadReport:
@@ -112,5 +106,9 @@ def load_to_pb(load: LoadReport) -> pb.LoadReport:
 
 def load_from_pb(msg: pb.LoadReport) -> LoadReport:
     return LoadReport(
-        queued=msg.queued, running=msg.running, capacity=msg.capacity, max_queue=msg.max_queue, ready=msg.ready
+        queued=msg.queued,
+        running=msg.running,
+        capacity=msg.capacity,
+        max_queue=msg.max_queue,
+        ready=msg.ready,
     )

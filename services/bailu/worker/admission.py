@@ -39,9 +39,8 @@ class Admission:
             raise Unavailable("the worker is draining")
         if not self.ready:
             raise Unavailable("the worker is not ready yet")
-        if self._slots.locked() or self.queued:
-            if self.queued >= self.max_queue:
-                raise Overloaded("the worker's queue is full", retry_after_s=1.0)
+        if (self._slots.locked() or self.queued) and self.queued >= self.max_queue:
+            raise Overloaded("the worker's queue is full", retry_after_s=1.0)
         self.queued += 1
         self._idle.clear()
         try:

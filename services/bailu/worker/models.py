@@ -68,7 +68,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
             str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
         )
         # The weights are plain tensors now; detach the GGUF quantizer so that they can be saved.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)
@@ -117,10 +117,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to create")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.kind == "smollm2":
-        path = convert_gguf(smollm2_gguf_path(), args.out)
-    else:
-        path = build_tiny_llama(args.out)
+    path = convert_gguf(smollm2_gguf_path(), args.out) if args.kind == "smollm2" else build_tiny_llama(args.out)
     print(path)
 
 

@@ -41,7 +41,7 @@ class ProbeServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), 10)
-            while (line := await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+            while await asyncio.wait_for(reader.readline(), 10) not in (b"\r\n", b"\n", b""):
                 pass
             parts = request_line.decode("latin-1").split()
             status, ctype, body = self._route(*parts[:2]) if len(parts) >= 2 else (400, "text/plain", b"")

@@ -40,7 +40,7 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
         self.metrics.queued.set(self.admission.queued)
         self.metrics.running.set(self.admission.running)
 
-    async def Generate(  # noqa: N802 - gRPC method name
+    async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         metadata = dict(context.invocation_metadata() or ())
@@ -82,7 +82,7 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
             self.metrics.requests.labels(outcome).inc()
             request_id_var.reset(token)
 
-    async def ListModels(  # noqa: N802
+    async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
@@ -90,7 +90,7 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
             engine=type(self.engine).__name__.removesuffix("Engine").lower(),
         )
 
-    async def LoadAdapter(  # noqa: N802
+    async def LoadAdapter(
         self, request: pb.LoadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadAdapterResponse:
         try:
@@ -102,7 +102,7 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
         log.info("adapter loaded", extra={"adapter": request.name, "path": request.path})
         return pb.LoadAdapterResponse(model=wire.card_to_pb(card))
 
-    async def UnloadAdapter(  # noqa: N802
+    async def UnloadAdapter(
         self, request: pb.UnloadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> pb.UnloadAdapterResponse:
         try:
@@ -111,7 +111,5 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
             await _abort(context, exc)
         return pb.UnloadAdapterResponse()
 
-    async def GetLoad(  # noqa: N802
-        self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext
-    ) -> pb.LoadReport:
+    async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.LoadReport:
         return wire.load_to_pb(self.admission.report())

@@ -39,9 +39,7 @@ class WorkerSettings(ServiceSettings):
         4096, ge=16, description="Context length in tokens (prompt plus output) the worker accepts."
     )
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
-    max_batch_size: int = Field(
-        4, ge=1, description="Requests the engine generates at once (transformers: one batch)."
-    )
+    max_batch_size: int = Field(4, ge=1, description="Requests the engine generates at once (transformers: one batch).")
     max_queue: int = Field(32, ge=0, description="Requests that may wait for a slot; more are refused.")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch (0: torch's default).")
     adapters: dict[str, Path] = Field(
@@ -49,12 +47,8 @@ class WorkerSettings(ServiceSettings):
         description='LoRA adapters to load at start, as JSON: {"name": "/path/to/adapter"}.',
     )
     warmup: bool = Field(True, description="Run one generation before reporting ready.")
-    drain_grace_s: float = Field(
-        30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish."
-    )
+    drain_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
     sim_ttft_ms: float = Field(50.0, ge=0, description="sim engine: time to first token in milliseconds.")
     sim_itl_ms: float = Field(10.0, ge=0, description="sim engine: time between tokens in milliseconds.")
-    sim_output_tokens: int = Field(
-        64, ge=1, description="sim engine: tokens generated when max_tokens allows."
-    )
+    sim_output_tokens: int = Field(64, ge=1, description="sim engine: tokens generated when max_tokens allows.")
     sim_load_s: float = Field(0.0, ge=0, description="sim engine: simulated model loading time in seconds.")

@@ -16,10 +16,38 @@ from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, Mod
 from bailu.worker.engines.base import Engine
 from bailu.worker.settings import WorkerSettings
 
-_TEXT = (
-    "white dew settles on the grass at dawn the light is thin and gold a heron lifts from the reeds "
-    "and the river carries the last of the night away "
-).split()
+_TEXT = [
+    "white",
+    "dew",
+    "settles",
+    "on",
+    "the",
+    "grass",
+    "at",
+    "dawn",
+    "the",
+    "light",
+    "is",
+    "thin",
+    "and",
+    "gold",
+    "a",
+    "heron",
+    "lifts",
+    "from",
+    "the",
+    "reeds",
+    "and",
+    "the",
+    "river",
+    "carries",
+    "the",
+    "last",
+    "of",
+    "the",
+    "night",
+    "away",
+]
 
 
 class SimEngine(Engine):

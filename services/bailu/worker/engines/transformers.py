@@ -184,9 +184,7 @@ class TransformersEngine(Engine):
         if request.adapter:
             if request.adapter not in self.adapters:
                 raise ModelNotFound(f"adapter '{request.adapter}' is not loaded", param="model")
-            adapter_request = AdapterRequest(
-                self._swift_adapter_names[request.adapter], self.adapters[request.adapter]
-            )
+            adapter_request = AdapterRequest(self._swift_adapter_names[request.adapter], self.adapters[request.adapter])
         tag = uuid.uuid4().hex
         with self._live_lock:
             self._live.add(tag)
@@ -233,7 +231,7 @@ class TransformersEngine(Engine):
         except (ValueError, OSError) as exc:
             raise InvalidRequest(f"'{path}' is not a valid LoRA adapter: {exc}", param="path") from exc
         # ms-swift caches adapters by name: a new path gets a new internal name.
-        digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(path.encode()).hexdigest()[:12]
         self._swift_adapter_names[name] = f"{name}-{digest}"
         self.adapters[name] = path
         return self._card(name)

@@ -1,0 +1,100 @@
+"""The one mapping from errors to OpenAI-style HTTP error bodies."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from bailu.common.errors import BailuError, InternalError, InvalidRequest, NotFound
+
+log = logging.getLogger(__name__)
+
+
+def error_body(error: BailuError) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.openai_type,
+            "param": error.param,
+            "code": error.openai_code,
+        }
+    }
+
+
+def error_response(error: BailuError) -> JSONResponse:
+    headers = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    return JSONResponse(error_body(error), status_code=error.http_status, headers=headers)
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    param = ""
+    for part in loc:
+        if part in ("body",) and not param:
+            continue
+        if isinstance(part, int):
+            param += f"[{part}]"
+        elif isinstance(part, str) and (part.startswith(("function-", "list[")) or part in ("str", "int")):
+            continue  # pydantic's union-branch markers
+        else:
+            param += f".{part}" if param else str(part)
+    return param or None
+
+
+def from_validation_error(errors: list[Any]) -> InvalidRequest:
+    """The first validation problem as a 400 naming the offending field."""
+    first = errors[0] if errors else {}
+    kind = first.get("type", "")
+    param = _loc_to_param(tuple(first.get("loc", ())))
+    if kind == "json_invalid":
+        return InvalidRequest("the request body is not valid JSON")
+    if kind == "extra_forbidden":
+        return InvalidRequest(f"unrecognized request argument supplied: {param}", param=param)
+    if kind == "missing":
+        return InvalidRequest(f"missing required parameter: {param}", param=param)
+    if param is None and kind in ("model_attributes_type", "dict_type"):
+        return InvalidRequest("the request body must be a JSON object")
+    return InvalidRequest(f"invalid value for {param}: {first.get('msg', 'invalid')}", param=param)
+
+
+def install(app: Any) -> None:
+    """Register the exception handlers: every error leaves as an OpenAI error body."""
+
+    @app.exception_handler(BailuError)
+    async def _bailu(request: Request, exc: BailuError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(from_validation_error(list(exc.errors())))
+
+    @app.exception_handler(ValidationError)
+    async def _validation(request: Request, exc: ValidationError) -> JSONResponse:
+        return error_response(from_validation_error(list(exc.errors())))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(NotFound(f"unknown URL: {request.method} {request.url.path}"))
+        if exc.status_code == 405:
+            error = InvalidRequest(f"method {request.method} is not allowed on {request.url.path}")
+            response = error_response(error)
+            response.status_code = 405
+            return response
+        error = InvalidRequest(str(exc.detail))
+        response = error_response(error)
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(InternalError("the server had an error processing your request"))

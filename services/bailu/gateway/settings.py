@@ -1,0 +1,53 @@
+"""Settings of the gateway (environment prefix `BAILU_GATEWAY_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from bailu.common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="BAILU_GATEWAY_", extra="ignore", frozen=True)
+
+    host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
+    workers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Static worker gRPC addresses, comma-separated host:port."
+    )
+    workers_dns: str = Field(
+        "",
+        description="A DNS name:port that resolves to every worker (a headless Service); re-resolved "
+        "every discovery_interval_s.",
+    )
+    discovery_interval_s: float = Field(5.0, gt=0, description="How often workers_dns is resolved again.")
+    load_poll_interval_s: float = Field(
+        0.5, gt=0, description="How often each worker's load, readiness and models are polled."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of API key hashes, one `sha256:<hex>` per line (a mounted Secret)."
+    )
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="API key hashes, comma-separated `sha256:<hex>`."
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (413 above).")
+    max_prompt_chars: int = Field(
+        32_000, ge=1, description="Largest prompt, in characters over all messages, accepted (413 above)."
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline of a completion, passed to the worker over gRPC (504 past it)."
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Workers tried for one request, retrying only before the first token."
+    )
+
+    @field_validator("workers", "api_key_hashes", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value

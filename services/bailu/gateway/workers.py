@@ -1,0 +1,211 @@
+"""Worker discovery, load polling and least-loaded choice.
+
+Protobuf stops here: `WorkerClient` speaks gRPC and hands out domain types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from bailu.common import wire
+from bailu.common.errors import ModelNotFound, Unavailable
+from bailu.common.grpc_errors import from_status
+from bailu.common.types import GenerateChunk, GenerateRequest, LoadReport, ModelCard
+from bailu.v1 import worker_pb2 as pb
+from bailu.v1 import worker_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+class WorkerClient:
+    """One worker: its channel, its last load report and models, and this gateway's calls in flight."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self.stub = pb_grpc.InferenceWorkerStub(self.channel)
+        self.load: LoadReport | None = None
+        self.models: list[ModelCard] = []
+        self.inflight = 0
+        self.failed_at = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self.load is not None and self.load.ready
+
+    def score(self) -> float:
+        """Lower is better: the larger of this gateway's calls in flight and the worker's own count,
+        per engine slot."""
+        load = self.load
+        assert load is not None
+        busy = max(self.inflight, load.running + load.queued)
+        return busy / max(1, load.capacity)
+
+    def serves(self, model: str, adapter: str) -> bool:
+        if not adapter:
+            return any(c.kind == "base" and c.name == model for c in self.models)
+        return any(c.kind == "adapter" and c.name == adapter and c.base_model == model for c in self.models)
+
+    async def refresh(self, timeout: float) -> None:
+        """Poll load and models; on failure the worker counts as not ready until the next success."""
+        try:
+            load = await self.stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
+            models = await self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if self.load is not None and self.load.ready:
+                log.warning("worker unreachable", extra={"worker": self.address, "code": exc.code().name})
+            self.load = None
+            return
+        self.load = wire.load_from_pb(load)
+        self.models = [wire.card_from_pb(m) for m in models.models]
+
+    async def generate(self, request: GenerateRequest, timeout: float | None) -> AsyncIterator[GenerateChunk]:
+        """Stream a completion; gRPC failures become `BailuError`s. Closing the iterator cancels the call."""
+        call = self.stub.Generate(
+            wire.request_to_pb(request), timeout=timeout, metadata=(("x-request-id", request.request_id),)
+        )
+        self.inflight += 1
+        try:
+            async for message in call:
+                yield wire.chunk_from_pb(message)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                self.load = None  # stop routing here until the next successful poll
+                self.failed_at = time.monotonic()
+            raise from_status(exc.code(), exc.details(), exc.trailing_metadata()) from None
+        finally:
+            self.inflight -= 1
+            call.cancel()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class WorkerPool:
+    """The workers the gateway knows: static addresses plus those a DNS name resolves to."""
+
+    def __init__(
+        self,
+        addresses: list[str],
+        dns_target: str = "",
+        *,
+        poll_interval_s: float = 0.5,
+        discovery_interval_s: float = 5.0,
+    ) -> None:
+        self.static = list(addresses)
+        self.dns_target = dns_target
+        self.poll_interval_s = poll_interval_s
+        self.discovery_interval_s = discovery_interval_s
+        self.workers: dict[str, WorkerClient] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing: set[asyncio.Future[None]] = set()
+
+    async def start(self) -> None:
+        await self.discover()
+        await self.refresh()
+        self._tasks = [asyncio.create_task(self._poll_loop())]
+        if self.dns_target:
+            self._tasks.append(asyncio.create_task(self._discovery_loop()))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(w.close() for w in self.workers.values()))
+        self.workers.clear()
+
+    async def _resolve(self) -> list[str]:
+        host, _, port = self.dns_target.rpartition(":")
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError) as exc:
+            log.warning("worker DNS lookup failed", extra={"target": self.dns_target, "error": str(exc)})
+            return [a for a in self.workers if a not in self.static]  # keep what we had
+        addresses = set()
+        for info in infos:
+            ip, resolved_port = str(info[4][0]), int(info[4][1])
+            addresses.add(f"[{ip}]:{resolved_port}" if ":" in ip else f"{ip}:{resolved_port}")
+        return sorted(addresses)
+
+    async def discover(self) -> None:
+        wanted = set(self.static)
+        if self.dns_target:
+            wanted.update(await self._resolve())
+        for address in wanted - self.workers.keys():
+            self.workers[address] = WorkerClient(address)
+            log.info("worker added", extra={"worker": address})
+        for address in set(self.workers) - wanted:
+            worker = self.workers.pop(address)
+            log.info("worker removed", extra={"worker": address})
+            # Let calls in flight finish before the channel closes.
+            asyncio.get_running_loop().call_later(30, self._close_later, worker)
+
+    def _close_later(self, worker: WorkerClient) -> None:
+        task = asyncio.ensure_future(worker.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def refresh(self) -> None:
+        timeout = max(0.2, self.poll_interval_s * 2)
+        await asyncio.gather(*(w.refresh(timeout) for w in list(self.workers.values())))
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # never let the loop die
+                log.exception("worker poll failed")
+
+    async def _discovery_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.discovery_interval_s)
+            try:
+                await self.discover()
+            except Exception:
+                log.exception("worker discovery failed")
+
+    def ready_workers(self) -> list[WorkerClient]:
+        return [w for w in self.workers.values() if w.ready]
+
+    def models(self) -> list[ModelCard]:
+        """Every model and adapter some ready worker serves, by name."""
+        cards: dict[str, ModelCard] = {}
+        for worker in self.ready_workers():
+            for card in worker.models:
+                cards.setdefault(card.name, card)
+        return sorted(cards.values(), key=lambda c: (c.kind != "base", c.name))
+
+    def resolve(self, name: str) -> tuple[str, str]:
+        """Map a client's model name to (base model, adapter)."""
+        for card in self.models():
+            if card.name == name:
+                return (card.base_model, card.name) if card.kind == "adapter" else (card.name, "")
+        if not self.ready_workers():
+            raise Unavailable("no inference worker is ready", retry_after_s=2.0)
+        raise ModelNotFound(f"the model '{name}' does not exist", param="model")
+
+    def pick(self, model: str, adapter: str, exclude: set[str]) -> WorkerClient:
+        """The least-loaded ready worker that serves the model (ties broken at random)."""
+        candidates = [w for w in self.ready_workers() if w.address not in exclude and w.serves(model, adapter)]
+        if not candidates:
+            raise Unavailable("no inference worker can take this request now", retry_after_s=2.0)
+        best = min(w.score() for w in candidates)
+        return random.choice([w for w in candidates if w.score() == best])
