@@ -23,12 +23,14 @@ class BailuError(Exception):
     openai_code: ClassVar[str | None] = None
     grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
     retryable: ClassVar[bool] = False
+    # Sent as Retry-After when the raiser gives no better estimate.
+    default_retry_after_s: ClassVar[float | None] = None
 
     def __init__(self, message: str, *, param: str | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
-        self.retry_after_s = retry_after_s
+        self.retry_after_s = retry_after_s if retry_after_s is not None else self.default_retry_after_s
 
     @property
     def name(self) -> str:
@@ -88,6 +90,7 @@ class Overloaded(BailuError):
     openai_code = "server_overloaded"
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     retryable = True
+    default_retry_after_s = 1.0
 
 
 class Unavailable(BailuError):
@@ -98,6 +101,7 @@ class Unavailable(BailuError):
     openai_code = "service_unavailable"
     grpc_code = grpc.StatusCode.UNAVAILABLE
     retryable = True
+    default_retry_after_s = 2.0
 
 
 class DeadlineExceeded(BailuError):

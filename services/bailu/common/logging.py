@@ -50,3 +50,16 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     # Libraries that log every access or configure their own handlers.
     for noisy in ("uvicorn.access", "httpx", "swift", "transformers", "modelscope"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def reclaim_logging(*library_loggers: str) -> None:
+    """Undo what a library's import did to logging (ms-swift raises the root handlers' level to ERROR
+    and prints through handlers of its own): every record goes through the JSON handler again, and
+    the named libraries log warnings and errors only."""
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.NOTSET)
+    for name in library_loggers:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.WARNING)

@@ -51,6 +51,7 @@ class SamplingParams:
         _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
         _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         _check_range("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
+        _check_range("seed", self.seed, -(1 << 63), (1 << 63) - 1)  # int64 on the wire
         if len(self.stop) > MAX_STOP_SEQUENCES:
             raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop")
         if any(not s for s in self.stop):

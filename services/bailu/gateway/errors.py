@@ -35,6 +35,11 @@ def error_response(error: BailuError) -> JSONResponse:
     return JSONResponse(error_body(error), status_code=error.http_status, headers=headers)
 
 
+def _is_branch_marker(part: Any) -> bool:
+    """pydantic's union-branch markers in an error's `loc` (`str`, `list[str]`, ...)."""
+    return isinstance(part, str) and (part.startswith(("function-", "list[")) or part in ("str", "int"))
+
+
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     param = ""
     for part in loc:
@@ -42,16 +47,35 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
             continue
         if isinstance(part, int):
             param += f"[{part}]"
-        elif isinstance(part, str) and (part.startswith(("function-", "list[")) or part in ("str", "int")):
-            continue  # pydantic's union-branch markers
+        elif _is_branch_marker(part):
+            continue
         else:
             param += f".{part}" if param else str(part)
     return param or None
 
 
+def _most_specific(errors: list[Any]) -> Any:
+    """The error to report. For a union field (`str | list[str]`) pydantic reports every branch, the `str`
+    branch first; a branch whose type matched but whose value did not (a list too long, a bad part) says
+    more than "Input should be a valid string"."""
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    branch = next((i for i, part in enumerate(loc) if _is_branch_marker(part)), None)
+    if branch is None:
+        return first
+    for error in errors:
+        other = tuple(error.get("loc", ()))
+        if other[:branch] != loc[:branch] or len(other) <= branch or not _is_branch_marker(other[branch]):
+            continue
+        type_mismatch = len(other) == branch + 1 and str(error.get("type", "")).endswith("_type")
+        if not type_mismatch:
+            return error
+    return first
+
+
 def from_validation_error(errors: list[Any]) -> InvalidRequest:
     """The first validation problem as a 400 naming the offending field."""
-    first = errors[0] if errors else {}
+    first = _most_specific(errors) if errors else {}
     kind = first.get("type", "")
     param = _loc_to_param(tuple(first.get("loc", ())))
     if kind == "json_invalid":

@@ -199,13 +199,13 @@ class WorkerPool:
             if card.name == name:
                 return (card.base_model, card.name) if card.kind == "adapter" else (card.name, "")
         if not self.ready_workers():
-            raise Unavailable("no inference worker is ready", retry_after_s=2.0)
+            raise Unavailable("no inference worker is ready")
         raise ModelNotFound(f"the model '{name}' does not exist", param="model")
 
     def pick(self, model: str, adapter: str, exclude: set[str]) -> WorkerClient:
         """The least-loaded ready worker that serves the model (ties broken at random)."""
         candidates = [w for w in self.ready_workers() if w.address not in exclude and w.serves(model, adapter)]
         if not candidates:
-            raise Unavailable("no inference worker can take this request now", retry_after_s=2.0)
+            raise Unavailable("no inference worker can take this request now")
         best = min(w.score() for w in candidates)
         return random.choice([w for w in candidates if w.score() == best])

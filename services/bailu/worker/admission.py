@@ -40,7 +40,7 @@ class Admission:
         if not self.ready:
             raise Unavailable("the worker is not ready yet")
         if (self._slots.locked() or self.queued) and self.queued >= self.max_queue:
-            raise Overloaded("the worker's queue is full", retry_after_s=1.0)
+            raise Overloaded("the worker's queue is full")
         self.queued += 1
         self._idle.clear()
         try:
@@ -49,16 +49,23 @@ class Admission:
                 await asyncio.wait_for(self._slots.acquire(), timeout)
             except TimeoutError:
                 raise DeadlineExceeded("the request's deadline passed while it waited in the queue") from None
-        finally:
+        except BaseException:
+            # Timed out or cancelled while queued: it may have been the last request, and drain() waits for idle.
             self.queued -= 1
+            self._set_idle_if_empty()
+            raise
+        self.queued -= 1
         self.running += 1
         try:
             yield
         finally:
             self.running -= 1
             self._slots.release()
-            if not self.running and not self.queued:
-                self._idle.set()
+            self._set_idle_if_empty()
+
+    def _set_idle_if_empty(self) -> None:
+        if not self.running and not self.queued:
+            self._idle.set()
 
     async def drain(self, grace_s: float) -> bool:
         """Refuse new work and wait up to `grace_s` for admitted work; True if all finished."""

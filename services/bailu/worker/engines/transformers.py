@@ -28,6 +28,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from bailu.common.errors import InvalidRequest, ModelNotFound, RequestTooLarge
+from bailu.common.logging import reclaim_logging
 from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
 from bailu.worker.engines.base import Engine
 from bailu.worker.engines.stops import StopStringFilter
@@ -111,6 +112,7 @@ class TransformersEngine(Engine):
             torch.set_num_threads(self.torch_threads)
         from swift.infer_engine import TransformersEngine as SwiftTransformersEngine
 
+        reclaim_logging("swift", "modelscope")
         self._swift = SwiftTransformersEngine(
             str(self.model_path),
             model_type=self.model_type,

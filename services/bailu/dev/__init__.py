@@ -1,0 +1,1 @@
+"""The local stack that `make dev` runs: Redis, a worker and the gateway as local processes."""

@@ -1,0 +1,193 @@
+"""Shared fixtures: real servers on free ports, waited for with a timeout, logs shown on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from bailu.gateway.app import create_app
+from bailu.gateway.auth import KeyStore, hash_key
+from bailu.gateway.settings import GatewaySettings
+from bailu.worker.server import WorkerServer
+from bailu.worker.settings import WorkerSettings
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL_DIR = REPO / ".cache" / "models" / "tiny-llama"
+SMOLLM2_DIR = REPO / ".cache" / "models" / "smollm2-135m-instruct"
+TEST_KEY = "bailu-test-key"
+MODEL = "test-model"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """The tiny random Llama with SmolLM2's tokenizer (`make tiny-model` builds it; built here if missing)."""
+    from bailu.worker.models import build_tiny_llama
+
+    return build_tiny_llama(TINY_MODEL_DIR)
+
+
+WorkerFactory = Callable[..., Awaitable[WorkerServer]]
+
+
+@pytest.fixture
+async def start_worker() -> AsyncIterator[WorkerFactory]:
+    """Start in-process workers (real gRPC servers on free ports); `engine="sim"` unless overridden."""
+    servers: list[WorkerServer] = []
+
+    async def start(**overrides: Any) -> WorkerServer:
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "http_port": 0,
+            "engine": "sim",
+            "model_name": MODEL,
+            "sim_ttft_ms": 5,
+            "sim_itl_ms": 2,
+            "drain_grace_s": 5,
+        }
+        values.update(overrides)
+        server = WorkerServer(WorkerSettings(**values))
+        await server.start()
+        servers.append(server)
+        await server.wait_ready(120)
+        return server
+
+    yield start
+    await asyncio.gather(*(s.stop(0) for s in servers))
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    app: Any
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TEST_KEY}"}
+
+    async def wait_workers_ready(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.app.state.pool.ready_workers()) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {count} workers ready after {timeout}s")
+            await asyncio.sleep(0.05)
+
+
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[GatewayFactory]:
+    """Start the gateway app under a real uvicorn server on a free port, in this event loop."""
+    running: list[RunningGateway] = []
+
+    async def start(workers: list[str], *, wait_ready: bool = True, **overrides: Any) -> RunningGateway:
+        port = free_port()
+        values: dict[str, Any] = {"host": "127.0.0.1", "port": port, "workers": workers, "load_poll_interval_s": 0.1}
+        values.update(overrides)
+        settings = GatewaySettings(**values)
+        app = create_app(settings, keys=KeyStore([hash_key(TEST_KEY)]))
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+        )
+        task = asyncio.create_task(server.serve())
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if task.done():
+                task.result()
+            if time.monotonic() > deadline:
+                raise TimeoutError("gateway did not start")
+            await asyncio.sleep(0.02)
+        gateway = RunningGateway(f"http://127.0.0.1:{port}", app, server, task)
+        running.append(gateway)
+        if workers and wait_ready:
+            await gateway.wait_workers_ready(len(workers))
+        return gateway
+
+    yield start
+    for gateway in running:
+        gateway.server.should_exit = True
+    await asyncio.gather(*(g.task for g in running), return_exceptions=True)
+
+
+@dataclass
+class WorkerProcess:
+    """A worker in its own process (`python -m bailu.worker`), for tests that kill it."""
+
+    popen: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def spawn_worker(tmp_path: Path, name: str, **env: str) -> WorkerProcess:
+    port, http_port = free_port(), free_port()
+    log_path = tmp_path / f"{name}.log"
+    environ = {
+        **os.environ,
+        "BAILU_WORKER_HOST": "127.0.0.1",
+        "BAILU_WORKER_PORT": str(port),
+        "BAILU_WORKER_HTTP_PORT": str(http_port),
+        "BAILU_WORKER_ENGINE": "sim",
+        "BAILU_WORKER_MODEL_NAME": MODEL,
+        **{f"BAILU_WORKER_{k.upper()}": v for k, v in env.items()},
+    }
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "bailu.worker"], env=environ, stdout=log, stderr=subprocess.STDOUT
+        )
+    process = WorkerProcess(popen, port, log_path)
+    deadline = time.monotonic() + 60
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        if popen.poll() is not None or time.monotonic() > deadline:
+            popen.kill()
+            raise RuntimeError(f"worker process {name} did not become ready:\n{process.log()}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def worker_processes(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def spawn(name: str, **env: str) -> WorkerProcess:
+        process = spawn_worker(tmp_path, name, **env)
+        started.append(process)
+        return process
+
+    yield spawn
+    for process in started:
+        if process.popen.poll() is None:
+            process.popen.kill()
+        process.popen.wait()

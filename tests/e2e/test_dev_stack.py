@@ -1,0 +1,146 @@
+"""End to end: the processes `make dev` starts (`python -m bailu.dev`), the real SmolLM2 model,
+and the official `openai` client."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import openai
+import pytest
+from bailu.dev.__main__ import READY_MARKER
+from bailu.dev.stack import port_free
+
+from tests.conftest import REPO, SMOLLM2_DIR, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+MODEL = "smollm2-135m-instruct"
+PROMPT = [{"role": "user", "content": "Write a short poem about autumn light."}]
+
+
+@dataclass
+class DevStack:
+    url: str
+    key: str
+    process: subprocess.Popen[str]
+    ports: list[int]
+    output: list[str]
+
+
+@pytest.fixture(scope="module")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    state = tmp_path_factory.mktemp("dev-state")
+    ports = [free_port() for _ in range(4)]
+    argv = [
+        sys.executable, "-m", "bailu.dev",
+        "--state-dir", str(state), "--model-dir", str(SMOLLM2_DIR),
+        "--gateway-port", str(ports[0]), "--worker-port", str(ports[1]),
+        "--worker-http-port", str(ports[2]), "--redis-port", str(ports[3]),
+    ]  # fmt: skip
+    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 600
+    url = None
+    while url is None:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            line = ""
+        output.append(line)
+        if line.startswith(READY_MARKER):
+            url = line.split()[-1]
+        elif process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (state / "logs").glob("*.log"))
+            pytest.fail(f"`python -m bailu.dev` did not get ready:\n{''.join(output)}\n{logs}")
+    key = (state / "api-key").read_text().strip()
+    stack = DevStack(url, key, process, ports, output)
+    yield stack
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
+@pytest.fixture
+def client(dev_stack: DevStack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{dev_stack.url}/v1", api_key=dev_stack.key, max_retries=0, timeout=120)
+
+
+def test_models_lists_smollm2(client: openai.OpenAI) -> None:
+    assert MODEL in [m.id for m in client.models.list()]
+
+
+def test_chat_completion(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=48)  # type: ignore[arg-type]
+    text = completion.choices[0].message.content
+    assert text
+    assert text.strip()
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None
+    assert 0 < completion.usage.completion_tokens <= 48
+
+
+def test_streamed_chat_completion(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=PROMPT,  # type: ignore[arg-type]
+        max_tokens=48,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        usage = chunk.usage or usage
+    assert "".join(pieces).strip()
+    assert len([p for p in pieces if p]) > 1, "the answer should arrive in several pieces"
+    assert finish in ("stop", "length")
+    assert usage is not None
+    assert usage.completion_tokens > 0
+
+
+def test_text_completion(client: openai.OpenAI) -> None:
+    completion = client.completions.create(model=MODEL, prompt="Autumn light is", max_tokens=12)
+    assert completion.choices[0].text.strip()
+
+
+def test_errors_reach_the_client_as_openai_errors(client: openai.OpenAI, dev_stack: DevStack) -> None:
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.chat.completions.create(model="no-such-model", messages=PROMPT)  # type: ignore[arg-type]
+    assert not_found.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=-5)  # type: ignore[arg-type]
+    assert bad.value.param == "max_tokens"
+    anonymous = openai.OpenAI(base_url=f"{dev_stack.url}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.models.list()
+
+
+def test_ctrl_c_stops_every_process(dev_stack: DevStack) -> None:
+    """Runs last in this module (pytest keeps file order): stopping the stack frees every port."""
+    dev_stack.process.send_signal(signal.SIGINT)
+    assert dev_stack.process.wait(60) == 0
+    deadline = time.monotonic() + 10
+    while not all(port_free(p) for p in dev_stack.ports[:3]):
+        assert time.monotonic() < deadline, "a process of the stack is still listening"
+        time.sleep(0.2)

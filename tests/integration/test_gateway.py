@@ -1,0 +1,298 @@
+"""The gateway over real HTTP and real gRPC workers (sim engine): routing, streaming, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+from bailu.common import metrics as metric_names
+from bailu.worker.engines.sim import SimEngine
+
+from tests.conftest import MODEL, TEST_KEY
+from tests.integration.test_worker_grpc import wait_for
+
+CHAT = "/v1/chat/completions"
+
+
+def chat_body(**kwargs: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "a poem about dew"}]}
+    body.update(kwargs)
+    return body
+
+
+async def sse_events(response: httpx.Response) -> list[Any]:
+    events = []
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+@pytest.fixture
+async def http():
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+async def test_chat_completion_non_streaming(start_worker, start_gateway, http) -> None:
+    worker = await start_worker(sim_output_tokens=7)
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    response = await http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["id"].startswith("chatcmpl-")
+    assert body["model"] == MODEL
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert len(choice["message"]["content"].split()) == 7
+    assert choice["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == 7
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 7
+    assert response.headers["x-request-id"]
+
+
+async def test_chat_completion_streaming(start_worker, start_gateway, http) -> None:
+    worker = await start_worker(sim_output_tokens=5)
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    body = chat_body(stream=True, stream_options={"include_usage": True}, max_tokens=5)
+    async with http.stream("POST", gateway.url + CHAT, json=body, headers=gateway.headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = await sse_events(response)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert content.split() == ["white", "dew", "settles", "on", "the"]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == "length"
+    assert set(finishes[:-1]) == {None}
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
+    assert len({c["id"] for c in chunks}) == 1
+
+
+async def test_text_completion_and_models(start_worker, start_gateway, http) -> None:
+    worker = await start_worker(sim_output_tokens=100)
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    response = await http.post(
+        gateway.url + "/v1/completions", json={"model": MODEL, "prompt": "Once"}, headers=gateway.headers
+    )
+    body = response.json()
+    assert body["object"] == "text_completion"
+    # OpenAI's default max_tokens for completions is 16.
+    assert body["usage"]["completion_tokens"] == 16
+    assert body["choices"][0]["finish_reason"] == "length"
+    models = (await http.get(gateway.url + "/v1/models", headers=gateway.headers)).json()
+    assert [m["id"] for m in models["data"]] == [MODEL]
+
+
+async def test_request_id_is_kept(start_worker, start_gateway, http) -> None:
+    worker = await start_worker()
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    headers = {**gateway.headers, "X-Request-Id": "client-chosen-id-42"}
+    response = await http.post(gateway.url + CHAT, json=chat_body(), headers=headers)
+    assert response.headers["x-request-id"] == "client-chosen-id-42"
+
+
+async def test_least_loaded_worker_is_chosen(start_worker, start_gateway, http) -> None:
+    busy = await start_worker(sim_ttft_ms=1500, max_batch_size=1, max_queue=8)
+    idle = await start_worker(sim_ttft_ms=1500, max_batch_size=1, max_queue=8)
+    gateway = await start_gateway([f"127.0.0.1:{busy.port}", f"127.0.0.1:{idle.port}"])
+    tasks = [
+        asyncio.create_task(http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)) for _ in range(2)
+    ]
+    await wait_for(lambda: busy.admission.running + idle.admission.running == 2, 5.0)
+    # Two requests, two workers with one slot each: one each, nobody queued.
+    assert busy.admission.running == idle.admission.running == 1
+    assert busy.admission.queued == idle.admission.queued == 0
+    for task in tasks:
+        assert (await task).status_code == 200
+
+
+async def test_client_disconnect_cancels_the_worker_stream(start_worker, start_gateway) -> None:
+    worker = await start_worker(sim_output_tokens=100_000, sim_itl_ms=5)
+    engine = worker.engine
+    assert isinstance(engine, SimEngine)
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    async with httpx.AsyncClient(timeout=30) as client:
+        body = chat_body(stream=True, max_tokens=100_000)
+        async with client.stream("POST", gateway.url + CHAT, json=body, headers=gateway.headers) as response:
+            lines = 0
+            async for line in response.aiter_lines():
+                lines += line.startswith("data: ")
+                if lines >= 5:
+                    break
+        assert engine.active == 1
+    await wait_for(lambda: engine.active == 0, 5.0)
+    produced = engine.tokens_generated
+    await asyncio.sleep(0.2)
+    assert engine.tokens_generated == produced < 5000
+
+
+async def test_non_streaming_client_disconnect_cancels_too(start_worker, start_gateway) -> None:
+    worker = await start_worker(sim_output_tokens=100_000, sim_itl_ms=5)
+    engine = worker.engine
+    assert isinstance(engine, SimEngine)
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    async with httpx.AsyncClient(timeout=0.5) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post(gateway.url + CHAT, json=chat_body(max_tokens=100_000), headers=gateway.headers)
+    await wait_for(lambda: engine.active == 0, 5.0)
+
+
+async def test_deadline_gives_504(start_worker, start_gateway, http) -> None:
+    worker = await start_worker(sim_ttft_ms=3000)
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"], request_timeout_s=0.3)
+    response = await http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)
+    assert response.status_code == 504
+    assert response.json()["error"]["type"] == "timeout"
+    await wait_for(lambda: worker.admission.running == 0, 2.0)
+
+
+async def test_saturated_workers_give_429_with_retry_after(start_worker, start_gateway, http) -> None:
+    worker = await start_worker(sim_ttft_ms=1000, max_batch_size=1, max_queue=0)
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    first = asyncio.create_task(http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers))
+    await wait_for(lambda: worker.admission.running == 1, 2.0)
+    response = await http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "server_overloaded"
+    assert int(response.headers["retry-after"]) >= 1
+    assert (await first).status_code == 200
+
+
+async def test_no_ready_worker_gives_503(start_gateway, http) -> None:
+    gateway = await start_gateway(["127.0.0.1:1"], wait_ready=False)  # nothing listens there
+    assert (await http.get(gateway.url + "/readyz")).status_code == 503
+    response = await http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "service_unavailable"
+    assert "retry-after" in response.headers
+
+
+async def test_unknown_model_gives_404(start_worker, start_gateway, http) -> None:
+    worker = await start_worker()
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    response = await http.post(gateway.url + CHAT, json=chat_body(model="gpt-17"), headers=gateway.headers)
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "message": "the model 'gpt-17' does not exist",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+
+
+async def test_worker_killed_before_first_token_is_retried(worker_processes, start_gateway, http) -> None:
+    a = worker_processes("a", sim_ttft_ms="1500")
+    b = worker_processes("b", sim_ttft_ms="1500")
+    gateway = await start_gateway([a.address, b.address])
+    pool = gateway.app.state.pool
+    task = asyncio.create_task(http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers))
+    await wait_for(lambda: any(w.inflight for w in pool.workers.values()), 5.0)
+    chosen = next(w.address for w in pool.workers.values() if w.inflight)
+    victim = a if chosen == a.address else b
+    victim.popen.send_signal(signal.SIGKILL)
+    response = await task
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] > 0
+    metrics = (await http.get(gateway.url + "/metrics")).text
+    assert f"{metric_names.GATEWAY_RETRIES} 1.0" in metrics
+
+
+async def test_worker_killed_after_first_token_ends_stream_with_error(worker_processes, start_gateway, http) -> None:
+    a = worker_processes("a", sim_output_tokens="100000", sim_itl_ms="10")
+    b = worker_processes("b", sim_output_tokens="100000", sim_itl_ms="10")
+    gateway = await start_gateway([a.address, b.address])
+    pool = gateway.app.state.pool
+    events: list[Any] = []
+    started = time.monotonic()
+    body = chat_body(stream=True, max_tokens=100_000)
+    async with http.stream("POST", gateway.url + CHAT, json=body, headers=gateway.headers) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+            if len(events) == 3:
+                chosen = next(w.address for w in pool.workers.values() if w.inflight)
+                (a if chosen == a.address else b).popen.send_signal(signal.SIGKILL)
+    assert time.monotonic() - started < 20
+    errors = [e for e in events if isinstance(e, dict) and "error" in e]
+    assert len(errors) == 1
+    assert errors[0]["error"]["code"] == "service_unavailable"
+    assert events[-1] == "[DONE]"
+
+
+async def test_metrics_use_the_defined_names(start_worker, start_gateway, http) -> None:
+    worker = await start_worker()
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    await http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)
+    text = (await http.get(gateway.url + "/metrics")).text
+    for name in (metric_names.GATEWAY_REQUESTS, metric_names.GATEWAY_TTFT, metric_names.GATEWAY_WORKERS_READY):
+        assert name in text
+    assert f'{metric_names.GATEWAY_REQUESTS}{{route="/v1/chat/completions",status="200"}} 1.0' in text
+    async with httpx.AsyncClient() as client:
+        probe = await client.get(f"http://127.0.0.1:{worker.probes.port}/metrics")
+        ready = await client.get(f"http://127.0.0.1:{worker.probes.port}/readyz")
+    assert f"{metric_names.WORKER_READY} 1.0" in probe.text
+    assert ready.status_code == 200
+    assert 'bailu_worker_requests_total{outcome="ok"} 1.0' in probe.text
+
+
+BAD_INPUTS = [
+    ("malformed json", b'{"model": ', 400, None),
+    ("not an object", b"[1, 2]", 400, None),
+    ("wrong type", json.dumps(chat_body(temperature="hot")).encode(), 400, "temperature"),
+    ("content not text", json.dumps(chat_body(messages=[{"role": "user", "content": 5}])).encode(), 400, None),
+    ("empty messages", json.dumps(chat_body(messages=[])).encode(), 400, "messages"),
+    ("negative max_tokens", json.dumps(chat_body(max_tokens=-1)).encode(), 400, "max_tokens"),
+    ("unknown field", json.dumps(chat_body(frobnicate=True)).encode(), 400, "frobnicate"),
+    ("missing model", json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), 400, "model"),
+    ("bad role", json.dumps(chat_body(messages=[{"role": "robot", "content": "x"}])).encode(), 400, None),
+    ("huge prompt", json.dumps(chat_body(messages=[{"role": "user", "content": "x" * 40_000}])).encode(), 413, None),
+    ("huge body", b'{"model": "' + b"x" * 2_000_000 + b'"}', 413, None),
+    ("nan", b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', 400, None),
+]
+
+
+@pytest.mark.parametrize(("name", "payload", "status", "param"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+async def test_bad_input_gets_a_clear_error(start_worker, start_gateway, http, name, payload, status, param) -> None:
+    worker = await start_worker()
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    response = await http.post(
+        gateway.url + CHAT, content=payload, headers={**gateway.headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert "Traceback" not in response.text
+    if param is not None:
+        assert error["param"] == param
+
+
+async def test_auth_and_unknown_routes(start_worker, start_gateway, http) -> None:
+    worker = await start_worker()
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    missing = await http.post(gateway.url + CHAT, json=chat_body())
+    wrong = await http.post(gateway.url + CHAT, json=chat_body(), headers={"Authorization": "Bearer nope"})
+    models = await http.get(gateway.url + "/v1/models")
+    for response in (missing, wrong, models):
+        assert response.status_code == 401
+        assert response.json()["error"]["type"] == "authentication_error"
+    unknown = await http.get(gateway.url + "/v1/nothing-here", headers=gateway.headers)
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "not_found"
+    method = await http.get(gateway.url + CHAT, headers={"Authorization": f"Bearer {TEST_KEY}"})
+    assert method.status_code == 405
+    assert "error" in method.json()
