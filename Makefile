@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e \
-        check lint format typecheck proto proto-check bench clean
+        check lint format typecheck docs proto proto-check bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ format: $(STAMP) ## Format the code with ruff
 
 typecheck: $(STAMP) ## mypy
 	$(VENV)/bin/mypy
+
+docs: $(STAMP) ## Regenerate the README's configuration reference from the settings classes
+	$(PY) -m bailu.common.settings_doc --write README.md
 
 proto: $(STAMP) ## Regenerate the Python stubs from proto/ (commit the result)
 	$(PY) -m grpc_tools.protoc -I proto --python_out=services --pyi_out=services --grpc_python_out=services \

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+
 from bailu.gateway.app import create_app
 from bailu.gateway.auth import KeyStore, hash_key
 from bailu.gateway.settings import GatewaySettings

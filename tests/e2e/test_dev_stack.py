@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import openai
 import pytest
+
 from bailu.dev.__main__ import READY_MARKER
 from bailu.dev.stack import port_free
-
 from tests.conftest import REPO, SMOLLM2_DIR, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import signal
 import time
 from typing import Any
 
 import httpx
 import pytest
-from bailu.common import metrics as metric_names
-from bailu.worker.engines.sim import SimEngine
 
+from bailu.common import metrics as metric_names
+from bailu.common.logging import JsonFormatter
+from bailu.worker.engines.sim import SimEngine
 from tests.conftest import MODEL, TEST_KEY
 from tests.integration.test_worker_grpc import wait_for
 
@@ -296,3 +299,34 @@ async def test_auth_and_unknown_routes(start_worker, start_gateway, http) -> Non
     method = await http.get(gateway.url + CHAT, headers={"Authorization": f"Bearer {TEST_KEY}"})
     assert method.status_code == 405
     assert "error" in method.json()
+
+
+async def test_workers_found_through_dns(start_worker, start_gateway, http) -> None:
+    worker = await start_worker()
+    gateway = await start_gateway([], workers_dns=f"localhost:{worker.port}", discovery_interval_s=0.2)
+    await gateway.wait_workers_ready(1)
+    assert f"127.0.0.1:{worker.port}" in gateway.app.state.pool.workers
+    response = await http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)
+    assert response.status_code == 200
+
+
+async def test_request_id_crosses_the_grpc_hop(start_worker, start_gateway, http) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("test"))
+    servicer_log = logging.getLogger("bailu.worker.servicer")
+    servicer_log.addHandler(handler)
+    servicer_log.setLevel(logging.INFO)
+    try:
+        worker = await start_worker(sim_output_tokens=3)
+        gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+        headers = {**gateway.headers, "X-Request-Id": "trace-me-7"}
+        assert (await http.post(gateway.url + CHAT, json=chat_body(), headers=headers)).status_code == 200
+    finally:
+        servicer_log.removeHandler(handler)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    done = [r for r in records if r["msg"] == "generate"]
+    assert len(done) == 1
+    assert done[0]["request_id"] == "trace-me-7"
+    assert done[0]["outcome"] == "ok"
+    assert done[0]["completion_tokens"] == 3

@@ -8,13 +8,13 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+
 from bailu.common import wire
 from bailu.common.errors import ModelNotFound, RequestTooLarge
 from bailu.common.grpc_errors import from_status
 from bailu.common.types import ChatMessage, GenerateRequest, SamplingParams
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
-
 from tests.conftest import MODEL
 from tests.integration.test_worker_grpc import wait_for
 

@@ -7,6 +7,9 @@ import time
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from bailu.common import wire
 from bailu.common.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, Overloaded, Unavailable
 from bailu.common.grpc_errors import from_status
@@ -15,9 +18,6 @@ from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 from bailu.worker.engines.sim import SimEngine
 from bailu.worker.server import SERVICE_NAME
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from tests.conftest import MODEL
 
 

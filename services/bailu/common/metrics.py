@@ -74,7 +74,7 @@ class WorkerMetrics:
         self.ready = Gauge(WORKER_READY, "1 once the model is loaded and warmed up", registry=registry)
         self.ttft = Histogram(
             WORKER_TTFT,
-            "Time from admission to the first generated token",
+            "Time from receiving a request to its first token, queue wait included",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )

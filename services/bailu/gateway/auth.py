@@ -27,10 +27,11 @@ def new_key() -> str:
 
 
 def _normalise(entry: str) -> str:
-    digest = entry.strip().split()[0].lower()
-    digest = digest.removeprefix(PREFIX)
+    fields = entry.split()
+    digest = fields[0].lower().removeprefix(PREFIX) if fields else ""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ValueError(f"not a sha256 key hash: {entry.strip()[:20]}...")
+        # Never echo the entry: it may be a key pasted where its hash belongs.
+        raise ValueError("an API key entry is not a sha256 hash (expected 'sha256:<64 hex digits>')")
     return PREFIX + digest
 
 

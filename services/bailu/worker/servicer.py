@@ -46,32 +46,32 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
         metadata = dict(context.invocation_metadata() or ())
         rid = request.request_id or str(metadata.get(REQUEST_ID_KEY, "")) or uuid.uuid4().hex
         token = request_id_var.set(rid)
-        outcome = "ok"
+        outcome, reason = "ok", ""
+        start = time.monotonic()
+        ttft: float | None = None
+        tokens = 0
         try:
             req = wire.request_from_pb(request)
             req.validate()
             self.engine.check_target(req)
-            start = time.monotonic()
             async with self.admission.slot(req.deadline):
                 self._sync_gauges()
-                first = True
                 stream = self.engine.generate(req)
                 try:
                     async for chunk in stream:
-                        if first:
-                            self.metrics.ttft.observe(time.monotonic() - start)
-                            first = False
+                        if ttft is None:
+                            ttft = time.monotonic() - start
+                            self.metrics.ttft.observe(ttft)
+                        tokens += chunk.token_count
                         self.metrics.tokens.inc(chunk.token_count)
                         yield wire.chunk_to_pb(chunk)
                 finally:
                     await stream.aclose()  # type: ignore[attr-defined]
         except BailuError as exc:
-            outcome = exc.name
-            log.info("generate failed", extra={"error": exc.name, "reason": exc.message})
+            outcome, reason = exc.name, exc.message
             await _abort(context, exc)
         except (asyncio.CancelledError, GeneratorExit):
             outcome = Cancelled.__name__
-            log.info("generate cancelled by the caller")
             raise
         except Exception:
             outcome = InternalError.__name__
@@ -80,6 +80,16 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
         finally:
             self._sync_gauges()
             self.metrics.requests.labels(outcome).inc()
+            log.info(
+                "generate",
+                extra={
+                    "outcome": outcome,
+                    "reason": reason or None,
+                    "completion_tokens": tokens,
+                    "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
+                    "duration_ms": round((time.monotonic() - start) * 1000, 1),
+                },
+            )
             request_id_var.reset(token)
 
     async def ListModels(

@@ -1,0 +1,160 @@
+"""WorkerPool's routing logic, with load reports and model lists set by hand (no worker is contacted)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from bailu.common.errors import ModelNotFound, Unavailable
+from bailu.common.types import LoadReport, ModelCard
+from bailu.gateway.workers import WorkerClient, WorkerPool
+
+BASE = ModelCard("base", "base", "", 4096)
+POET = ModelCard("poet", "adapter", "base", 4096)
+OTHER = ModelCard("other", "base", "", 2048)
+
+AddWorker = Callable[..., WorkerClient]
+
+
+def load(running: int = 0, queued: int = 0, capacity: int = 4, ready: bool = True) -> LoadReport:
+    return LoadReport(queued=queued, running=running, capacity=capacity, max_queue=8, ready=ready)
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[WorkerPool]:
+    pool = WorkerPool([])
+    yield pool
+    for worker in pool.workers.values():
+        await worker.close()
+
+
+@pytest.fixture
+def add(pool: WorkerPool) -> AddWorker:
+    """Add a worker with the given load and models; its channel never connects (no RPC is made)."""
+
+    def add_worker(
+        address: str, report: LoadReport | None, models: tuple[ModelCard, ...] = (BASE,), inflight: int = 0
+    ) -> WorkerClient:
+        worker = WorkerClient(address)
+        worker.load = report
+        worker.models = list(models)
+        worker.inflight = inflight
+        pool.workers[address] = worker
+        return worker
+
+    return add_worker
+
+
+async def test_resolve_base_model(pool: WorkerPool, add: AddWorker) -> None:
+    add("w1:1", load(), (BASE, POET))
+    assert pool.resolve("base") == ("base", "")
+
+
+async def test_resolve_adapter(pool: WorkerPool, add: AddWorker) -> None:
+    add("w1:1", load(), (BASE, POET))
+    assert pool.resolve("poet") == ("base", "poet")
+
+
+async def test_resolve_unknown_model(pool: WorkerPool, add: AddWorker) -> None:
+    add("w1:1", load(), (BASE, POET))
+    with pytest.raises(ModelNotFound) as info:
+        pool.resolve("gpt-4")
+    assert info.value.param == "model"
+    assert "gpt-4" in info.value.message
+
+
+async def test_resolve_with_no_worker(pool: WorkerPool) -> None:
+    with pytest.raises(Unavailable):
+        pool.resolve("base")
+
+
+async def test_resolve_with_no_ready_worker(pool: WorkerPool, add: AddWorker) -> None:
+    add("w1:1", load(ready=False), (BASE,))
+    add("w2:1", None, (BASE,))  # never polled, or unreachable
+    with pytest.raises(Unavailable) as info:
+        pool.resolve("base")
+    assert info.value.retryable
+
+
+async def test_models_of_not_ready_workers_are_not_listed(pool: WorkerPool, add: AddWorker) -> None:
+    add("w1:1", load(), (BASE,))
+    add("w2:1", load(ready=False), (OTHER,))
+    assert [card.name for card in pool.models()] == ["base"]
+    with pytest.raises(ModelNotFound):
+        pool.resolve("other")
+
+
+async def test_models_are_merged_base_models_first(pool: WorkerPool, add: AddWorker) -> None:
+    add("w1:1", load(), (BASE, POET))
+    add("w2:1", load(), (OTHER, BASE))
+    assert [card.name for card in pool.models()] == ["base", "other", "poet"]
+
+
+async def test_pick_least_loaded(pool: WorkerPool, add: AddWorker) -> None:
+    add("busy:1", load(running=4, queued=2))
+    add("idle:1", load(running=1))
+    add("half:1", load(running=2))
+    for _ in range(20):
+        assert pool.pick("base", "", set()).address == "idle:1"
+
+
+async def test_pick_compares_load_per_slot(pool: WorkerPool, add: AddWorker) -> None:
+    add("small:1", load(running=2, capacity=2))  # full
+    add("large:1", load(running=4, capacity=16))  # a quarter
+    assert pool.pick("base", "", set()).address == "large:1"
+
+
+async def test_pick_counts_this_gateways_calls_in_flight(pool: WorkerPool, add: AddWorker) -> None:
+    # The load report lags: calls this gateway just sent count even before the worker reports them.
+    add("w1:1", load(running=0), inflight=3)
+    add("w2:1", load(running=1))
+    assert pool.pick("base", "", set()).address == "w2:1"
+
+
+async def test_pick_spreads_ties(pool: WorkerPool, add: AddWorker) -> None:
+    add("w1:1", load())
+    add("w2:1", load())
+    assert {pool.pick("base", "", set()).address for _ in range(200)} == {"w1:1", "w2:1"}
+
+
+async def test_pick_honours_exclude(pool: WorkerPool, add: AddWorker) -> None:
+    add("idle:1", load(running=0))
+    add("busy:1", load(running=3))
+    assert pool.pick("base", "", {"idle:1"}).address == "busy:1"
+    with pytest.raises(Unavailable):
+        pool.pick("base", "", {"idle:1", "busy:1"})
+
+
+async def test_pick_skips_workers_that_are_not_ready(pool: WorkerPool, add: AddWorker) -> None:
+    add("down:1", None)
+    add("starting:1", load(ready=False))
+    add("up:1", load(running=4, queued=8))
+    for _ in range(10):
+        assert pool.pick("base", "", set()).address == "up:1"
+
+
+async def test_pick_skips_workers_without_the_adapter(pool: WorkerPool, add: AddWorker) -> None:
+    add("plain:1", load(running=0), (BASE,))
+    add("poet:1", load(running=3), (BASE, POET))
+    assert pool.pick("base", "poet", set()).address == "poet:1"
+    assert pool.pick("base", "", set()).address == "plain:1"
+
+
+async def test_adapter_of_another_base_model_does_not_count(pool: WorkerPool, add: AddWorker) -> None:
+    add("w1:1", load(), (OTHER, ModelCard("poet", "adapter", "other", 2048)))
+    with pytest.raises(Unavailable):
+        pool.pick("base", "poet", set())
+
+
+async def test_pick_when_nobody_serves_the_model(pool: WorkerPool, add: AddWorker) -> None:
+    add("w1:1", load(), (OTHER,))
+    with pytest.raises(Unavailable):
+        pool.pick("base", "", set())
+
+
+async def test_ready_workers(pool: WorkerPool, add: AddWorker) -> None:
+    add("up:1", load())
+    add("down:1", None)
+    add("draining:1", load(ready=False))
+    assert [w.address for w in pool.ready_workers()] == ["up:1"]
