@@ -88,8 +88,9 @@ proto-check: $(STAMP) ## Fail if the committed stubs differ from what proto/ gen
 	  cmp -s $$tmp/bailu/v1/$$f services/bailu/v1/$$f || { echo "services/bailu/v1/$$f is out of date: run 'make proto'"; rm -rf $$tmp; exit 1; }; \
 	done; rm -rf $$tmp; echo "proto stubs up to date"
 
-bench: setup model ## Run the benchmarks; results go to bench/results/*.json
+bench: $(STAMP) model ## Run the benchmarks (about 10 min); results go to bench/results/*.json
 	$(PY) -m bench.gateway_overhead
+	$(PY) -m bench.gateway_overhead --itl-ms 20 --name gateway_overhead_itl20
 	$(PY) -m bench.transformers_engine
 
 clean: ## Remove the virtual environment, caches and converted models

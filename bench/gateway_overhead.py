@@ -5,13 +5,15 @@ the benchmark keeps N streams in flight (closed loop) in two modes, in interleav
 gateway, gateway, direct) so that both modes see the same machine noise:
 
     direct   grpc.aio InferenceWorker.Generate on the worker
-    gateway  POST /v1/chat/completions with stream=true over HTTP (httpx), parsing the SSE events
+    gateway  POST /v1/chat/completions with stream=true over HTTP
+             (bench.sse_client: keep-alive HTTP/1.1, no per-event JSON parsing)
 
     python -m bench.gateway_overhead   # writes bench/results/gateway_overhead.json
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -21,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import httpx
 
 from bailu.gateway.auth import hash_key, new_key
 from bailu.v1 import worker_pb2_grpc as pb_grpc
@@ -48,6 +49,7 @@ from bench.common import (
     table,
     write_results,
 )
+from bench.sse_client import HttpError, SseClient
 
 MODEL = "sim-model"
 PROMPT = "Write a short poem about autumn light."
@@ -77,7 +79,7 @@ class Clients:
     """The two ways to reach the worker, and what the gateway needs."""
 
     stub: pb_grpc.InferenceWorkerStub
-    http: httpx.AsyncClient
+    http: SseClient
     gateway_url: str
     api_key: str
 
@@ -95,33 +97,21 @@ class Clients:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        headers = {"Authorization": f"Bearer {self.api_key}"}
         timer = StreamTimer()
         usage_tokens: int | None = None
         try:
-            async with self.http.stream(
-                "POST", f"{self.gateway_url}/v1/chat/completions", json=body, headers=headers
-            ) as response:
-                if response.status_code != 200:
-                    text = (await response.aread()).decode(errors="replace")[:200]
-                    return timer.result(f"http {response.status_code}: {text}")
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[6:]
-                    if data == "[DONE]":
-                        break
-                    event = json.loads(data)
-                    if "error" in event:
-                        return timer.result(f"sse error event: {json.dumps(event['error'])[:200]}")
-                    choices = event.get("choices") or []
-                    if choices and choices[0].get("delta", {}).get("content"):
-                        timer.token()
-                    if event.get("usage"):
-                        usage_tokens = int(event["usage"]["completion_tokens"])
-                else:
-                    return timer.result("the stream ended without [DONE]")
-        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            async for payload in self.http.stream("/v1/chat/completions", json.dumps(body).encode(), self.api_key):
+                if payload == b"[DONE]":
+                    break
+                if payload.startswith(b'{"error"'):
+                    return timer.result(f"sse error event: {payload[:200].decode(errors='replace')}")
+                if b'"content":"' in payload and b'"content":""' not in payload:
+                    timer.token()
+                elif b'"usage":{' in payload:
+                    usage_tokens = int(json.loads(payload)["usage"]["completion_tokens"])
+            else:
+                return timer.result("the stream ended without [DONE]")
+        except (OSError, asyncio.IncompleteReadError, HttpError, json.JSONDecodeError) as exc:
             return timer.result(f"{type(exc).__name__}: {exc}")
         if usage_tokens is not None and usage_tokens != timer.tokens:
             return timer.result(f"usage says {usage_tokens} completion tokens, {timer.tokens} received")
@@ -199,12 +189,12 @@ def added(direct: dict[str, Any], gateway: dict[str, Any]) -> dict[str, Any]:
 
 
 async def measure(worker: Service, gateway: Service, worker_port: int, gateway_url: str, key: str) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    timeout = httpx.Timeout(STREAM_TIMEOUT_S, connect=10.0)
+    host, _, port = gateway_url.removeprefix("http://").partition(":")
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{worker_port}", options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
     )
-    async with channel, httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+    http = SseClient(host, int(port))
+    async with channel:
         clients = Clients(pb_grpc.InferenceWorkerStub(channel), http, gateway_url, key)
         meter = CpuMeter({"client": os.getpid(), "gateway": gateway.pid, "worker": worker.pid})
 
@@ -257,6 +247,7 @@ async def measure(worker: Service, gateway: Service, worker_port: int, gateway_u
                     "added_by_gateway": added(direct, through),
                 }
             )
+    await http.close()
     await asyncio.sleep(1.0)  # let the gateway's gauges settle before reading them
     return {"warmup": warmup, "levels": levels}
 
@@ -301,9 +292,18 @@ def print_table(levels: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
+    # The token pace is the one knob worth a second run: 5 ms (200 tokens/s per stream) stresses the
+    # relay; 20 ms is closer to what a GPU engine gives each stream under load.
+    global SIM_ITL_MS, IDEAL_TOTAL_S
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--itl-ms", type=float, default=SIM_ITL_MS, help="sim engine: time between tokens")
+    parser.add_argument("--name", default="gateway_overhead", help="results file bench/results/NAME.json")
+    args = parser.parse_args()
+    SIM_ITL_MS = args.itl_ms
+    IDEAL_TOTAL_S = (SIM_TTFT_MS + (SIM_OUTPUT_TOKENS - 1) * SIM_ITL_MS) / 1000
     exit_on_sigterm()
     run_started = time.monotonic()
-    meta = metadata(("httpx", "fastapi", "uvicorn"))
+    meta = metadata(("fastapi", "uvicorn"))
     key = new_key()
     ports: dict[str, int] = {}
 
@@ -369,7 +369,10 @@ def main() -> None:
             "block_time_cap_s": BLOCK_CAP_S,
             "stream_timeout_s": STREAM_TIMEOUT_S,
             "direct_client": "grpc.aio, one channel shared by all streams (as the gateway has one per worker)",
-            "gateway_client": "httpx.AsyncClient, HTTP/1.1 keep-alive pool of up to 256 connections",
+            "gateway_client": (
+                "bench.sse_client.SseClient: HTTP/1.1 keep-alive connections, chunked decoding, "
+                "events matched as bytes (JSON parsed only for the usage event)"
+            ),
         },
         "definitions": {
             "ttft": "client-side: request sent -> first token (direct: first GenerateResponse with tokens; "
@@ -412,7 +415,7 @@ def main() -> None:
             "The gateway's exit code -15 is uvicorn's behaviour: after a graceful shutdown on SIGTERM it re-raises "
             "the signal (uvicorn Server.capture_signals); it was not killed."
         )
-    path = write_results("gateway_overhead", results)
+    path = write_results(args.name, results)
     print_table(measured["levels"])
     print(f"\nwrote {path} in {results['runtime_s']}s")
 

@@ -159,3 +159,25 @@ async def test_gateway_streams_from_the_transformers_engine(start_worker, start_
         lines = [line async for line in response.aiter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     assert '"finish_reason":"length"' in lines[-2] or '"finish_reason":"stop"' in lines[-2]
+
+
+async def test_requests_arriving_together_share_one_batch(start_worker, tiny_model) -> None:
+    server = await start_worker(engine="transformers", model_path=str(tiny_model), max_batch_size=4)
+    batch_sizes: list[int] = []
+
+    def record(module: object, args: tuple[object, ...], kwargs: dict[str, object], output: object) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is not None:
+            batch_sizes.append(int(ids.shape[0]))  # type: ignore[attr-defined]
+
+    hook = server.engine._swift.model.register_forward_hook(record, with_kwargs=True)  # type: ignore[attr-defined]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.InferenceWorkerStub(channel)
+            prompts = ["dew", "light", "heron", "river"]
+            results = await asyncio.gather(*(_collect(stub, greedy(p, 6)) for p in prompts))
+    finally:
+        hook.remove()
+    assert all(r[-1].usage.completion_tokens > 0 for r in results)
+    # Four requests sent together ran as one batch of four, not one by one.
+    assert max(batch_sizes) == 4

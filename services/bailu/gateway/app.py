@@ -155,8 +155,10 @@ class CompletionHandler:
             while chunk is not None:
                 tokens += chunk.token_count
                 usage = chunk.usage or usage
-                if chunk.text or chunk.finish_reason:
+                if chunk.finish_reason is not None:
                     yield sse(builder.chunk(chunk.text, chunk.finish_reason))
+                elif chunk.text:
+                    yield builder.text_event(chunk.text)
                 chunk = await anext(stream, None)
             if body.include_usage:
                 yield sse(builder.usage_chunk(usage))

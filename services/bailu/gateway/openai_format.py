@@ -30,6 +30,8 @@ def sse(payload: dict[str, Any] | str) -> bytes:
 
 
 SSE_DONE = sse("[DONE]")
+_SPLICE = "\x00"
+_SPLICE_JSON = json.dumps(_SPLICE).encode()
 
 
 class ResponseBuilder:
@@ -40,6 +42,14 @@ class ResponseBuilder:
         self.model = model
         self.id = response_id
         self.created = int(time.time())
+        # The hot path of streaming: a text-only event is this chunk's JSON with the text spliced in,
+        # so that each token costs one string encoding rather than building and encoding a dict.
+        rendered = sse(self.chunk(_SPLICE, None))
+        self._text_prefix, self._text_suffix = rendered.split(_SPLICE_JSON)
+
+    def text_event(self, text: str) -> bytes:
+        """The SSE event of a chunk that carries only text (same bytes as `sse(chunk(text, None))`)."""
+        return self._text_prefix + json.dumps(text).encode() + self._text_suffix
 
     def _envelope(self, chunk: bool) -> dict[str, Any]:
         obj = ("chat.completion.chunk" if chunk else "chat.completion") if self.kind == "chat" else "text_completion"

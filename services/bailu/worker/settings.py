@@ -40,6 +40,12 @@ class WorkerSettings(ServiceSettings):
     )
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     max_batch_size: int = Field(4, ge=1, description="Requests the engine generates at once (transformers: one batch).")
+    batch_wait_ms: float = Field(
+        10.0,
+        ge=0,
+        description="transformers engine: when it is idle, how long a request waits for others to start in its "
+        "batch (a batch runs to completion, so a request that misses it waits for all of it).",
+    )
     max_queue: int = Field(32, ge=0, description="Requests that may wait for a slot; more are refused.")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch (0: torch's default).")
     adapters: dict[str, Path] = Field(

@@ -66,6 +66,7 @@ class TransformersEngine(Engine):
         max_model_len: int,
         default_max_tokens: int,
         max_batch_size: int,
+        batch_wait_s: float = 0.0,
         torch_threads: int = 0,
     ) -> None:
         super().__init__(model_name, max_model_len, default_max_tokens)
@@ -73,6 +74,9 @@ class TransformersEngine(Engine):
         self.model_type = model_type
         self.template_type = template
         self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self._window: asyncio.Event | None = None
+        self._window_size = 0
         self.torch_threads = torch_threads
         self._swift: Any = None
         self._eos_token_id = 0
@@ -92,6 +96,7 @@ class TransformersEngine(Engine):
             max_model_len=settings.max_model_len,
             default_max_tokens=settings.default_max_tokens,
             max_batch_size=settings.max_batch_size,
+            batch_wait_s=settings.batch_wait_ms / 1000,
             torch_threads=settings.torch_threads,
         )
 
@@ -172,6 +177,22 @@ class TransformersEngine(Engine):
             stream=True,
         )
 
+    async def _gather(self) -> None:
+        """While the engine is idle, hold requests up to `batch_wait_s` (or until a batch is full) so that
+        requests arriving together start in one batch: ms-swift runs a batch to completion, and a request
+        that misses it waits for all of it. A request arriving while a batch runs is submitted at once: it
+        waits for that batch anyway and then starts with everything that queued meanwhile."""
+        if self.batch_wait_s <= 0 or self.max_batch_size == 1 or self._live:
+            return
+        if self._window is None or self._window.is_set():
+            self._window, self._window_size = asyncio.Event(), 0
+            asyncio.get_running_loop().call_later(self.batch_wait_s, self._window.set)
+        window = self._window
+        self._window_size += 1
+        if self._window_size >= self.max_batch_size:
+            window.set()
+        await window.wait()
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         from swift.infer_engine import AdapterRequest
 
@@ -187,6 +208,7 @@ class TransformersEngine(Engine):
             if request.adapter not in self.adapters:
                 raise ModelNotFound(f"adapter '{request.adapter}' is not loaded", param="model")
             adapter_request = AdapterRequest(self._swift_adapter_names[request.adapter], self.adapters[request.adapter])
+        await self._gather()
         tag = uuid.uuid4().hex
         with self._live_lock:
             self._live.add(tag)
