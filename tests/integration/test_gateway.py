@@ -303,7 +303,7 @@ async def test_auth_and_unknown_routes(start_worker, start_gateway, http) -> Non
 
 async def test_workers_found_through_dns(start_worker, start_gateway, http) -> None:
     worker = await start_worker()
-    gateway = await start_gateway([], workers_dns=f"localhost:{worker.port}", discovery_interval_s=0.2)
+    gateway = await start_gateway([], workers_dns=[f"localhost:{worker.port}"], discovery_interval_s=0.2)
     await gateway.wait_workers_ready(1)
     assert f"127.0.0.1:{worker.port}" in gateway.app.state.pool.workers
     response = await http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)
@@ -330,3 +330,20 @@ async def test_request_id_crosses_the_grpc_hop(start_worker, start_gateway, http
     assert done[0]["request_id"] == "trace-me-7"
     assert done[0]["outcome"] == "ok"
     assert done[0]["completion_tokens"] == 3
+
+
+async def test_failed_dns_lookup_keeps_known_workers(start_worker) -> None:
+    from bailu.gateway.workers import WorkerPool
+
+    worker = await start_worker()
+    pool = WorkerPool([], [f"localhost:{worker.port}"], poll_interval_s=0.1)
+    try:
+        await pool.discover()
+        known = set(pool.workers)
+        assert f"127.0.0.1:{worker.port}" in known
+        # The name stops resolving: nobody is removed on a failed lookup.
+        pool.dns_targets = ["no-such-host.invalid:50051"]
+        await pool.discover()
+        assert set(pool.workers) == known
+    finally:
+        await pool.close()

@@ -19,10 +19,10 @@ class GatewaySettings(ServiceSettings):
     workers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Static worker gRPC addresses, comma-separated host:port."
     )
-    workers_dns: str = Field(
-        "",
-        description="A DNS name:port that resolves to every worker (a headless Service); re-resolved "
-        "every discovery_interval_s.",
+    workers_dns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="DNS names that resolve to workers, comma-separated host:port (e.g. a headless Service); "
+        "re-resolved every discovery_interval_s.",
     )
     discovery_interval_s: float = Field(5.0, gt=0, description="How often workers_dns is resolved again.")
     load_poll_interval_s: float = Field(
@@ -45,7 +45,7 @@ class GatewaySettings(ServiceSettings):
         3, ge=1, description="Workers tried for one request, retrying only before the first token."
     )
 
-    @field_validator("workers", "api_key_hashes", mode="before")
+    @field_validator("workers", "workers_dns", "api_key_hashes", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -97,18 +97,18 @@ class WorkerClient:
 
 
 class WorkerPool:
-    """The workers the gateway knows: static addresses plus those a DNS name resolves to."""
+    """The workers the gateway knows: static addresses plus those DNS names (host:port) resolve to."""
 
     def __init__(
         self,
         addresses: list[str],
-        dns_target: str = "",
+        dns_targets: list[str] | None = None,
         *,
         poll_interval_s: float = 0.5,
         discovery_interval_s: float = 5.0,
     ) -> None:
         self.static = list(addresses)
-        self.dns_target = dns_target
+        self.dns_targets = list(dns_targets or ())
         self.poll_interval_s = poll_interval_s
         self.discovery_interval_s = discovery_interval_s
         self.workers: dict[str, WorkerClient] = {}
@@ -119,7 +119,7 @@ class WorkerPool:
         await self.discover()
         await self.refresh()
         self._tasks = [asyncio.create_task(self._poll_loop())]
-        if self.dns_target:
+        if self.dns_targets:
             self._tasks.append(asyncio.create_task(self._discovery_loop()))
 
     async def close(self) -> None:
@@ -131,13 +131,14 @@ class WorkerPool:
         await asyncio.gather(*(w.close() for w in self.workers.values()))
         self.workers.clear()
 
-    async def _resolve(self) -> list[str]:
-        host, _, port = self.dns_target.rpartition(":")
+    async def _resolve(self, target: str) -> list[str] | None:
+        """The addresses `target` (host:port) resolves to; None if the lookup failed."""
+        host, _, port = target.rpartition(":")
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
         except (OSError, ValueError) as exc:
-            log.warning("worker DNS lookup failed", extra={"target": self.dns_target, "error": str(exc)})
-            return [a for a in self.workers if a not in self.static]  # keep what we had
+            log.warning("worker DNS lookup failed", extra={"target": target, "error": str(exc)})
+            return None
         addresses = set()
         for info in infos:
             ip, resolved_port = str(info[4][0]), int(info[4][1])
@@ -146,11 +147,16 @@ class WorkerPool:
 
     async def discover(self) -> None:
         wanted = set(self.static)
-        if self.dns_target:
-            wanted.update(await self._resolve())
+        complete = True
+        for target in self.dns_targets:
+            found = await self._resolve(target)
+            complete &= found is not None
+            wanted.update(found or ())
         for address in wanted - self.workers.keys():
             self.workers[address] = WorkerClient(address)
             log.info("worker added", extra={"worker": address})
+        if not complete:
+            return  # a failed lookup removes nobody: DNS hiccups must not empty the pool
         for address in set(self.workers) - wanted:
             worker = self.workers.pop(address)
             log.info("worker removed", extra={"worker": address})
