@@ -16,7 +16,7 @@ from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 from bailu.worker.admission import Admission
 from bailu.worker.engines import Engine, create_engine
-from bailu.worker.probes import ProbeServer
+from bailu.common.probes import ProbeServer
 from bailu.worker.servicer import InferenceWorkerServicer
 from bailu.worker.settings import WorkerSettings
 
