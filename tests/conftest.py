@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL_DIR = REPO / ".cache" / "models" / "tiny-llama"
 SMOLLM2_DIR = REPO / ".cache" / "models" / "smollm2-135m-instruct"
 TEST_KEY = "bailu-test-key"
+OTHER_KEY = "bailu-other-test-key"
 MODEL = "test-model"
 
 
@@ -105,7 +107,7 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
         values: dict[str, Any] = {"host": "127.0.0.1", "port": port, "workers": workers, "load_poll_interval_s": 0.1}
         values.update(overrides)
         settings = GatewaySettings(**values)
-        app = create_app(settings, keys=KeyStore([hash_key(TEST_KEY)]))
+        app = create_app(settings, keys=KeyStore([hash_key(TEST_KEY), hash_key(OTHER_KEY)]))
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
         )
@@ -192,3 +194,54 @@ def worker_processes(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         if process.popen.poll() is None:
             process.popen.kill()
         process.popen.wait()
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server on a free port, with AOF persistence in a temporary directory."""
+
+    port: int
+    data_dir: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run `make setup` (it installs it)")
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+                "--appendonly", "yes", "--save", "", "--logfile", str(self.data_dir / "redis.log")]  # fmt: skip
+        self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                log = (
+                    (self.data_dir / "redis.log").read_text(errors="replace")
+                    if (self.data_dir / "redis.log").exists()
+                    else ""
+                )
+                raise RuntimeError(f"redis-server did not start:\n{log}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            self.popen.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    yield server
+    server.stop()

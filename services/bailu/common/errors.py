@@ -73,6 +73,15 @@ class NotFound(BailuError):
     grpc_code = grpc.StatusCode.NOT_FOUND
 
 
+class Conflict(BailuError):
+    """The request conflicts with an earlier one (an idempotency key reused with another body)."""
+
+    http_status = 409
+    openai_type = "invalid_request_error"
+    openai_code = "idempotency_key_reused"
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class RequestTooLarge(BailuError):
     """The request body or the prompt is larger than this deployment accepts."""
 
@@ -133,6 +142,7 @@ ERROR_CLASSES: dict[str, type[BailuError]] = {
         AuthenticationFailed,
         ModelNotFound,
         NotFound,
+        Conflict,
         RequestTooLarge,
         Overloaded,
         Unavailable,

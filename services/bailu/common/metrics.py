@@ -19,6 +19,9 @@ GATEWAY_TOKENS = "bailu_gateway_completion_tokens_total"
 GATEWAY_INFLIGHT = "bailu_gateway_inflight_requests"
 GATEWAY_RETRIES = "bailu_gateway_worker_retries_total"
 GATEWAY_WORKERS_READY = "bailu_gateway_workers_ready"
+GATEWAY_COMPLETION_LOG_WRITTEN = "bailu_gateway_completion_log_written_total"
+GATEWAY_COMPLETION_LOG_DROPPED = "bailu_gateway_completion_log_dropped_total"
+GATEWAY_FEEDBACK = "bailu_gateway_feedback_total"
 
 # worker
 WORKER_REQUESTS = "bailu_worker_requests_total"
@@ -58,6 +61,21 @@ class GatewayMetrics:
             GATEWAY_RETRIES, "Requests retried on another worker before the first token", registry=registry
         )
         self.workers_ready = Gauge(GATEWAY_WORKERS_READY, "Workers reporting ready", registry=registry)
+        self.completion_log_written = Counter(
+            GATEWAY_COMPLETION_LOG_WRITTEN, "Completion records written to Redis", registry=registry
+        )
+        self.completion_log_dropped = Counter(
+            GATEWAY_COMPLETION_LOG_DROPPED,
+            "Completion records not written, by reason (queue_full, redis_error)",
+            ["reason"],
+            registry=registry,
+        )
+        self.feedback = Counter(
+            GATEWAY_FEEDBACK,
+            "Feedback posts by kind and outcome (accepted, duplicate, or the error name)",
+            ["kind", "outcome"],
+            registry=registry,
+        )
 
 
 class WorkerMetrics:

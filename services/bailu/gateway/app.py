@@ -1,177 +1,31 @@
-"""The gateway's ASGI app: OpenAI-compatible routes over the worker pool."""
+"""The gateway's ASGI app: OpenAI-compatible routes over the worker pool, feedback over Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from redis.asyncio import Redis
 
 from bailu import __version__
-from bailu.common.errors import BailuError, Cancelled, RequestTooLarge
-from bailu.common.logging import request_id_var
 from bailu.common.metrics import GatewayMetrics
-from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, Usage
 from bailu.gateway import errors
 from bailu.gateway.auth import KeyStore
+from bailu.gateway.completion_log import CompletionLog
+from bailu.gateway.completions import COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionHandler
+from bailu.gateway.feedback import FeedbackAccepted, FeedbackHandler, FeedbackRequest, feedback_disabled
 from bailu.gateway.middleware import GatewayMiddleware
-from bailu.gateway.openai_format import SSE_DONE, ResponseBuilder, new_id, sse
 from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from bailu.gateway.settings import GatewaySettings
 from bailu.gateway.workers import WorkerPool
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-# OpenAI's default max_tokens for /v1/completions.
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await `work`, cancelling it (and raising `Cancelled`) if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, BailuError):
-            await task
-        raise Cancelled("the client disconnected")
-    return task.result()
-
-
-class CompletionHandler:
-    """Turns validated OpenAI requests into routed generations and OpenAI responses."""
-
-    def __init__(self, settings: GatewaySettings, pool: WorkerPool, router: Router, metrics: GatewayMetrics):
-        self.settings = settings
-        self.pool = pool
-        self.router = router
-        self.metrics = metrics
-
-    def build_request(
-        self, body: ChatCompletionRequest | CompletionRequest, *, max_tokens: int | None
-    ) -> GenerateRequest:
-        model, adapter = self.pool.resolve(body.model)
-        if isinstance(body, ChatCompletionRequest):
-            messages, prompt = body.messages_domain(), None
-            size, param = sum(len(m.content) for m in messages), "messages"
-        else:
-            messages, prompt = None, body.prompt_text()
-            size, param = len(prompt), "prompt"
-        if size > self.settings.max_prompt_chars:
-            raise RequestTooLarge(
-                f"the prompt has {size} characters; this deployment accepts at most {self.settings.max_prompt_chars}",
-                param=param,
-            )
-        request = GenerateRequest(
-            request_id=request_id_var.get() or uuid.uuid4().hex,
-            model=model,
-            adapter=adapter,
-            messages=messages,
-            prompt=prompt,
-            sampling=body.sampling(max_tokens),
-            deadline=time.time() + self.settings.request_timeout_s,
-        )
-        request.validate()
-        return request
-
-    async def respond(
-        self,
-        request: Request,
-        kind: str,
-        body: ChatCompletionRequest | CompletionRequest,
-        gen: GenerateRequest,
-    ) -> Response:
-        builder = ResponseBuilder(kind, body.model, new_id(kind))
-        start = time.monotonic()
-        self.metrics.inflight.inc()
-        stream = self.router.stream(gen)
-        try:
-            first = await _until_disconnect(request, anext(stream))
-        except BaseException:
-            self.metrics.inflight.dec()
-            await stream.aclose()  # type: ignore[attr-defined]
-            raise
-        self.metrics.ttft.labels(body.model).observe(time.monotonic() - start)
-        if body.stream:
-            return StreamingResponse(
-                self._sse(builder, body, first, stream),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        try:
-            text, finish, usage = await _until_disconnect(request, self._collect(first, stream))
-        finally:
-            self.metrics.inflight.dec()
-            await stream.aclose()  # type: ignore[attr-defined]
-        return JSONResponse(builder.full(text, finish, usage))
-
-    async def _collect(
-        self, first: GenerateChunk, stream: AsyncIterator[GenerateChunk]
-    ) -> tuple[str, FinishReason | None, Usage | None]:
-        parts, finish, usage, tokens = [first.text], first.finish_reason, first.usage, first.token_count
-        async for chunk in stream:
-            parts.append(chunk.text)
-            tokens += chunk.token_count
-            finish, usage = chunk.finish_reason or finish, chunk.usage or usage
-        self.metrics.tokens.labels(self.metrics_model(first)).inc(tokens)
-        return "".join(parts), finish, usage
-
-    @staticmethod
-    def metrics_model(chunk: GenerateChunk) -> str:
-        return chunk.served_model or "unknown"
-
-    async def _sse(
-        self,
-        builder: ResponseBuilder,
-        body: ChatCompletionRequest | CompletionRequest,
-        first: GenerateChunk,
-        stream: AsyncIterator[GenerateChunk],
-    ) -> AsyncIterator[bytes]:
-        usage: Usage | None = None
-        tokens = 0
-        try:
-            if builder.kind == "chat":
-                yield sse(builder.chunk("", None, first=True))
-            chunk: GenerateChunk | None = first
-            while chunk is not None:
-                tokens += chunk.token_count
-                usage = chunk.usage or usage
-                if chunk.finish_reason is not None:
-                    yield sse(builder.chunk(chunk.text, chunk.finish_reason))
-                elif chunk.text:
-                    yield builder.text_event(chunk.text)
-                chunk = await anext(stream, None)
-            if body.include_usage:
-                yield sse(builder.usage_chunk(usage))
-            yield SSE_DONE
-        except BailuError as exc:
-            # Headers are gone: the error travels as an event, and the stream ends cleanly.
-            log.warning("stream failed after the first token", extra={"error": exc.name, "reason": exc.message})
-            yield sse(errors.error_body(exc))
-            yield SSE_DONE
-        finally:
-            self.metrics.inflight.dec()
-            self.metrics.tokens.labels(self.metrics_model(first)).inc(tokens)
-            await stream.aclose()  # type: ignore[attr-defined]
 
 
 def create_app(
@@ -180,8 +34,12 @@ def create_app(
     pool: WorkerPool | None = None,
     keys: KeyStore | None = None,
     registry: CollectorRegistry | None = None,
+    redis: Redis | None = None,
 ) -> FastAPI:
-    """The gateway app. The pool starts polling workers when the app starts."""
+    """The gateway app. The pool starts polling workers, and the completion log its writer, when the app starts.
+
+    Without Redis (`BAILU_GATEWAY_REDIS_URL` empty and no client given) completions are served but not
+    logged, and feedback is refused with 503."""
     registry = registry or CollectorRegistry()
     metrics = GatewayMetrics(registry)
     keys = keys or KeyStore.load(settings.api_keys_file, settings.api_key_hashes)
@@ -191,37 +49,97 @@ def create_app(
         poll_interval_s=settings.load_poll_interval_s,
         discovery_interval_s=settings.discovery_interval_s,
     )
+    if redis is None and settings.redis_url:
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            health_check_interval=30,
+        )
+    completion_log = feedback = None
+    if redis is not None:
+        completion_log = CompletionLog(
+            redis,
+            metrics,
+            retention_s=settings.completion_log_retention_s,
+            max_stream_len=settings.completion_log_max_len,
+            queue_size=settings.completion_log_queue,
+        )
+        feedback = FeedbackHandler(
+            redis, completion_log, metrics, idempotency_ttl_s=settings.feedback_idempotency_ttl_s
+        )
     router = Router(pool, metrics, settings.max_attempts)
-    handler = CompletionHandler(settings, pool, router, metrics)
+    handler = CompletionHandler(settings, pool, router, metrics, completion_log)
     if not settings.workers and not settings.workers_dns and not pool.workers:
         log.warning("no workers configured: set BAILU_GATEWAY_WORKERS or BAILU_GATEWAY_WORKERS_DNS")
     if not len(keys):
         log.warning("no API keys configured: every /v1 request will be refused")
+    if redis is None:
+        log.warning("no Redis configured: completions are not logged and feedback is refused")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.start()
+        if completion_log is not None:
+            completion_log.start()
         try:
             yield
         finally:
+            if completion_log is not None:
+                await completion_log.close()
             await pool.close()
+            if redis is not None:
+                await redis.aclose()
 
     app = FastAPI(title="Bailu gateway", version=__version__, lifespan=lifespan)
     app.state.pool = pool
     app.state.metrics = metrics
+    app.state.completion_log = completion_log
     errors.install(app)
     app.add_middleware(GatewayMiddleware, keys=keys, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+
+    def key_id(request: Request) -> str:
+        return str(request.scope.get("state", {}).get("key_id", ""))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         gen = handler.build_request(body, max_tokens=body.effective_max_tokens())
-        return await handler.respond(request, "chat", body, gen)
+        return await handler.respond(request, "chat", body, gen, key_id(request))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
         gen = handler.build_request(body, max_tokens=max_tokens)
-        return await handler.respond(request, "text", body, gen)
+        return await handler.respond(request, "text", body, gen, key_id(request))
+
+    @app.post(
+        "/v1/feedback",
+        status_code=202,
+        response_model=FeedbackAccepted,
+        summary="Record a rating, a comparison or an edit of earlier responses",
+        responses={
+            400: {"description": "Invalid body; `error.param` names the field"},
+            404: {"description": "Unknown or expired response id, or one that belongs to another API key"},
+            409: {"description": "The idempotency key was used before with a different body"},
+            503: {"description": "Feedback storage (Redis) is unavailable; retry after `Retry-After`"},
+        },
+    )
+    async def post_feedback(
+        body: FeedbackRequest,
+        request: Request,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                min_length=1,
+                max_length=128,
+                description="Retries with the same key are recorded once (as `feedback_id` does).",
+            ),
+        ] = None,
+    ) -> FeedbackAccepted:
+        if feedback is None:
+            raise feedback_disabled()
+        return await feedback.accept(body, key_id(request), idempotency_key)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

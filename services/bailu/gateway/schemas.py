@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from bailu.common.errors import InvalidRequest
 from bailu.common.types import MAX_STOP_SEQUENCES, ChatMessage, SamplingParams
 
+MAX_CANDIDATES = 8
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -48,7 +50,10 @@ class _Sampling(_Strict):
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension, as in vLLM.")
     stop: Stop = None
     seed: int | None = None
-    n: int = Field(1, ge=1, le=1, description="Only 1 is supported for now.")
+    n: int = Field(1, ge=1, le=MAX_CANDIDATES, description="How many candidates to generate (to compare them).")
+    store: bool | None = Field(
+        None, description="Whether to keep this completion for feedback and training (default: the deployment's)."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)

@@ -45,6 +45,28 @@ class GatewaySettings(ServiceSettings):
         3, ge=1, description="Workers tried for one request, retrying only before the first token."
     )
 
+    redis_url: str = Field(
+        "",
+        description="Redis for the completion log and feedback, e.g. redis://:password@redis:6379/0 "
+        "(empty: completions are not logged and feedback is refused).",
+    )
+    redis_timeout_s: float = Field(2.0, gt=0, description="Timeout of one Redis call.")
+    store_default: bool = Field(
+        True, description="Whether completions are logged for feedback when a request does not say (`store`)."
+    )
+    completion_log_retention_s: int = Field(
+        7 * 24 * 3600, ge=60, description="How long a completion can receive feedback (its record's lifetime)."
+    )
+    completion_log_max_len: int = Field(
+        1_000_000, ge=1000, description="Approximate bound on the completion log stream's length."
+    )
+    completion_log_queue: int = Field(
+        10_000, ge=1, description="Completion records waiting to be written; beyond, new ones are dropped."
+    )
+    feedback_idempotency_ttl_s: int = Field(
+        24 * 3600, ge=60, description="How long an Idempotency-Key (or feedback_id) is remembered."
+    )
+
     @field_validator("workers", "workers_dns", "api_key_hashes", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

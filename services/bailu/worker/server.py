@@ -12,11 +12,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from bailu.common.metrics import WorkerMetrics
+from bailu.common.probes import ProbeServer
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 from bailu.worker.admission import Admission
 from bailu.worker.engines import Engine, create_engine
-from bailu.common.probes import ProbeServer
 from bailu.worker.servicer import InferenceWorkerServicer
 from bailu.worker.settings import WorkerSettings
 

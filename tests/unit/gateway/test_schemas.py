@@ -10,7 +10,7 @@ import pytest
 from bailu.common.errors import InvalidRequest
 from bailu.common.types import ChatMessage, SamplingParams
 from bailu.gateway.errors import from_validation_error
-from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from bailu.gateway.schemas import MAX_CANDIDATES, ChatCompletionRequest, CompletionRequest
 
 USER = {"role": "user", "content": "hi"}
 
@@ -122,10 +122,11 @@ def test_out_of_range_sampling(field: str, value: float) -> None:
     assert rejection(ChatCompletionRequest, chat(**{field: value})).param == field
 
 
-def test_n_above_one() -> None:
-    error = rejection(ChatCompletionRequest, chat(n=2))
-    assert error.param == "n"
-    assert "less than or equal to 1" in error.message
+def test_n_candidates_are_bounded() -> None:
+    assert ChatCompletionRequest.model_validate(chat(n=MAX_CANDIDATES)).n == MAX_CANDIDATES
+    for n in (0, MAX_CANDIDATES + 1):
+        error = rejection(ChatCompletionRequest, chat(n=n))
+        assert error.param == "n"
 
 
 def test_stop_list_too_long() -> None:

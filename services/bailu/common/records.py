@@ -1,0 +1,122 @@
+"""Records carried on Redis: the completion log and feedback events (JSON in a `data` field)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bailu.common.types import ChatMessage
+
+DATA_FIELD = "data"
+_SPACE = re.compile(r"\s+")
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+
+
+def normalise(text: str) -> str:
+    """Case-, width-, punctuation- and whitespace-insensitive form of a text, for near-duplicate checks."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
+
+
+def content_hash(*parts: str) -> str:
+    """A hash of normalised texts: equal for texts that differ only in case, punctuation or spacing."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(normalise(part).encode())
+        digest.update(b"\x1f")
+    return digest.hexdigest()
+
+
+def prompt_hash(messages: list[dict[str, str]] | None, prompt: str | None) -> str:
+    """Identity of a request's input, used to check that two responses answer the same prompt."""
+    if messages is not None:
+        return content_hash(*(f"{m['role']}:{m['content']}" for m in messages))
+    return content_hash(f"prompt:{prompt or ''}")
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    index: int
+    text: str
+    finish_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRecord:
+    """What was generated, by which model version, with which parameters: one per response."""
+
+    id: str
+    created: float
+    key_id: str
+    model: str
+    served_model: str
+    messages: list[dict[str, str]] | None
+    prompt: str | None
+    choices: list[Choice]
+    sampling: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    total_ms: float
+    request_id: str
+    prompt_hash: str = ""
+
+    @staticmethod
+    def messages_of(messages: tuple[ChatMessage, ...] | None) -> list[dict[str, str]] | None:
+        return None if messages is None else [{"role": m.role, "content": m.content} for m in messages]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> CompletionRecord:
+        raw = json.loads(data)
+        raw["choices"] = [Choice(**c) for c in raw["choices"]]
+        return cls(**raw)
+
+    def choice(self, index: int) -> Choice | None:
+        return next((c for c in self.choices if c.index == index), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRef:
+    """One candidate of a response: its id and choice index."""
+
+    response_id: str
+    choice_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackEvent:
+    """A user's signal about responses: a rating, a comparison of two, or an edit."""
+
+    id: str
+    created: float
+    key_id: str
+    kind: str  # "rating" | "comparison" | "edit"
+    target: ResponseRef | None = None  # rating and edit
+    thumb: str | None = None  # rating: "up" | "down"
+    score: int | None = None  # rating: 1..5
+    chosen: ResponseRef | None = None  # comparison
+    rejected: ResponseRef | None = None  # comparison
+    edited_text: str | None = None  # edit
+    comment: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> FeedbackEvent:
+        raw = json.loads(data)
+        for name in ("target", "chosen", "rejected"):
+            if raw.get(name) is not None:
+                raw[name] = ResponseRef(**raw[name])
+        return cls(**raw)
+
+    def refs(self) -> list[ResponseRef]:
+        return [r for r in (self.target, self.chosen, self.rejected) if r is not None]

@@ -1,0 +1,39 @@
+"""Every Redis stream, key and consumer group name, defined once.
+
+Services, tests, dashboards and runbooks use these names; nothing else
+spells them out.
+"""
+
+from __future__ import annotations
+
+PREFIX = "bailu"
+
+# Append-only log of completions (retention bounded by MAXLEN ~).
+COMPLETIONS_STREAM = f"{PREFIX}:completions"
+# Feedback events, consumed by the collector's group; trimmed only below what the group acknowledged.
+FEEDBACK_STREAM = f"{PREFIX}:feedback"
+# Feedback events that can never be processed, with the reason.
+DEADLETTER_STREAM = f"{PREFIX}:feedback:dead"
+# The collector's consumer group on FEEDBACK_STREAM.
+COLLECTOR_GROUP = "collector"
+
+
+def response_key(response_id: str) -> str:
+    """The completion record of one response (JSON, expires with the completion log's retention)."""
+    return f"{PREFIX}:response:{response_id}"
+
+
+def idempotency_key(key_id: str, idempotency: str) -> str:
+    """A feedback POST's idempotency key, scoped to the API key that sent it."""
+    return f"{PREFIX}:feedback:idem:{key_id}:{idempotency}"
+
+
+# The collector's shared state.
+SEEN_SET = f"{PREFIX}:dataset:seen"  # content hashes of every example and pair written
+INTENTS_HASH = f"{PREFIX}:collector:intents"  # shard -> what committing it will record (write-ahead)
+RATINGS_PREFIX = f"{PREFIX}:ratings"  # per prompt: the ratings seen so far, to pair higher with lower
+TRIGGER_HASH = f"{PREFIX}:trainer:trigger"  # last run, runs per day, examples at the last run
+
+
+def ratings_key(prompt_hash: str) -> str:
+    return f"{RATINGS_PREFIX}:{prompt_hash}"

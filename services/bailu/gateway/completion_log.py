@@ -1,0 +1,105 @@
+"""The completion log: every stored completion goes to a Redis stream and a per-response key.
+
+Writes happen off the response path: `submit()` only queues the record; a
+background task writes queued records in pipelined batches. A full queue or a
+Redis failure drops records (counted, logged) and never fails or delays a
+generation. Records not yet written are still found by `lookup()`, so that
+feedback that follows a response at once is not refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bailu.common import redis_keys
+from bailu.common.metrics import GatewayMetrics
+from bailu.common.records import DATA_FIELD, CompletionRecord
+
+log = logging.getLogger(__name__)
+
+
+class CompletionLog:
+    def __init__(
+        self,
+        redis: Redis,
+        metrics: GatewayMetrics,
+        *,
+        retention_s: int,
+        max_stream_len: int,
+        queue_size: int = 10_000,
+        batch_size: int = 256,
+    ) -> None:
+        self.redis = redis
+        self.metrics = metrics
+        self.retention_s = retention_s
+        self.max_stream_len = max_stream_len
+        self.batch_size = batch_size
+        self._queue: asyncio.Queue[CompletionRecord] = asyncio.Queue(queue_size)
+        self._pending: OrderedDict[str, CompletionRecord] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (up to `timeout`), then stop."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def submit(self, record: CompletionRecord) -> None:
+        """Queue a record for writing; never blocks, never raises."""
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            self.metrics.completion_log_dropped.labels("queue_full").inc()
+            return
+        self._pending[record.id] = record
+
+    async def lookup(self, response_id: str) -> CompletionRecord | None:
+        """The record of a response, queued or written; None if unknown or expired.
+        Raises `RedisError` when Redis cannot be reached."""
+        pending = self._pending.get(response_id)
+        if pending is not None:
+            return pending
+        data = await self.redis.get(redis_keys.response_key(response_id))
+        return None if data is None else CompletionRecord.from_json(data)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+                self.metrics.completion_log_written.inc(len(batch))
+            except RedisError as exc:
+                self.metrics.completion_log_dropped.labels("redis_error").inc(len(batch))
+                log.warning("completion log write failed", extra={"records": len(batch), "error": str(exc)})
+            finally:
+                for record in batch:
+                    self._pending.pop(record.id, None)
+                    self._queue.task_done()
+
+    async def _write(self, batch: list[CompletionRecord]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record in batch:
+                data = record.to_json()
+                pipe.xadd(
+                    redis_keys.COMPLETIONS_STREAM,
+                    {DATA_FIELD: data},
+                    maxlen=self.max_stream_len,
+                    approximate=True,
+                )
+                pipe.set(redis_keys.response_key(record.id), data, ex=self.retention_s)
+            await pipe.execute()
