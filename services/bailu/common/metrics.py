@@ -97,3 +97,58 @@ class WorkerMetrics:
             registry=registry,
         )
         self.tokens = Counter(WORKER_TOKENS, "Tokens generated", registry=registry)
+
+
+# feedback collector
+COLLECTOR_EVENTS = "bailu_collector_events_total"
+COLLECTOR_EXAMPLES = "bailu_collector_examples_written_total"
+COLLECTOR_REJECTED = "bailu_collector_examples_rejected_total"
+COLLECTOR_DEADLETTERED = "bailu_collector_deadlettered_total"
+COLLECTOR_RECLAIMED = "bailu_collector_reclaimed_total"
+COLLECTOR_PENDING = "bailu_collector_pending_events"
+COLLECTOR_LAG = "bailu_collector_lag_events"
+COLLECTOR_BATCH_SECONDS = "bailu_collector_batch_duration_seconds"
+COLLECTOR_READY = "bailu_collector_ready"
+COLLECTOR_TRAINING_RUNS = "bailu_collector_training_runs_total"
+
+
+class CollectorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            COLLECTOR_EVENTS,
+            "Feedback events consumed, by outcome (committed, deadlettered)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.examples = Counter(
+            COLLECTOR_EXAMPLES,
+            "Examples written to dataset shards, by kind (sft, preference)",
+            ["kind"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            COLLECTOR_REJECTED,
+            "Examples not written, by reason (quality filters, duplicate)",
+            ["reason"],
+            registry=registry,
+        )
+        self.deadlettered = Counter(
+            COLLECTOR_DEADLETTERED, "Events sent to the dead-letter stream, by reason", ["reason"], registry=registry
+        )
+        self.reclaimed = Counter(
+            COLLECTOR_RECLAIMED, "Events reclaimed from consumers that stopped answering", registry=registry
+        )
+        self.pending = Gauge(COLLECTOR_PENDING, "Events delivered but not yet acknowledged", registry=registry)
+        self.lag = Gauge(COLLECTOR_LAG, "Events in the stream not yet delivered to the group", registry=registry)
+        self.batch_seconds = Histogram(
+            COLLECTOR_BATCH_SECONDS, "Time to process and commit one batch", buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.ready = Gauge(
+            COLLECTOR_READY, "1 while connected to Redis with the consumer group in place", registry=registry
+        )
+        self.training_runs = Counter(
+            COLLECTOR_TRAINING_RUNS,
+            "Training runs the trigger tried to start, by outcome",
+            ["outcome"],
+            registry=registry,
+        )

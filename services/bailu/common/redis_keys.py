@@ -30,9 +30,14 @@ def idempotency_key(key_id: str, idempotency: str) -> str:
 
 # The collector's shared state.
 SEEN_SET = f"{PREFIX}:dataset:seen"  # content hashes of every example and pair written
-INTENTS_HASH = f"{PREFIX}:collector:intents"  # shard -> what committing it will record (write-ahead)
+COUNTS_HASH = f"{PREFIX}:dataset:counts"  # examples written, by kind (sft, preference)
 RATINGS_PREFIX = f"{PREFIX}:ratings"  # per prompt: the ratings seen so far, to pair higher with lower
 TRIGGER_HASH = f"{PREFIX}:trainer:trigger"  # last run, runs per day, examples at the last run
+
+
+def intents_key(consumer: str) -> str:
+    """A collector replica's write-ahead intents: batch name -> what committing that batch records."""
+    return f"{PREFIX}:collector:intents:{consumer}"
 
 
 def ratings_key(prompt_hash: str) -> str:

@@ -28,6 +28,7 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import NoDecode
 
 from bailu.common.settings import ServiceSettings
+from bailu.collector.settings import CollectorSettings
 from bailu.gateway.settings import GatewaySettings
 from bailu.worker.settings import WorkerSettings
 
@@ -35,6 +36,7 @@ from bailu.worker.settings import WorkerSettings
 SETTINGS_CLASSES: tuple[type[ServiceSettings], ...] = (
     GatewaySettings,
     WorkerSettings,
+    CollectorSettings,
 )
 
 BEGIN = "<!-- settings:begin -->"
@@ -126,6 +128,10 @@ def describe_type(field: FieldInfo) -> str:
 def describe_default(field: FieldInfo) -> str:
     if field.is_required():
         return "*required*"
+    factory = field.default_factory
+    if factory is not None and factory not in (list, dict, tuple, set, frozenset):
+        # Computed where the service runs (e.g. the host name): no value here would be true everywhere.
+        return "*computed at start*"
     value = field.get_default(call_default_factory=True, validated_data={})
     if value is None or value is PydanticUndefined:
         return "*unset*"

@@ -71,6 +71,7 @@ class SimEngine(Engine):
         self.load_s = load_s
         self.active = 0  # generations in progress, observable by tests
         self.tokens_generated = 0
+        self._sampled = 0
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> SimEngine:
@@ -106,6 +107,12 @@ class SimEngine(Engine):
             )
         n = min(self.output_tokens, self.max_new_tokens(request, prompt_tokens))
         served = request.served_model
+        # Greedy requests always get the same text; sampled ones (temperature > 0) each start further
+        # into it, so that candidates differ as they would with a real model.
+        offset = 0
+        if request.sampling.temperature:
+            self._sampled += 1
+            offset = self._sampled
         self.active += 1
         try:
             start = time.monotonic()
@@ -114,7 +121,7 @@ class SimEngine(Engine):
                 due = start + self.ttft_s + i * self.itl_s
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 self.tokens_generated += 1
-                word = _TEXT[i % len(_TEXT)]
+                word = _TEXT[(offset + i) % len(_TEXT)]
                 yield GenerateChunk(text=word if i == 0 else " " + word, token_count=1, served_model=served)
             finish = FinishReason.LENGTH if n == request.sampling.max_tokens else FinishReason.STOP
             yield GenerateChunk("", 0, finish, Usage(prompt_tokens, n), served)

@@ -1,0 +1,1 @@
+"""The feedback collector: turns feedback events into versioned SFT and preference datasets."""

@@ -1,0 +1,145 @@
+"""Turn feedback events, joined with the completions they refer to, into training examples.
+
+- rating: a well-rated answer (thumbs up, or a score >= `sft_min_score`) is an SFT example; two
+  ratings of different candidates for the same prompt make a preference pair (higher over lower);
+- comparison: a preference pair (chosen over rejected);
+- edit: the edited text is an SFT example (the gold answer) and a pair (edited over original).
+
+Examples are in ms-swift's dataset formats: `messages` for SFT, `messages` (ending with the chosen
+answer) plus `rejected_response` for preference pairs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from bailu.collector import quality
+from bailu.common.records import CompletionRecord, FeedbackEvent, ResponseRef, content_hash
+
+SFT = "sft"
+PREFERENCE = "preference"
+THUMB_SCORES = {"up": 5, "down": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    kind: str  # SFT or PREFERENCE
+    source: str  # the feedback kind it came from ("rating", "ratings", "comparison", "edit")
+    event_id: str
+    created: float
+    prompt: list[dict[str, str]]
+    answer: str  # the (chosen) answer
+    rejected: str | None = None
+
+    @property
+    def hash(self) -> str:
+        """Identity for near-duplicate removal: the same prompt and answer(s), up to case and punctuation."""
+        parts = [f"{m['role']}:{m['content']}" for m in self.prompt] + [self.kind, self.answer, self.rejected or ""]
+        return content_hash(*parts)
+
+    def to_swift(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"messages": [*self.prompt, {"role": "assistant", "content": self.answer}]}
+        if self.rejected is not None:
+            record["rejected_response"] = self.rejected
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """A rating remembered per prompt, to pair it with later ratings of other candidates."""
+
+    ref: str
+    score: int
+    text: str
+
+    def to_json(self) -> str:
+        return json.dumps({"score": self.score, "text": self.text}, ensure_ascii=False)
+
+
+def prompt_of(record: CompletionRecord) -> list[dict[str, str]]:
+    if record.messages is not None:
+        return list(record.messages)
+    # A raw prompt is trained on as one user turn, as the transformers engine serves it.
+    return [{"role": "user", "content": record.prompt or ""}]
+
+
+def ref_key(ref: ResponseRef) -> str:
+    return f"{ref.response_id}#{ref.choice_index}"
+
+
+def text_of(records: dict[str, CompletionRecord], ref: ResponseRef) -> str:
+    choice = records[ref.response_id].choice(ref.choice_index)
+    if choice is None:
+        raise KeyError(f"{ref.response_id} has no candidate {ref.choice_index}")
+    return choice.text
+
+
+@dataclass
+class Built:
+    examples: list[Example]
+    rejected: list[str]  # reasons, one per example that was dropped
+    rating: Rating | None = None  # to remember for this prompt
+
+
+def build(
+    event: FeedbackEvent,
+    records: dict[str, CompletionRecord],
+    earlier_ratings: list[Rating],
+    *,
+    sft_min_score: int,
+    check: quality.QualityFilter,
+) -> Built:
+    """The examples one event yields (before deduplication), and the quality rejections."""
+    candidates: list[Example] = []
+    rating = None
+
+    def example(
+        kind: str, source: str, prompt: list[dict[str, str]], answer: str, rejected: str | None = None
+    ) -> Example:
+        return Example(kind, source, event.id, event.created, prompt, answer, rejected)
+
+    if event.kind == "rating":
+        assert event.target is not None
+        record = records[event.target.response_id]
+        text = text_of(records, event.target)
+        score = event.score if event.score is not None else THUMB_SCORES[event.thumb or "down"]
+        rating = Rating(ref_key(event.target), score, text)
+        if score >= sft_min_score:
+            candidates.append(example(SFT, "rating", prompt_of(record), text))
+        others = [r for r in earlier_ratings if r.ref != rating.ref and r.score != score]
+        if others:
+            # Pair with the rating furthest from this one: the clearest preference.
+            other = max(others, key=lambda r: abs(r.score - score))
+            high, low = (rating, other) if score > other.score else (other, rating)
+            candidates.append(example(PREFERENCE, "ratings", prompt_of(record), high.text, low.text))
+    elif event.kind == "comparison":
+        assert event.chosen is not None
+        assert event.rejected is not None
+        record = records[event.chosen.response_id]
+        chosen, rejected = text_of(records, event.chosen), text_of(records, event.rejected)
+        candidates.append(example(PREFERENCE, "comparison", prompt_of(record), chosen, rejected))
+    elif event.kind == "edit":
+        assert event.target is not None
+        assert event.edited_text is not None
+        record = records[event.target.response_id]
+        prompt = prompt_of(record)
+        original = text_of(records, event.target)
+        candidates.append(example(SFT, "edit", prompt, event.edited_text))
+        candidates.append(example(PREFERENCE, "edit", prompt, event.edited_text, original))
+    else:
+        raise ValueError(f"unknown feedback kind {event.kind!r}")
+
+    kept, dropped = [], []
+    for candidate in candidates:
+        reason = check.reject(candidate.answer)
+        if reason is None and candidate.rejected is not None:
+            reason = check.reject(candidate.rejected)
+            if reason is None and content_hash(candidate.answer) == content_hash(candidate.rejected):
+                reason = quality.IDENTICAL_PAIR
+        if reason is None:
+            kept.append(candidate)
+        else:
+            dropped.append(reason)
+    return Built(kept, dropped, rating)

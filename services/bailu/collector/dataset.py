@@ -1,0 +1,190 @@
+"""Dataset shards and versions on disk: the files alone define the data.
+
+    <root>/shards/<batch>/sft.jsonl          ms-swift `messages` records
+    <root>/shards/<batch>/preference.jsonl   ms-swift `messages` + `rejected_response` records
+    <root>/shards/<batch>/meta.json          per record: kind, source, feedback event id, time, content hash
+    <root>/versions/v000001/{sft,preference}.jsonl, manifest.json
+
+A batch directory is built under a temporary name, every file fsynced, then
+renamed into place: the rename is the commit point, so a half-written batch is
+never visible. A version is sealed the same way; it holds every batch
+committed so far, so a training run pins one version and gets exactly its data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bailu.collector.builder import PREFERENCE, SFT, Example
+
+KINDS = (SFT, PREFERENCE)
+TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+class DatasetStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.shards = root / "shards"
+        self.versions_dir = root / "versions"
+
+    def ensure(self) -> None:
+        self.shards.mkdir(parents=True, exist_ok=True)
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+
+    # batches
+
+    def batch_exists(self, name: str) -> bool:
+        return (self.shards / name / "meta.json").is_file()
+
+    def batches(self) -> list[str]:
+        """Committed batches, oldest first (names start with a millisecond timestamp)."""
+        if not self.shards.is_dir():
+            return []
+        return sorted(p.name for p in self.shards.iterdir() if not p.name.startswith(".") and p.is_dir())
+
+    def write_batch(self, name: str, examples: list[Example], consumer: str) -> Path:
+        """Write a batch atomically (idempotent: an existing batch of that name is left as it is)."""
+        final = self.shards / name
+        if self.batch_exists(name):
+            return final
+        self.ensure()
+        tmp = self.shards / f"{TMP_PREFIX}{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for kind in KINDS:
+            lines = [json.dumps(e.to_swift(), ensure_ascii=False) for e in examples if e.kind == kind]
+            if lines:
+                _write(tmp / f"{kind}.jsonl", ("\n".join(lines) + "\n").encode())
+        meta = {
+            "batch": name,
+            "consumer": consumer,
+            "created": _iso(time.time()),
+            "records": [
+                {"kind": e.kind, "source": e.source, "event_id": e.event_id, "created": e.created, "hash": e.hash}
+                for e in examples
+            ],
+        }
+        _write(tmp / "meta.json", json.dumps(meta, ensure_ascii=False).encode())
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(self.shards)
+        return final
+
+    def batch_meta(self, name: str) -> dict[str, Any]:
+        return dict(json.loads((self.shards / name / "meta.json").read_text()))
+
+    def remove_stale_tmp(self) -> int:
+        """Delete half-written batches and versions left by a crash; they were never committed."""
+        removed = 0
+        for folder in (self.shards, self.versions_dir):
+            if folder.is_dir():
+                for path in folder.glob(f"{TMP_PREFIX}*"):
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
+        return removed
+
+    # versions
+
+    def versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir() if (p / "manifest.json").is_file())
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        return dict(json.loads((self.versions_dir / version / "manifest.json").read_text()))
+
+    def seal(self) -> str | None:
+        """Seal a new version holding every committed batch; None if nothing was added since the last one.
+        Safe against concurrent sealers: the version directory's rename is the claim."""
+        self.ensure()
+        while True:
+            versions = self.versions()
+            previous = self.manifest(versions[-1]) if versions else None
+            batches = self.batches()
+            if previous is not None and set(batches) <= set(previous["batches"]):
+                return None
+            number = int(versions[-1][1:]) + 1 if versions else 1
+            version = f"v{number:06d}"
+            tmp = self.versions_dir / f"{TMP_PREFIX}{version}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            manifest = self._build_version(tmp, version, batches, previous)
+            _write(tmp / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+            _fsync_dir(tmp)
+            try:
+                os.rename(tmp, self.versions_dir / version)
+            except OSError:  # another replica sealed this number first: try the next one
+                shutil.rmtree(tmp, ignore_errors=True)
+                continue
+            _fsync_dir(self.versions_dir)
+            return version
+
+    def _build_version(
+        self, folder: Path, version: str, batches: list[str], previous: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        counts: Counter[str] = Counter()
+        sources: Counter[str] = Counter()
+        hashes: list[str] = []
+        times: list[float] = []
+        files: dict[str, Any] = {}
+        for kind in KINDS:
+            digest = hashlib.sha256()
+            records = 0
+            with (folder / f"{kind}.jsonl").open("wb") as out:
+                for batch in batches:
+                    shard = self.shards / batch / f"{kind}.jsonl"
+                    if shard.is_file():
+                        data = shard.read_bytes()
+                        out.write(data)
+                        digest.update(data)
+                        records += data.count(b"\n")
+                out.flush()
+                os.fsync(out.fileno())
+            files[f"{kind}.jsonl"] = {"records": records, "sha256": digest.hexdigest()}
+        for batch in batches:
+            for record in self.batch_meta(batch)["records"]:
+                counts[record["kind"]] += 1
+                sources[f"{record['kind']}/{record['source']}"] += 1
+                hashes.append(record["hash"])
+                times.append(record["created"])
+        before = previous["counts"] if previous else {}
+        return {
+            "version": version,
+            "created": _iso(time.time()),
+            "previous": previous["version"] if previous else None,
+            "formats": {"sft.jsonl": "ms-swift messages", "preference.jsonl": "ms-swift messages + rejected_response"},
+            "files": files,
+            "counts": {kind: counts[kind] for kind in KINDS},
+            "new_since_previous": {kind: counts[kind] - int(before.get(kind, 0)) for kind in KINDS},
+            "sources": dict(sorted(sources.items())),
+            "content_sha256": hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest(),
+            "time_range": {"first": _iso(min(times)), "last": _iso(max(times))} if times else None,
+            "batches": batches,
+        }

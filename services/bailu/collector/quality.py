@@ -1,0 +1,80 @@
+"""Filters that keep low-quality text out of the training data."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bailu.common.records import normalise
+
+# Rejection reasons (also the label values of the collector's rejected-examples metric).
+EMPTY = "empty"
+TOO_SHORT = "too_short"
+REPETITION = "repetition"
+CHARSET = "charset"
+BLOCKED = "blocked"
+DUPLICATE = "duplicate"
+IDENTICAL_PAIR = "identical_pair"
+
+
+@dataclass(frozen=True)
+class QualityFilter:
+    """Decides whether an answer is good enough to train on; `reject()` names the first problem."""
+
+    min_chars: int = 8
+    max_repeats: int = 3
+    min_letter_share: float = 0.6
+    blocked: tuple[str, ...] = ()
+
+    @classmethod
+    def create(
+        cls, *, min_chars: int, max_repeats: int, min_letter_share: float, blocked: Iterable[str]
+    ) -> QualityFilter:
+        phrases = tuple(sorted({normalise(b) for b in blocked if normalise(b)}))
+        return cls(min_chars, max_repeats, min_letter_share, phrases)
+
+    def reject(self, text: str) -> str | None:
+        """The reason to reject `text`, or None if it may be used."""
+        if not text.strip():
+            return EMPTY
+        norm = normalise(text)
+        if len(norm) < self.min_chars:
+            return TOO_SHORT
+        if _bad_characters(text, self.min_letter_share):
+            return CHARSET
+        if self._degenerate(norm):
+            return REPETITION
+        padded = f" {norm} "
+        if any(f" {phrase} " in padded for phrase in self.blocked):
+            return BLOCKED
+        return None
+
+    def _degenerate(self, norm: str) -> bool:
+        """One word 3-gram repeated `max_repeats` times ("a moment's light, a moment's light, ...")."""
+        words = norm.split()
+        if len(words) < 3:
+            return False
+        grams = Counter(zip(words, words[1:], words[2:], strict=False))
+        return grams.most_common(1)[0][1] >= self.max_repeats
+
+
+_CONTROL_OK = frozenset("\n\t\r")
+
+
+def _bad_characters(text: str, min_letter_share: float) -> bool:
+    """Control characters, unassigned or private-use code points, replacement characters, or too few
+    letters among the visible characters (symbol or emoji spam, binary garbage)."""
+    letters = visible = 0
+    for char in text:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cf") and char not in _CONTROL_OK:
+            return True
+        if category in ("Co", "Cn", "Cs") or char == "\ufffd":
+            return True
+        if category.startswith("Z") or char in _CONTROL_OK:
+            continue
+        visible += 1
+        letters += category.startswith("L") or category.startswith("M")
+    return visible > 0 and letters / visible < min_letter_share

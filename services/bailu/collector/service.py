@@ -1,0 +1,89 @@
+"""The collector process: the consumer loop, periodic chores, the retraining trigger, probes and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from bailu.collector.consumer import Collector
+from bailu.collector.dataset import DatasetStore
+from bailu.collector.settings import CollectorSettings
+from bailu.common.metrics import CollectorMetrics
+from bailu.common.probes import ProbeServer
+
+log = logging.getLogger(__name__)
+
+TriggerCheck = Callable[[], Awaitable[str | None]]
+
+
+class CollectorService:
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        *,
+        redis: Redis | None = None,
+        registry: CollectorRegistry | None = None,
+        trigger: TriggerCheck | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=max(5.0, settings.block_ms / 1000 + 5))
+        self.registry = registry or CollectorRegistry()
+        self.metrics = CollectorMetrics(self.registry)
+        self.store = DatasetStore(settings.dataset_dir)
+        self.collector = Collector(settings, self.redis, self.store, self.metrics)
+        self.trigger = trigger
+        self.ready = False
+        self.probes = ProbeServer(settings.host, settings.http_port, lambda: self.ready, self.registry)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; Redis outages are waited out with backoff."""
+        await self.probes.start()
+        log.info("collector listening", extra={"http_port": self.probes.port, "consumer": self.collector.consumer})
+        backoff = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    await self._consume(stop)
+                except RedisError as exc:
+                    self.ready = False
+                    self.metrics.ready.set(0)
+                    log.warning("redis unavailable; retrying", extra={"error": str(exc), "retry_s": backoff})
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                backoff = 0.5
+        finally:
+            await self.probes.close()
+            await self.redis.aclose()
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        collector = self.collector
+        await collector.setup()
+        self.ready = True
+        self.metrics.ready.set(1)
+        next_reclaim = next_gauges = 0.0
+        next_trigger = time.monotonic() + self.settings.trigger_interval_s
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_reclaim:
+                await collector.reclaim()
+                next_reclaim = now + self.settings.claim_idle_ms / 2000
+            messages = await collector.read()
+            if messages:
+                await collector.process(messages)
+                if collector.batches_done % self.settings.trim_every_batches == 0:
+                    await collector.trim()
+            if now >= next_gauges:
+                await collector.update_gauges()
+                next_gauges = now + 5
+            if self.trigger is not None and now >= next_trigger:
+                next_trigger = now + self.settings.trigger_interval_s
+                await self.trigger()
