@@ -27,8 +27,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import NoDecode
 
-from bailu.common.settings import ServiceSettings
 from bailu.collector.settings import CollectorSettings
+from bailu.common.settings import ServiceSettings
 from bailu.gateway.settings import GatewaySettings
 from bailu.worker.settings import WorkerSettings
 
