@@ -3,6 +3,7 @@ and the official `openai` client."""
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
 import subprocess
@@ -11,7 +12,9 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -32,17 +35,19 @@ class DevStack:
     process: subprocess.Popen[str]
     ports: list[int]
     output: list[str]
+    state: Path
 
 
 @pytest.fixture(scope="module")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     state = tmp_path_factory.mktemp("dev-state")
-    ports = [free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(5)]
     argv = [
         sys.executable, "-m", "bailu.dev",
         "--state-dir", str(state), "--model-dir", str(SMOLLM2_DIR),
         "--gateway-port", str(ports[0]), "--worker-port", str(ports[1]),
         "--worker-http-port", str(ports[2]), "--redis-port", str(ports[3]),
+        "--collector-http-port", str(ports[4]),
     ]  # fmt: skip
     process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
@@ -69,7 +74,7 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
             logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (state / "logs").glob("*.log"))
             pytest.fail(f"`python -m bailu.dev` did not get ready:\n{''.join(output)}\n{logs}")
     key = (state / "api-key").read_text().strip()
-    stack = DevStack(url, key, process, ports, output)
+    stack = DevStack(url, key, process, ports, output, state)
     yield stack
     process.send_signal(signal.SIGTERM)
     try:
@@ -136,11 +141,30 @@ def test_errors_reach_the_client_as_openai_errors(client: openai.OpenAI, dev_sta
         anonymous.models.list()
 
 
+def test_feedback_becomes_training_data(client: openai.OpenAI, dev_stack: DevStack) -> None:
+    completion = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=32)  # type: ignore[arg-type]
+    edited = "Autumn light lies low and gold across the quiet field."
+    response = httpx.post(
+        f"{dev_stack.url}/v1/feedback",
+        json={"type": "edit", "response_id": completion.id, "edited_text": edited},
+        headers={"Authorization": f"Bearer {dev_stack.key}", "Idempotency-Key": "e2e-edit-1"},
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    shards = dev_stack.state / "datasets" / "shards"
+    deadline = time.monotonic() + 30
+    while not list(shards.glob("*/sft.jsonl")):
+        assert time.monotonic() < deadline, "the collector wrote no dataset batch"
+        time.sleep(0.2)
+    record = json.loads(next(shards.glob("*/sft.jsonl")).read_text().splitlines()[0])
+    assert record["messages"] == [*PROMPT, {"role": "assistant", "content": edited}]
+
+
 def test_ctrl_c_stops_every_process(dev_stack: DevStack) -> None:
     """Runs last in this module (pytest keeps file order): stopping the stack frees every port."""
     dev_stack.process.send_signal(signal.SIGINT)
     assert dev_stack.process.wait(60) == 0
     deadline = time.monotonic() + 10
-    while not all(port_free(p) for p in dev_stack.ports[:3]):
+    while not all(port_free(p) for p in dev_stack.ports):
         assert time.monotonic() < deadline, "a process of the stack is still listening"
         time.sleep(0.2)

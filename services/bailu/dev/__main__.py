@@ -1,7 +1,7 @@
 """`python -m bailu.dev` (what `make dev` runs): the whole stack on this machine, no GPU.
 
 Prepares the SmolLM2 checkpoint (once), a dev API key, then starts
-redis-server, one worker and the gateway, waits until a completion can be
+redis-server, one worker, the gateway and the feedback collector, waits until a completion can be
 served, prints how to reach it, and stops everything on Ctrl-C.
 """
 
@@ -30,7 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-port", type=int, default=50051)
     parser.add_argument("--worker-http-port", type=int, default=9091)
     parser.add_argument("--redis-port", type=int, default=6379)
-    parser.add_argument("--no-redis", action="store_true", help="do not start redis-server")
+    parser.add_argument("--collector-http-port", type=int, default=9092)
+    parser.add_argument(
+        "--no-redis", action="store_true", help="do not start redis-server (nor the collector, which needs it)"
+    )
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     return parser.parse_args(argv)
 
@@ -42,6 +45,7 @@ Bailu is running.
   API key:  {key}   (stored in {state_dir / "api-key"})
   model:    {model}
   logs:     {state_dir / "logs"}/
+  datasets: {state_dir / "datasets"}/   (feedback turned into training data)
 
 Try it:
   curl {url}/v1/chat/completions \\
@@ -58,6 +62,11 @@ for chunk in client.chat.completions.create(
 print()
 PY
 
+Rate a response by its "id" (the collector turns feedback into training data under datasets/):
+  curl {url}/v1/feedback \\
+    -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+    -d '{{"type": "rating", "response_id": "chatcmpl-...", "thumb": "up"}}'
+
 Press Ctrl-C to stop every process.
 """
 
@@ -69,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = {"gateway": args.gateway_port, "worker": args.worker_port, "worker-http": args.worker_http_port}
     if not args.no_redis:
         ports["redis"] = args.redis_port
+        ports["collector-http"] = args.collector_http_port
     busy = [f"{name} port {port}" for name, port in ports.items() if not port_free(port)]
     if busy:
         print(f"cannot start: {', '.join(busy)} already in use (stop the other stack or pass --*-port)")
@@ -100,10 +110,28 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     url = f"http://127.0.0.1:{args.gateway_port}"
     try:
-        if not args.no_redis and (redis := redis_process(args.redis_port, state)) is not None:
+        redis = None if args.no_redis else redis_process(args.redis_port, state)
+        if redis is not None:
             stack.start(redis)
+            redis_url = f"redis://127.0.0.1:{args.redis_port}/0"
+            gateway_env["BAILU_GATEWAY_REDIS_URL"] = redis_url
         stack.start(Process("worker", [python, "-m", "bailu.worker"], worker_env, state / "logs" / "worker.log"))
         stack.start(Process("gateway", [python, "-m", "bailu.gateway"], gateway_env, state / "logs" / "gateway.log"))
+        if redis is not None:
+            collector_env = {
+                "BAILU_COLLECTOR_REDIS_URL": redis_url,
+                "BAILU_COLLECTOR_HOST": "127.0.0.1",
+                "BAILU_COLLECTOR_HTTP_PORT": str(args.collector_http_port),
+                "BAILU_COLLECTOR_DATASET_DIR": str(state / "datasets"),
+                "BAILU_COLLECTOR_CONSUMER_NAME": "dev",
+                # The trainer comes with its own issue; until then a run only records its request.
+                "BAILU_COLLECTOR_RUNNER": "local",
+                "BAILU_COLLECTOR_LOCAL_COMMAND": f"{python} -c \"import sys; print('training requested for', "
+                'sys.argv[1:])" {dataset_version} {dataset_dir}',
+            }
+            stack.start(
+                Process("collector", [python, "-m", "bailu.collector"], collector_env, state / "logs" / "collector.log")
+            )
         print("waiting for the model to load and warm up...", flush=True)
         started = time.monotonic()
         stack.wait_until(f"{url}/readyz", args.ready_timeout, "the gateway")
