@@ -349,3 +349,38 @@ async def test_sigkill_mid_batch_loses_and_duplicates_nothing(redis, redis_serve
     assert pair_ids == sorted(ids)
     assert len({e["hash"] for e in written}) == len(written) == 2400
     assert int(await redis.hget(redis_keys.COUNTS_HASH, "preference")) == 1200
+
+
+async def test_enough_new_pairs_seal_a_version_and_start_a_training_run(redis, redis_server, tmp_path) -> None:
+    dataset = tmp_path / "data"
+    command = (
+        f"{sys.executable} -c \"import pathlib, sys; pathlib.Path(sys.argv[2], 'requested').write_text(sys.argv[1])\""
+        " {dataset_version} {dataset_dir}"
+    )
+    service = CollectorService(
+        settings(
+            redis_server.url, dataset, runner="local", local_command=command, trigger_interval_s=0.1,
+            trigger_min_new_pairs=3, trigger_cooldown_s=3600, trigger_peak_window="",
+        )
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        response = await put_completion(redis, POEM)
+        for i in range(2):
+            await put_event(redis, "edit", target=ResponseRef(response), edited_text=f"Dew at dawn, edit {i}.")
+        await wait_for(lambda: len(service.store.batches()) >= 1, 10)
+        await asyncio.sleep(0.5)
+        assert service.store.versions() == []  # 2 pairs < 3: not due
+        await put_event(redis, "edit", target=ResponseRef(response), edited_text="Dew at dawn, edit three.")
+        await wait_for(lambda: (dataset / "requested").exists(), 15)
+        assert (dataset / "requested").read_text() == "v000001"
+        assert service.store.manifest("v000001")["counts"] == {"sft": 3, "preference": 3}
+        # Cooling down: more pairs start nothing new.
+        for i in range(3):
+            await put_event(redis, "edit", target=ResponseRef(response), edited_text=f"Later dew, edit {i}.")
+        await asyncio.sleep(1.0)
+        assert service.store.versions() == ["v000001"]
+    finally:
+        stop.set()
+        await task

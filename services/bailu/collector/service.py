@@ -14,7 +14,9 @@ from redis.exceptions import RedisError
 
 from bailu.collector.consumer import Collector
 from bailu.collector.dataset import DatasetStore
+from bailu.collector.runners import create_runner
 from bailu.collector.settings import CollectorSettings
+from bailu.collector.trigger import Trigger, TriggerPolicy
 from bailu.common.metrics import CollectorMetrics
 from bailu.common.probes import ProbeServer
 
@@ -30,7 +32,7 @@ class CollectorService:
         *,
         redis: Redis | None = None,
         registry: CollectorRegistry | None = None,
-        trigger: TriggerCheck | None = None,
+        trigger: TriggerCheck | None = None,  # default: the retraining trigger the settings describe
     ) -> None:
         self.settings = settings
         self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=max(5.0, settings.block_ms / 1000 + 5))
@@ -38,6 +40,17 @@ class CollectorService:
         self.metrics = CollectorMetrics(self.registry)
         self.store = DatasetStore(settings.dataset_dir)
         self.collector = Collector(settings, self.redis, self.store, self.metrics)
+        if trigger is None:
+            policy = TriggerPolicy.from_settings(settings)
+            trigger = Trigger(
+                policy,
+                create_runner(settings),
+                self.redis,
+                seal=lambda: asyncio.to_thread(self.store.seal),
+                pairs_total=self.collector.pairs_total,
+                dataset_dir=settings.dataset_dir,
+                registry=self.registry,
+            ).check
         self.trigger = trigger
         self.ready = False
         self.probes = ProbeServer(settings.host, settings.http_port, lambda: self.ready, self.registry)
@@ -84,6 +97,6 @@ class CollectorService:
             if now >= next_gauges:
                 await collector.update_gauges()
                 next_gauges = now + 5
-            if self.trigger is not None and now >= next_trigger:
+            if now >= next_trigger:
                 next_trigger = now + self.settings.trigger_interval_s
                 await self.trigger()

@@ -109,7 +109,10 @@ COLLECTOR_PENDING = "bailu_collector_pending_events"
 COLLECTOR_LAG = "bailu_collector_lag_events"
 COLLECTOR_BATCH_SECONDS = "bailu_collector_batch_duration_seconds"
 COLLECTOR_READY = "bailu_collector_ready"
-COLLECTOR_TRAINING_RUNS = "bailu_collector_training_runs_total"
+TRIGGER_DECISIONS = "bailu_collector_trigger_decisions_total"
+TRIGGER_RUNS = "bailu_collector_trigger_runs_total"
+TRIGGER_NEW_PAIRS = "bailu_collector_trigger_new_pairs"
+TRIGGER_LAST_RUN = "bailu_collector_trigger_last_run_timestamp_seconds"
 
 
 class CollectorMetrics:
@@ -146,9 +149,21 @@ class CollectorMetrics:
         self.ready = Gauge(
             COLLECTOR_READY, "1 while connected to Redis with the consumer group in place", registry=registry
         )
-        self.training_runs = Counter(
-            COLLECTOR_TRAINING_RUNS,
-            "Training runs the trigger tried to start, by outcome",
+
+
+class TriggerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.decisions = Counter(
+            TRIGGER_DECISIONS,
+            "Retraining policy evaluations by decision (due, not_enough_pairs, cooling_down, daily_cap, peak_window)",
+            ["decision"],
+            registry=registry,
+        )
+        self.runs = Counter(
+            TRIGGER_RUNS,
+            "Training runs by outcome (started, failed: the runner could not start it)",
             ["outcome"],
             registry=registry,
         )
+        self.new_pairs = Gauge(TRIGGER_NEW_PAIRS, "Preference pairs written since the last run", registry=registry)
+        self.last_run = Gauge(TRIGGER_LAST_RUN, "Unix time the last training run started", registry=registry)

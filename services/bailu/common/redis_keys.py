@@ -32,7 +32,8 @@ def idempotency_key(key_id: str, idempotency: str) -> str:
 SEEN_SET = f"{PREFIX}:dataset:seen"  # content hashes of every example and pair written
 COUNTS_HASH = f"{PREFIX}:dataset:counts"  # examples written, by kind (sft, preference)
 RATINGS_PREFIX = f"{PREFIX}:ratings"  # per prompt: the ratings seen so far, to pair higher with lower
-TRIGGER_HASH = f"{PREFIX}:trainer:trigger"  # last run, runs per day, examples at the last run
+TRIGGER_HASH = f"{PREFIX}:trainer:trigger"  # last run, runs per day, preference pairs at the last run
+TRIGGER_LOCK = f"{TRIGGER_HASH}:lock"  # held by the replica that is starting a run
 
 
 def intents_key(consumer: str) -> str:
