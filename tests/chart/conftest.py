@@ -1,0 +1,165 @@
+"""Fixtures of the chart tests: the real helm binary, cached renderings, the CRD schemas.
+
+helm comes from `make setup` (.venv/bin/helm). Without it the tests fail under CI (CI=true) and
+skip elsewhere; without the CRDs folder, CRD validation fails when BAILU_REQUIRE_CRDS=1 (as
+.ci/run sets) and skips elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart.crds import CrdIndex, crds_dir
+from tests.chart.helm import EXAMPLES, Helm, Manifest, find_helm, values_key
+
+Render = Callable[..., list[Manifest]]
+
+
+@pytest.fixture(scope="session")
+def helm() -> Helm:
+    binary = find_helm()
+    if binary is None:
+        message = "helm not found: `make setup` installs it into .venv/bin"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return Helm(binary)
+
+
+@pytest.fixture(scope="session")
+def render(helm: Helm) -> Render:
+    """render(values_files=(), values=None, kube_version=None): the rendered objects, cached per arguments.
+
+    Tests must not modify what it returns.
+    """
+    cache: dict[str, list[Manifest]] = {}
+
+    def _render(
+        values_files: Sequence[Path] = (), values: dict[str, Any] | None = None, kube_version: str | None = None
+    ) -> list[Manifest]:
+        key = values_key(values_files, values, kube_version)
+        if key not in cache:
+            cache[key] = helm.template(values_files, values, kube_version)
+        return cache[key]
+
+    return _render
+
+
+@pytest.fixture(scope="session")
+def crd_index() -> CrdIndex:
+    folder = crds_dir()
+    if not folder.is_dir():
+        if os.environ.get("BAILU_REQUIRE_CRDS") == "1":
+            pytest.fail(f"BAILU_REQUIRE_CRDS=1 but the CRDs folder {folder} is missing (or set BAILU_CRDS_DIR)")
+        pytest.skip(
+            f"no CRDs folder at {folder} (set BAILU_CRDS_DIR): custom resources not validated here; CI requires it"
+        )
+    return CrdIndex.load(folder)
+
+
+@pytest.fixture(scope="session")
+def default_manifests(render: Render) -> list[Manifest]:
+    return render()
+
+
+@pytest.fixture(scope="session")
+def gpu_manifests(render: Render) -> list[Manifest]:
+    return render([example("values-gpu.yaml")])
+
+
+@pytest.fixture(scope="session")
+def demo_manifests(render: Render) -> list[Manifest]:
+    return render([example("values-cpu-demo.yaml")])
+
+
+def example(name: str) -> Path:
+    path = next((p for p in EXAMPLES if p.name == name), None)
+    assert path is not None, f"deploy/{name} is missing"
+    return path
+
+
+# Values that switch on every optional object and feature of the chart.
+FULL_VALUES: dict[str, Any] = {
+    "imageRegistry": "registry.example.com/bailu",
+    "imagePullSecrets": [{"name": "regcred"}],
+    "commonLabels": {"team": "writing"},
+    "gateway": {
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5, "targetCPUUtilizationPercentage": 60},
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "hosts": [{"host": "bailu.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+            "tls": [{"secretName": "bailu-tls", "hosts": ["bailu.example.com"]}],
+        },
+        "httpRoute": {
+            "enabled": True,
+            "parentRefs": [{"name": "public", "namespace": "gateway-system"}],
+            "hostnames": ["bailu.example.com"],
+        },
+        "apiKeys": {"extraHashes": ["sha256:" + "ab" * 32]},
+        "settings": {"log_level": "DEBUG", "max_body_bytes": 2097152, "request_timeout_s": 90.5, "host": "::"},
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+        "priorityClassName": "bailu-high",
+    },
+    "workerDefaults": {"settings": {"warmup": True, "max_queue": 16}, "drainGraceSeconds": 45.5},
+    "workers": [
+        {
+            "name": "gpu",
+            "engine": "transformers",
+            "replicas": 0,
+            "gpus": 2,
+            "model": {
+                "name": "big",
+                "source": "modelStore",
+                "path": "base/big",
+                "type": "qwen2",
+                "template": "qwen2_5",
+            },
+            "adapters": {"poet": "adapters/poet/v3", "legal": "/opt/adapters/legal"},
+            "settings": {"warmup": False},
+            "runtimeClassName": "nvidia",
+            "podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"},
+        },
+        {
+            "name": "sim",
+            "engine": "sim",
+            "model": {"name": "bailu-sim", "source": "none"},
+            "extraEnv": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+        },
+    ],
+    "storage": {"modelStore": {"storageClassName": "-"}, "datasets": {"storageClassName": "nfs-client", "keep": False}},
+    "networkPolicy": {
+        "extraEgress": [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 6380, "protocol": "TCP"}]}]
+    },
+}
+
+# Values that use existing Secrets, claims and an external Redis, with policies and tests off.
+EXISTING_VALUES: dict[str, Any] = {
+    "gateway": {"apiKeys": {"existingSecret": "my-keys", "hashesKey": "hashes", "plainKeyKey": "key"}},
+    "redis": {"enabled": False, "external": {"url": "rediss://redis.example.com:6380/0", "existingSecret": "redis-pw"}},
+    "storage": {"modelStore": {"existingClaim": "models"}, "datasets": {"existingClaim": "data"}},
+    "networkPolicy": {"enabled": False},
+    "tests": {"enabled": False},
+}
+
+
+@pytest.fixture(scope="session")
+def full_values() -> dict[str, Any]:
+    return FULL_VALUES
+
+
+@pytest.fixture(scope="session")
+def full_manifests(render: Render) -> list[Manifest]:
+    return render(values=FULL_VALUES)
+
+
+@pytest.fixture(scope="session")
+def existing_manifests(render: Render) -> list[Manifest]:
+    return render(values=EXISTING_VALUES)

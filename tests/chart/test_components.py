@@ -1,0 +1,489 @@
+"""Assertions on the rendered manifests, component by component (what an operator relies on)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bailu.gateway.auth import KeyStore
+from tests.chart.helm import (
+    NAMESPACE,
+    RELEASE,
+    WORKLOADS,
+    Helm,
+    Manifest,
+    containers,
+    env_names,
+    env_values,
+    mounts,
+    objects,
+    one,
+    pod_labels,
+    pod_spec,
+    volumes,
+)
+
+# The release is named "bailu", which contains the chart's name: objects are prefixed "bailu-".
+PREFIX = RELEASE
+LABELS = {
+    "helm.sh/chart",
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+}
+COMPONENTS = {"gateway", "worker", "redis", "storage", "network", "test"}
+RENDERED = ["default_manifests", "demo_manifests", "gpu_manifests", "full_manifests", "existing_manifests"]
+
+
+@pytest.fixture(params=RENDERED)
+def manifests(request: pytest.FixtureRequest) -> list[Manifest]:
+    return list(request.getfixturevalue(request.param))
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def workload_pods(manifests: list[Manifest]) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] in WORKLOADS]
+
+
+def container(workload: Manifest, name: str) -> dict[str, Any]:
+    return next(c for c in containers(workload) if c["name"] == name)
+
+
+def secret_data(secret: Manifest) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+# --- every object ---------------------------------------------------------------------------------
+
+
+def test_every_object_has_the_standard_labels(manifests: list[Manifest]) -> None:
+    for m in manifests:
+        labels = m["metadata"]["labels"]
+        assert set(labels) >= LABELS, f"{m['kind']}/{m['metadata']['name']} lacks {LABELS - set(labels)}"
+        assert labels["app.kubernetes.io/component"] in COMPONENTS
+        assert labels["app.kubernetes.io/part-of"] == "bailu"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert m["metadata"]["namespace"] == NAMESPACE
+    for workload in workload_pods(manifests):
+        assert set(pod_labels(workload)) >= LABELS
+        if workload["kind"] != "Pod":
+            assert selects(workload["spec"]["selector"]["matchLabels"], pod_labels(workload))
+
+
+def test_services_and_budgets_select_their_pods(manifests: list[Manifest]) -> None:
+    pods = {w["metadata"]["name"]: pod_labels(w) for w in workload_pods(manifests)}
+    for service in objects(manifests, "Service"):
+        component = service["metadata"]["labels"]["app.kubernetes.io/component"]
+        selected = [n for n, labels in pods.items() if selects(service["spec"]["selector"], labels)]
+        assert selected, f"Service {service['metadata']['name']} selects no pod"
+        assert all(pods[n]["app.kubernetes.io/component"] == component for n in selected)
+    for pdb in objects(manifests, "PodDisruptionBudget"):
+        selected = [n for n, labels in pods.items() if selects(pdb["spec"]["selector"]["matchLabels"], labels)]
+        assert selected == [pdb["metadata"]["name"]], f"PDB {pdb['metadata']['name']} selects {selected}"
+
+
+def test_pods_run_locked_down(manifests: list[Manifest]) -> None:
+    for workload in workload_pods(manifests):
+        name, spec = workload["metadata"]["name"], pod_spec(workload)
+        pod_sc = spec["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True, name
+        assert isinstance(pod_sc["runAsUser"], int), name
+        assert pod_sc["runAsUser"] > 0, name
+        assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["enableServiceLinks"] is False, name
+        for c in containers(workload):
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True, f"{name}/{c['name']}"
+            assert sc["allowPrivilegeEscalation"] is False, f"{name}/{c['name']}"
+            assert sc["readOnlyRootFilesystem"] is True, f"{name}/{c['name']}"
+            assert sc["capabilities"] == {"drop": ["ALL"]}, f"{name}/{c['name']}"
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, f"{name}/{c['name']}"
+            # The root filesystem is read-only: /tmp is the writable scratch space.
+            assert mounts(c)["/tmp"]["name"] == "tmp"
+            assert "emptyDir" in volumes(workload)["tmp"]
+            assert c.get("resources"), f"{name}/{c['name']} has no resources"
+    for account in objects(manifests, "ServiceAccount"):
+        assert account["automountServiceAccountToken"] is False
+
+
+def test_python_containers_keep_caches_in_tmp(default_manifests: list[Manifest]) -> None:
+    for workload in workload_pods(default_manifests):
+        for c in containers(workload):
+            if c["name"] in {"gateway", "worker", "test"}:
+                env = env_values(c)
+                assert env["HOME"] == "/tmp"
+                assert env["HF_HOME"].startswith("/tmp/")
+                assert env["HF_HUB_OFFLINE"] == "1"
+
+
+# --- gateway --------------------------------------------------------------------------------------
+
+
+def test_gateway_deployment(default_manifests: list[Manifest]) -> None:
+    gateway = one(default_manifests, "Deployment", f"{PREFIX}-gateway")
+    assert gateway["spec"]["replicas"] == 2
+    c = container(gateway, "gateway")
+    env = env_values(c)
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert env["BAILU_GATEWAY_PORT"] == "8000"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["resources"]["requests"]["cpu"]
+    assert c["resources"]["limits"]["memory"]
+    assert c["image"] == "bailu/gateway:0.1.0"
+    # The workers' headless Service, by its full DNS name, on the gRPC port.
+    service = one(default_manifests, "Service", f"{PREFIX}-worker")
+    assert service["spec"]["clusterIP"] == "None"
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert env["BAILU_GATEWAY_WORKERS_DNS"] == f"{PREFIX}-worker.{NAMESPACE}.svc.cluster.local:{grpc['port']}"
+    assert grpc["port"] == 50051
+    gateway_service = one(default_manifests, "Service", f"{PREFIX}-gateway")
+    assert gateway_service["spec"]["ports"][0]["targetPort"] == "http"
+    pdb = one(default_manifests, "PodDisruptionBudget", f"{PREFIX}-gateway")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert not objects(default_manifests, "HorizontalPodAutoscaler")
+    assert not objects(default_manifests, "Ingress")
+    assert not objects(default_manifests, "HTTPRoute")
+
+
+def test_generated_api_key_secret_and_keys_file(default_manifests: list[Manifest]) -> None:
+    secret = one(default_manifests, "Secret", f"{PREFIX}-api-keys")
+    data = secret_data(secret)
+    key = data["api-key"]
+    assert key.startswith("bailu-")
+    assert len(key) >= 40
+    hashes = [line.split()[0] for line in data["api-keys"].splitlines() if line and not line.startswith("#")]
+    assert hashes == ["sha256:" + hashlib.sha256(key.encode()).hexdigest()]
+    # The gateway's own parser accepts the file and the plain key verifies against it.
+    assert KeyStore([line for line in data["api-keys"].splitlines() if not line.startswith("#")]).verify(
+        f"Bearer {key}"
+    )
+    # The keys file is mounted where BAILU_GATEWAY_API_KEYS_FILE says, and the plain key is not mounted.
+    gateway = one(default_manifests, "Deployment", f"{PREFIX}-gateway")
+    c = container(gateway, "gateway")
+    path = Path(env_values(c)["BAILU_GATEWAY_API_KEYS_FILE"])
+    mount = mounts(c)[str(path.parent)]
+    assert mount["readOnly"] is True
+    volume = volumes(gateway)[mount["name"]]["secret"]
+    assert volume["secretName"] == secret["metadata"]["name"]
+    assert volume["items"] == [{"key": "api-keys", "path": path.name}]
+
+
+def test_extra_key_hashes_join_the_keys_file(full_manifests: list[Manifest]) -> None:
+    data = secret_data(one(full_manifests, "Secret", f"{PREFIX}-api-keys"))
+    assert "sha256:" + "ab" * 32 in data["api-keys"].splitlines()
+
+
+def test_existing_api_keys_secret(existing_manifests: list[Manifest]) -> None:
+    assert not [s for s in objects(existing_manifests, "Secret") if s["metadata"]["name"].endswith("api-keys")]
+    gateway = one(existing_manifests, "Deployment", f"{PREFIX}-gateway")
+    c = container(gateway, "gateway")
+    assert env_values(c)["BAILU_GATEWAY_API_KEYS_FILE"] == "/etc/bailu/api-keys/hashes"
+    assert volumes(gateway)["api-keys"]["secret"]["secretName"] == "my-keys"
+    assert volumes(gateway)["api-keys"]["secret"]["items"] == [{"key": "hashes", "path": "hashes"}]
+
+
+def test_gateway_autoscaling_ingress_and_route(full_manifests: list[Manifest]) -> None:
+    gateway = one(full_manifests, "Deployment", f"{PREFIX}-gateway")
+    assert "replicas" not in gateway["spec"], "the HPA owns the replica count"
+    hpa = one(full_manifests, "HorizontalPodAutoscaler", f"{PREFIX}-gateway")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{PREFIX}-gateway"}
+    assert hpa["spec"]["metrics"][0]["resource"] == {
+        "name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": 60},
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    ingress = one(full_manifests, "Ingress", f"{PREFIX}-gateway")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{PREFIX}-gateway", "port": {"name": "http"}}
+    route = one(full_manifests, "HTTPRoute", f"{PREFIX}-gateway")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateway-system"}]
+    assert route["spec"]["hostnames"] == ["bailu.example.com"]
+    assert route["spec"]["rules"][0]["backendRefs"] == [{"name": f"{PREFIX}-gateway", "port": 8000}]
+    assert route["spec"]["rules"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    spread = pod_spec(gateway)["topologySpreadConstraints"][0]
+    assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    assert pod_spec(gateway)["priorityClassName"] == "bailu-high"
+    assert pod_spec(gateway)["imagePullSecrets"] == [{"name": "regcred"}]
+    assert container(gateway, "gateway")["image"] == "registry.example.com/bailu/bailu/gateway:0.1.0"
+
+
+def test_settings_render_as_the_service_reads_them(full_manifests: list[Manifest]) -> None:
+    env = env_values(container(one(full_manifests, "Deployment", f"{PREFIX}-gateway"), "gateway"))
+    assert env["BAILU_GATEWAY_MAX_BODY_BYTES"] == "2097152"  # not 2.097152e+06
+    assert env["BAILU_GATEWAY_REQUEST_TIMEOUT_S"] == "90.5"
+    assert env["BAILU_GATEWAY_LOG_LEVEL"] == "DEBUG"
+    assert env["BAILU_GATEWAY_HOST"] == "::"
+
+
+# --- Redis ----------------------------------------------------------------------------------------
+
+
+def test_redis_statefulset_persists_with_aof(default_manifests: list[Manifest]) -> None:
+    redis = one(default_manifests, "StatefulSet", f"{PREFIX}-redis")
+    c = container(redis, "redis")
+    args = c["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert mounts(c)["/data"]["name"] == "data"
+    claim = redis["spec"]["volumeClaimTemplates"][0]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert redis["spec"]["serviceName"] == f"{PREFIX}-redis"
+    password = next(e for e in c["env"] if e["name"] == "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]
+    assert password == {"name": f"{PREFIX}-redis", "key": "redis-password"}
+    assert len(secret_data(one(default_manifests, "Secret", f"{PREFIX}-redis"))["redis-password"]) == 32
+    assert c["readinessProbe"]["exec"]["command"][-1].endswith("grep -q PONG")
+    service = one(default_manifests, "Service", f"{PREFIX}-redis")
+    assert service["spec"]["ports"][0]["port"] == 6379
+
+
+def test_gateway_reaches_redis_with_the_password(default_manifests: list[Manifest]) -> None:
+    c = container(one(default_manifests, "Deployment", f"{PREFIX}-gateway"), "gateway")
+    names = env_names(c)
+    url = env_values(c)["BAILU_GATEWAY_REDIS_URL"]
+    assert url == f"redis://:$(REDIS_PASSWORD)@{PREFIX}-redis.{NAMESPACE}.svc.cluster.local:6379/0"
+    # Kubernetes expands $(REDIS_PASSWORD) only from variables defined before.
+    assert names.index("REDIS_PASSWORD") < names.index("BAILU_GATEWAY_REDIS_URL")
+
+
+def test_external_redis(existing_manifests: list[Manifest]) -> None:
+    assert not objects(existing_manifests, "StatefulSet")
+    assert not [s for s in objects(existing_manifests, "Service") if s["metadata"]["name"].endswith("redis")]
+    c = container(one(existing_manifests, "Deployment", f"{PREFIX}-gateway"), "gateway")
+    assert env_values(c)["BAILU_GATEWAY_REDIS_URL"] == "rediss://:$(REDIS_PASSWORD)@redis.example.com:6380/0"
+    ref = next(e for e in c["env"] if e["name"] == "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "redis-pw", "key": "redis-password"}
+
+
+# --- workers --------------------------------------------------------------------------------------
+
+
+def test_default_worker_pool(default_manifests: list[Manifest]) -> None:
+    worker = one(default_manifests, "Deployment", f"{PREFIX}-worker-cpu")
+    c = container(worker, "worker")
+    env = env_values(c)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"grpc": 50051, "http-metrics": 9091}
+    assert (env["BAILU_WORKER_PORT"], env["BAILU_WORKER_HTTP_PORT"]) == ("50051", "9091")
+    assert env["BAILU_WORKER_ENGINE"] == "transformers"
+    assert env["BAILU_WORKER_MODEL_PATH"] == "/opt/bailu/models/smollm2-135m-instruct"
+    assert c["image"] == "bailu/worker-cpu:0.1.0"
+    # Probes on the probe server's port: startup sized for slow loads, then readiness and liveness.
+    startup = c["startupProbe"]
+    assert startup["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    # Draining on SIGTERM must finish before the kubelet kills the pod.
+    assert pod_spec(worker)["terminationGracePeriodSeconds"] > float(env["BAILU_WORKER_DRAIN_GRACE_S"])
+    # Shared memory, and the model store read-only where the values say.
+    assert mounts(c)["/dev/shm"]["name"] == "shm"
+    assert volumes(worker)["shm"]["emptyDir"]["medium"] == "Memory"
+    assert mounts(c)["/models"] == {"name": "model-store", "mountPath": "/models", "readOnly": True}
+    claim = volumes(worker)["model-store"]["persistentVolumeClaim"]
+    assert claim == {"claimName": f"{PREFIX}-model-store", "readOnly": True}
+    assert "nvidia.com/gpu" not in json.dumps(c["resources"])
+    assert c["resources"]["requests"]["memory"]
+    assert c["resources"]["limits"]["memory"]
+    pdb = one(default_manifests, "PodDisruptionBudget", f"{PREFIX}-worker-cpu")
+    assert pdb["spec"]["selector"]["matchLabels"]["bailu/worker-pool"] == "cpu"
+
+
+def test_one_deployment_and_budget_per_pool(demo_manifests: list[Manifest]) -> None:
+    names = {m["metadata"]["name"] for m in objects(demo_manifests, "Deployment")}
+    assert names == {f"{PREFIX}-gateway", f"{PREFIX}-worker-cpu", f"{PREFIX}-worker-sim"}
+    budgets = {m["metadata"]["name"] for m in objects(demo_manifests, "PodDisruptionBudget")}
+    assert budgets == names
+    sim = container(one(demo_manifests, "Deployment", f"{PREFIX}-worker-sim"), "worker")
+    env = env_values(sim)
+    assert env["BAILU_WORKER_ENGINE"] == "sim"
+    assert env["BAILU_WORKER_MODEL_NAME"] == "bailu-sim"
+    assert "BAILU_WORKER_MODEL_PATH" not in env
+    # One headless Service finds every pool's pods.
+    service = one(demo_manifests, "Service", f"{PREFIX}-worker")
+    for pool in ("cpu", "sim"):
+        assert selects(
+            service["spec"]["selector"], pod_labels(one(demo_manifests, "Deployment", f"{PREFIX}-worker-{pool}"))
+        )
+
+
+def test_gpu_pool(gpu_manifests: list[Manifest]) -> None:
+    worker = one(gpu_manifests, "Deployment", f"{PREFIX}-worker-gpu")
+    spec, c = pod_spec(worker), container(worker, "worker")
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    env = env_values(c)
+    assert env["BAILU_WORKER_MODEL_PATH"] == "/models/base/Qwen2.5-7B-Instruct"
+    assert mounts(c)["/models"]["readOnly"] is True
+    assert c["image"] == "bailu/worker:0.1.0"
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
+    assert worker["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert spec["terminationGracePeriodSeconds"] > float(env["BAILU_WORKER_DRAIN_GRACE_S"]) == 60
+    assert volumes(worker)["shm"]["emptyDir"]["sizeLimit"] == "8Gi"
+    assert spec["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]["bailu/worker-pool"] == "gpu"
+    assert "runtimeClassName" not in spec
+
+
+def test_pool_entries_override_defaults_key_by_key(full_manifests: list[Manifest]) -> None:
+    gpu = one(full_manifests, "Deployment", f"{PREFIX}-worker-gpu")
+    sim = one(full_manifests, "Deployment", f"{PREFIX}-worker-sim")
+    assert gpu["spec"]["replicas"] == 0
+    assert sim["spec"]["replicas"] == 1
+    gpu_env, sim_env = env_values(container(gpu, "worker")), env_values(container(sim, "worker"))
+    assert gpu_env["BAILU_WORKER_WARMUP"] == "false"
+    assert sim_env["BAILU_WORKER_WARMUP"] == "true"
+    assert gpu_env["BAILU_WORKER_MAX_QUEUE"] == sim_env["BAILU_WORKER_MAX_QUEUE"] == "16"
+    assert gpu_env["BAILU_WORKER_LOG_LEVEL"] == "INFO"  # from the chart's defaults, kept by the merge
+    assert gpu_env["BAILU_WORKER_DRAIN_GRACE_S"] == "45.5"
+    assert pod_spec(gpu)["terminationGracePeriodSeconds"] == 46 + 30
+    assert json.loads(gpu_env["BAILU_WORKER_ADAPTERS"]) == {
+        "poet": "/models/adapters/poet/v3",
+        "legal": "/opt/adapters/legal",
+    }
+    assert (gpu_env["BAILU_WORKER_MODEL_TYPE"], gpu_env["BAILU_WORKER_TEMPLATE"]) == ("qwen2", "qwen2_5")
+    assert container(gpu, "worker")["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert pod_spec(gpu)["runtimeClassName"] == "nvidia"
+    assert env_values(container(sim, "worker"))["OMP_NUM_THREADS"] == "1"
+    assert one(full_manifests, "PodDisruptionBudget", f"{PREFIX}-worker-gpu")["spec"]["maxUnavailable"] == "50%"
+
+
+# --- storage --------------------------------------------------------------------------------------
+
+
+def test_storage_claims(default_manifests: list[Manifest]) -> None:
+    for name, size in (("model-store", "100Gi"), ("datasets", "20Gi")):
+        claim = one(default_manifests, "PersistentVolumeClaim", f"{PREFIX}-{name}")
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert claim["spec"]["resources"]["requests"]["storage"] == size
+        assert "storageClassName" not in claim["spec"]  # the cluster's default class
+        assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_storage_class_options(full_manifests: list[Manifest], demo_manifests: list[Manifest]) -> None:
+    assert one(full_manifests, "PersistentVolumeClaim", f"{PREFIX}-model-store")["spec"]["storageClassName"] == ""
+    datasets = one(full_manifests, "PersistentVolumeClaim", f"{PREFIX}-datasets")
+    assert datasets["spec"]["storageClassName"] == "nfs-client"
+    assert "annotations" not in datasets["metadata"]
+    claims = {m["metadata"]["name"]: m for m in objects(demo_manifests, "PersistentVolumeClaim")}
+    assert set(claims) == {f"{PREFIX}-model-store"}
+    assert claims[f"{PREFIX}-model-store"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_existing_claims(existing_manifests: list[Manifest]) -> None:
+    assert not objects(existing_manifests, "PersistentVolumeClaim")
+    worker = one(existing_manifests, "Deployment", f"{PREFIX}-worker-cpu")
+    assert volumes(worker)["model-store"]["persistentVolumeClaim"]["claimName"] == "models"
+
+
+# --- network policies -----------------------------------------------------------------------------
+
+
+def test_network_policies_allow_only_the_designed_flows(
+    default_manifests: list[Manifest], gpu_manifests: list[Manifest]
+) -> None:
+    from tests.chart.netpol import Pod, allowed, release_pod
+
+    for m, open_gateway in ((default_manifests, True), (gpu_manifests, False)):
+        gateway, worker = release_pod(m, "gateway"), release_pod(m, "worker")
+        redis, test = release_pod(m, "redis"), release_pod(m, "test")
+        prometheus = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
+        ingress_nginx = Pod("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+        stranger = Pod("other", {"app": "curious"})
+        neighbour = Pod(NAMESPACE, {"app": "unrelated"})
+        dns = Pod("kube-system", {"k8s-app": "kube-dns"})
+        # Clients reach the gateway; the helm test pod always does.
+        assert allowed(m, ingress_nginx, gateway, 8000)
+        assert allowed(m, test, gateway, 8000)
+        assert allowed(m, stranger, gateway, 8000) is open_gateway
+        # gateway → workers over gRPC, and nobody else.
+        assert allowed(m, gateway, worker, 50051)
+        assert not allowed(m, stranger, worker, 50051)
+        assert not allowed(m, neighbour, worker, 50051)
+        assert not allowed(m, test, worker, 50051)
+        assert not allowed(m, worker, gateway, 8000), "workers need no egress"
+        # Prometheus scrapes /metrics on both; it gets nothing else.
+        assert allowed(m, prometheus, worker, 9091)
+        assert allowed(m, prometheus, gateway, 8000)
+        assert not allowed(m, prometheus, worker, 50051)
+        assert not allowed(m, prometheus, redis, 6379)
+        # Redis only from the release's pods.
+        assert allowed(m, gateway, redis, 6379)
+        assert not allowed(m, neighbour, redis, 6379)
+        assert not allowed(m, stranger, redis, 6379)
+        # DNS for everyone in the release, and no other egress.
+        for pod in (gateway, worker, redis, test):
+            assert allowed(m, pod, dns, 53, "UDP")
+            assert allowed(m, pod, dns, 53, "TCP")
+            assert not allowed(m, pod, stranger, 443)
+
+
+def test_default_deny_covers_every_release_pod(default_manifests: list[Manifest]) -> None:
+    deny = one(default_manifests, "NetworkPolicy", f"{PREFIX}-default-deny")
+    assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in deny["spec"]
+    assert "egress" not in deny["spec"]
+    for workload in workload_pods(default_manifests):
+        assert selects(deny["spec"]["podSelector"]["matchLabels"], pod_labels(workload))
+
+
+def test_network_policies_are_optional_and_external_redis_is_reachable(
+    existing_manifests: list[Manifest], helm: Helm
+) -> None:
+    assert not objects(existing_manifests, "NetworkPolicy")
+    manifests = helm.template(values={"redis": {"enabled": False, "external": {"url": "redis://r.example.com:6390/0"}}})
+    egress = one(manifests, "NetworkPolicy", f"{PREFIX}-egress")["spec"]["egress"]
+    assert {"ports": [{"port": 6390, "protocol": "TCP"}]} in egress
+
+
+# --- helm test and notes --------------------------------------------------------------------------
+
+
+def test_helm_test_pod(default_manifests: list[Manifest]) -> None:
+    pod = one(default_manifests, "Pod", f"{PREFIX}-test-completion")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    c = container(pod, "test")
+    env = env_values(c)
+    assert env["GATEWAY_URL"] == f"http://{PREFIX}-gateway.{NAMESPACE}.svc.cluster.local:8000"
+    assert env["MODEL"] == "smollm2-135m-instruct"
+    key = next(e for e in c["env"] if e["name"] == "API_KEY")["valueFrom"]["secretKeyRef"]
+    assert key["name"] == f"{PREFIX}-api-keys"
+    assert key["key"] == "api-key"
+    assert c["command"] == ["python", "-c"]
+    assert "/v1/chat/completions" in c["args"][0]
+    assert c["image"] == container(one(default_manifests, "Deployment", f"{PREFIX}-gateway"), "gateway")["image"]
+
+
+def test_no_test_pod_when_disabled(existing_manifests: list[Manifest]) -> None:
+    assert not objects(existing_manifests, "Pod")
+
+
+def test_notes_tell_how_to_reach_the_gateway_and_get_the_key(helm: Helm) -> None:
+    notes = helm.notes()
+    assert f"port-forward service/{PREFIX}-gateway 8000:8000" in notes
+    assert f"get secret {PREFIX}-api-keys -o jsonpath='{{.data.api-key}}' | base64 -d" in notes
+    assert "curl -s $BAILU_URL/v1/chat/completions" in notes
+    assert '"model": "smollm2-135m-instruct"' in notes
+    assert f"helm test {RELEASE}" in notes
+    existing = helm.notes({"gateway": {"apiKeys": {"existingSecret": "my-keys"}}})
+    assert 'your Secret "my-keys"' in existing
+    assert "rollout restart" in existing

@@ -1,0 +1,200 @@
+"""values.schema.json refuses bad values with a clear message, and agrees with the services' code."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from bailu.gateway.settings import GatewaySettings
+from bailu.worker.settings import EngineKind, WorkerSettings
+from tests.chart.helm import CHART, Helm, HelmError
+
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
+
+# Settings the chart sets itself (from other values), so they are not accepted in a settings map.
+GATEWAY_MANAGED = {"port", "workers", "workers_dns", "api_keys_file", "api_key_hashes", "redis_url"}
+WORKER_MANAGED = {
+    "port",
+    "http_port",
+    "engine",
+    "model_name",
+    "model_path",
+    "model_type",
+    "template",
+    "adapters",
+    "drain_grace_s",
+}
+POOL_ONLY_KEYS = {"name", "engine", "model", "adapters"}
+
+
+def pool(**fields: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": "p", "engine": "sim", "model": {"name": "m", "source": "none"}}
+    entry.update(fields)
+    return {key: value for key, value in entry.items() if value is not None}
+
+
+@pytest.mark.parametrize(
+    ("values", "messages"),
+    [
+        ({"workers": [pool(engine=None)]}, ["at '/workers/0': missing property 'engine'"]),
+        (
+            {"workers": [pool(engine="tensorrt")]},
+            ["at '/workers/0/engine': value must be one of 'transformers', 'sim'"],
+        ),
+        ({"workers": [pool(replicas=-1)]}, ["at '/workers/0/replicas': minimum: got -1, want 0"]),
+        ({"gateway": {"replicas": -2}}, ["at '/gateway/replicas': minimum: got -2, want 0"]),
+        ({"workers": [pool(gpus=-1)]}, ["at '/workers/0/gpus': minimum: got -1, want 0"]),
+        (
+            {"workers": [pool(engine="transformers", model={"name": "m"})]},
+            ["at '/workers/0/model': missing properties 'source', 'path'"],
+        ),
+        ({"workers": [pool(name="GPU_pool")]}, ["at '/workers/0/name'", "does not match pattern"]),
+        ({"workers": [pool(gpu=1)]}, ["invalid propertyName 'gpu'"]),
+        ({"workerDefaults": {"engine": "sim"}}, ["invalid propertyName 'engine'"]),
+        ({"workers": [pool(settings={"max_batch": 2})]}, ["invalid propertyName 'max_batch'"]),
+        ({"workers": [pool(settings={"model_path": "/m"})]}, ["invalid propertyName 'model_path'"]),
+        ({"gateway": {"settings": {"port": 9000}}}, ["invalid propertyName 'port'"]),
+        ({"gateway": {"apiKeys": {"extraHashes": ["my-plain-key"]}}}, ["at '/gateway/apiKeys/extraHashes/0'"]),
+        ({"redis": {"external": {"url": "redis://:secret@host:6379"}}}, ["at '/redis/external/url'"]),
+        ({"gateway": {"httpRoute": {"enabled": True}}}, ["at '/gateway/httpRoute/parentRefs'"]),
+        ({"gateway": {"image": {"repository": "bailu/gateway", "tag": 1.0}}}, ["at '/gateway/image/tag'"]),
+    ],
+    ids=[
+        "worker-without-engine",
+        "unknown-engine",
+        "negative-worker-replicas",
+        "negative-gateway-replicas",
+        "negative-gpus",
+        "model-without-path",
+        "bad-pool-name",
+        "unknown-pool-key",
+        "engine-in-defaults",
+        "unknown-setting",
+        "chart-managed-setting",
+        "chart-managed-gateway-setting",
+        "plain-key-as-hash",
+        "password-in-redis-url",
+        "route-without-parent",
+        "numeric-image-tag",
+    ],
+)
+def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, Any], messages: list[str]) -> None:
+    with pytest.raises(HelmError) as failure:
+        helm.template(values=values)
+    text = str(failure.value)
+    assert "values don't meet the specifications of the schema" in text
+    for message in messages:
+        assert message in text, text
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"workers": [pool(name="a"), pool(name="a")]}, 'the pool name "a" is used twice'),
+        (
+            {
+                "storage": {"modelStore": {"enabled": False}},
+                "workers": [pool(engine="transformers", model={"name": "m", "source": "modelStore", "path": "x"})],
+            },
+            "model.source is modelStore but storage.modelStore.enabled is false",
+        ),
+        (
+            {"storage": {"modelStore": {"enabled": False}}, "workers": [pool(adapters={"poet": "adapters/poet"})]},
+            'adapter "poet" has a path relative to the model store',
+        ),
+        ({"gateway": {"apiKeys": {"plainKeyKey": "keys", "hashesKey": "keys"}}}, "must differ"),
+    ],
+    ids=["duplicate-pool", "model-store-disabled", "adapter-without-store", "same-secret-keys"],
+)
+def test_cross_checks_fail_with_a_message(helm: Helm, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(HelmError, match=message):
+        helm.template(values=values)
+
+
+def test_the_engine_list_is_the_workers_engine_list() -> None:
+    """The schema's one engine enum equals bailu.worker.settings.EngineKind (add new engines to both)."""
+    assert SCHEMA["definitions"]["engine"]["enum"] == [kind.value for kind in EngineKind]
+    refs = json.dumps(SCHEMA).count('"#/definitions/engine"')
+    assert refs == 1, "the engine enum must be referenced, not repeated"
+
+
+@pytest.mark.parametrize(
+    ("definition", "settings", "managed"),
+    [("gatewaySettings", GatewaySettings, GATEWAY_MANAGED), ("workerSettings", WorkerSettings, WORKER_MANAGED)],
+    ids=["gateway", "worker"],
+)
+def test_settings_maps_accept_exactly_the_unmanaged_fields(
+    definition: str, settings: type[GatewaySettings | WorkerSettings], managed: set[str]
+) -> None:
+    """Every field of the settings class is either settable through the values or set by the chart."""
+    accepted = set(SCHEMA["definitions"][definition]["propertyNames"]["enum"])
+    fields = set(settings.model_fields)
+    assert managed <= fields, f"managed names that are not fields: {managed - fields}"
+    assert accepted <= fields, f"the schema accepts names that are not fields: {accepted - fields}"
+    missing = fields - accepted - managed
+    assert not missing, f"{settings.__name__} fields the chart can neither set nor accept: {missing}"
+    assert not accepted & managed
+
+
+def test_pool_keys_agree_between_defaults_entries_and_schema() -> None:
+    pool_fields = set(SCHEMA["definitions"]["poolFields"]["properties"])
+    assert set(DEFAULTS["workerDefaults"]) == pool_fields
+    assert set(SCHEMA["properties"]["workerDefaults"]["propertyNames"]["enum"]) == pool_fields
+    entry_keys = set(SCHEMA["properties"]["workers"]["items"]["propertyNames"]["enum"])
+    assert entry_keys == pool_fields | POOL_ONLY_KEYS
+
+
+def test_every_value_is_commented() -> None:
+    """Every key of values.yaml is documented: a comment above it or on its line, inside the value of a
+    documented key (e.g. a probe's fields), or a section whose keys are all documented."""
+    entries = _value_keys((CHART / "values.yaml").read_text().splitlines())
+    undocumented = [f"line {e.line}: {e.key}" for e in entries if not e.documented()]
+    assert not undocumented, "keys without a comment:\n" + "\n".join(undocumented)
+
+
+class _Key:
+    def __init__(self, line: int, key: str, indent: int, commented: bool, parent: _Key | None) -> None:
+        self.line, self.key, self.indent, self.commented, self.parent = line, key, indent, commented, parent
+        self.children: list[_Key] = []
+
+    def documented(self) -> bool:
+        node: _Key | None = self
+        while node is not None:
+            if node.commented:
+                return True
+            node = node.parent
+        return bool(self.children) and all(child.documented() for child in self.children)
+
+
+def _value_keys(lines: list[str]) -> list[_Key]:
+    keys: list[_Key] = []
+    stack: list[_Key] = []
+    previous = ""
+    for number, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        body = raw.lstrip()
+        indent = len(raw) - len(body)
+        if body.startswith("- "):  # a list item: its key (if any) sits after the dash
+            body = body[2:].lstrip()
+            indent = len(raw) - len(body)
+        match = re.match(r"^([A-Za-z0-9_.\-/]+):(\s|$)", body)
+        if text.startswith("#") or text.startswith("- #") or not match:
+            previous = text
+            continue
+        while stack and stack[-1].indent >= indent:
+            stack.pop()
+        commented = previous.startswith("#") or previous.startswith("- #") or " #" in body
+        key = _Key(number, match.group(1), indent, commented, stack[-1] if stack else None)
+        if key.parent is not None:
+            key.parent.children.append(key)
+        keys.append(key)
+        stack.append(key)
+        previous = text
+    return keys

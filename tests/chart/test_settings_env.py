@@ -1,0 +1,98 @@
+"""Every BAILU_* variable the chart sets is a field of that service's settings class, and parses.
+
+The chart and the code cannot drift apart: a renamed or removed field, or a value the settings
+class would refuse, fails here rather than in a crash-looping pod.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+from pydantic_settings import BaseSettings, SettingsError
+
+from bailu.gateway.settings import GatewaySettings
+from bailu.worker.settings import WorkerSettings
+from tests.chart.conftest import EXISTING_VALUES, FULL_VALUES, Render
+from tests.chart.helm import EXAMPLES, WORKLOADS, Manifest, containers, env_values, pod_labels
+
+# The settings class of each component whose containers read BAILU_* variables.
+SERVICES: dict[str, tuple[str, type[BaseSettings]]] = {
+    "gateway": ("BAILU_GATEWAY_", GatewaySettings),
+    "worker": ("BAILU_WORKER_", WorkerSettings),
+}
+RENDERINGS: list[tuple[str, tuple[Path, ...], dict[str, Any] | None]] = [
+    ("defaults", (), None),
+    *((path.name, (path,), None) for path in EXAMPLES),
+    ("full", (), FULL_VALUES),
+    ("existing", (), EXISTING_VALUES),
+]
+
+
+def env_problems(manifests: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], set[str]]:
+    """What is wrong with the BAILU_* variables of every container, and the components checked."""
+    problems: list[str] = []
+    checked: set[str] = set()
+    for workload in (m for m in manifests if m["kind"] in WORKLOADS):
+        component = pod_labels(workload)["app.kubernetes.io/component"]
+        name = workload["metadata"]["name"]
+        for container in containers(workload):
+            names = [e["name"] for e in container.get("env", [])]
+            if len(names) != len(set(names)):
+                problems.append(f"{name}: a variable is set twice: {names}")
+            bailu = [n for n in names if n.startswith("BAILU_")]
+            if component not in SERVICES:
+                if bailu:
+                    problems.append(f"{name} ({component}) sets {bailu}, but no settings class is known for it")
+                continue
+            prefix, settings_class = SERVICES[component]
+            for variable in bailu:
+                field = variable.removeprefix(prefix).lower()
+                if not variable.startswith(prefix) or field not in settings_class.model_fields:
+                    problems.append(f"{name}: {variable} is not a field of {settings_class.__name__}")
+            # The values must parse as the service reads them (a Secret's value stands in as "password").
+            for existing in [n for n in os.environ if n.startswith("BAILU_")]:
+                monkeypatch.delenv(existing)
+            for variable, value in env_values(container).items():
+                if variable.startswith(prefix):
+                    monkeypatch.setenv(variable, value.replace("$(REDIS_PASSWORD)", "password"))
+            try:
+                settings_class()
+            except (pydantic.ValidationError, SettingsError) as exc:
+                problems.append(f"{name}: {settings_class.__name__} refuses the chart's values: {exc}")
+            checked.add(component)
+    return problems, checked
+
+
+@pytest.mark.parametrize(("name", "files", "values"), RENDERINGS, ids=[r[0] for r in RENDERINGS])
+def test_bailu_variables_are_settings_fields(
+    render: Render, monkeypatch: pytest.MonkeyPatch, name: str, files: tuple[Path, ...], values: dict[str, Any] | None
+) -> None:
+    problems, checked = env_problems(render(files, values), monkeypatch)
+    assert not problems, "\n".join(problems)
+    assert checked == set(SERVICES), f"{name}: no container of {set(SERVICES) - checked}"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"workerDefaults": {"extraEnv": [{"name": "BAILU_WORKER_MAX_TOKENS", "value": "9"}]}},
+            "BAILU_WORKER_MAX_TOKENS is not a field of WorkerSettings",
+        ),
+        (
+            {"gateway": {"extraEnv": [{"name": "BAILU_WORKER_PORT", "value": "1"}]}},
+            "BAILU_WORKER_PORT is not a field of GatewaySettings",
+        ),
+        ({"workerDefaults": {"settings": {"max_queue": "lots"}}}, "WorkerSettings refuses the chart's values"),
+    ],
+    ids=["unknown-field", "other-service", "bad-value"],
+)
+def test_the_check_catches_drift(
+    render: Render, monkeypatch: pytest.MonkeyPatch, values: dict[str, Any], expected: str
+) -> None:
+    problems, _ = env_problems(render(values=values), monkeypatch)
+    assert any(expected in p for p in problems), problems
