@@ -107,6 +107,7 @@ bench: $(STAMP) model ## Run the benchmarks (about 10 min); results go to bench/
 	$(PY) -m bench.gateway_overhead
 	$(PY) -m bench.gateway_overhead --itl-ms 20 --name gateway_overhead_itl20
 	$(PY) -m bench.transformers_engine
+	$(PY) -m bench.feedback_ingestion
 
 # Needs a Docker engine (none runs on the project's development machines: this target was not run there).
 images: ## Build the gateway, worker (GPU pools) and worker-cpu (SmolLM2 inside) images with docker

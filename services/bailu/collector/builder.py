@@ -12,7 +12,7 @@ answer) plus `rejected_response` for preference pairs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bailu.collector import quality
@@ -32,12 +32,13 @@ class Example:
     prompt: list[dict[str, str]]
     answer: str  # the (chosen) answer
     rejected: str | None = None
+    # Identity for near-duplicate removal: the same prompt and answer(s), up to case and punctuation.
+    # Computed once: it is read several times per example on the collector's hot path.
+    hash: str = field(init=False)
 
-    @property
-    def hash(self) -> str:
-        """Identity for near-duplicate removal: the same prompt and answer(s), up to case and punctuation."""
+    def __post_init__(self) -> None:
         parts = [f"{m['role']}:{m['content']}" for m in self.prompt] + [self.kind, self.answer, self.rejected or ""]
-        return content_hash(*parts)
+        object.__setattr__(self, "hash", content_hash(*parts))
 
     def to_swift(self) -> dict[str, Any]:
         record: dict[str, Any] = {"messages": [*self.prompt, {"role": "assistant", "content": self.answer}]}
@@ -131,11 +132,18 @@ def build(
     else:
         raise ValueError(f"unknown feedback kind {event.kind!r}")
 
+    verdicts: dict[str, str | None] = {}  # an edit's text is both an SFT answer and a chosen answer
+
+    def verdict(text: str) -> str | None:
+        if text not in verdicts:
+            verdicts[text] = check.reject(text)
+        return verdicts[text]
+
     kept, dropped = [], []
     for candidate in candidates:
-        reason = check.reject(candidate.answer)
+        reason = verdict(candidate.answer)
         if reason is None and candidate.rejected is not None:
-            reason = check.reject(candidate.rejected)
+            reason = verdict(candidate.rejected)
             if reason is None and content_hash(candidate.answer) == content_hash(candidate.rejected):
                 reason = quality.IDENTICAL_PAIR
         if reason is None:

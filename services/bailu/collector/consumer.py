@@ -182,11 +182,12 @@ class Collector:
         started = time.monotonic()
         plan = await self.plan(messages)
         name = None
+        intent = plan.intent(self.consumer)
         if plan.examples:
             name = f"{int(time.time() * 1000):013d}-{self.consumer}-{uuid.uuid4().hex[:8]}"
-            await self.redis.hset(self.intents, name, json.dumps(plan.intent(self.consumer)))
+            await self.redis.hset(self.intents, name, json.dumps(intent))
             await asyncio.to_thread(self.store.write_batch, name, plan.examples, self.consumer)
-        committed = await self._commit(self.intents if name else None, name, plan.intent(self.consumer))
+        committed = await self._commit(self.intents if name else None, name, intent)
         if committed:
             for example in plan.examples:
                 self.metrics.examples.labels(example.kind).inc()
