@@ -134,17 +134,40 @@ FULL_VALUES: dict[str, Any] = {
             "extraEnv": [{"name": "OMP_NUM_THREADS", "value": "1"}],
         },
     ],
+    "collector": {
+        "replicas": 2,
+        "startTrainingRuns": True,
+        "trigger": {
+            "minNewPairs": 50,
+            "cooldownSeconds": 7200.5,
+            "dailyCap": 0,
+            "peakWindow": "22:00-24:00",
+            "timezone": "Europe/Paris",
+            "intervalSeconds": 15,
+        },
+        "settings": {"block_list": ["lorem ipsum", "spam"], "min_letter_share": 0.75, "claim_idle_ms": 120000},
+        "nodeSelector": {"pool": "cpu"},
+        "serviceAccount": {"annotations": {"example.com/role": "collector"}},
+    },
     "storage": {"modelStore": {"storageClassName": "-"}, "datasets": {"storageClassName": "nfs-client", "keep": False}},
     "networkPolicy": {
-        "extraEgress": [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 6380, "protocol": "TCP"}]}]
+        "extraEgress": [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": 6380, "protocol": "TCP"}]}],
+        "kubernetesApi": {"cidrs": ["198.51.100.10/32", "198.51.100.11/32"]},
     },
 }
 
-# Values that use existing Secrets, claims and an external Redis, with policies and tests off.
+# Values that use existing Secrets, claims, ServiceAccount and CronJob and an external Redis, with policies
+# and tests off.
 EXISTING_VALUES: dict[str, Any] = {
     "gateway": {"apiKeys": {"existingSecret": "my-keys", "hashesKey": "hashes", "plainKeyKey": "key"}},
     "redis": {"enabled": False, "external": {"url": "rediss://redis.example.com:6380/0", "existingSecret": "redis-pw"}},
-    "storage": {"modelStore": {"existingClaim": "models"}, "datasets": {"existingClaim": "data"}},
+    "storage": {"modelStore": {"existingClaim": "models"}, "datasets": {"existingClaim": "data", "mountPath": "/data"}},
+    "collector": {
+        "startTrainingRuns": True,
+        "trainerCronJob": "nightly-trainer",
+        "serviceAccount": {"create": False, "name": "ml-jobs"},
+        "trigger": {"peakWindow": ""},
+    },
     "networkPolicy": {"enabled": False},
     "tests": {"enabled": False},
 }

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bailu.gateway.auth import KeyStore
+from tests.chart.conftest import Render
 from tests.chart.helm import (
     NAMESPACE,
     RELEASE,
@@ -39,7 +40,7 @@ LABELS = {
     "app.kubernetes.io/component",
     "app.kubernetes.io/part-of",
 }
-COMPONENTS = {"gateway", "worker", "redis", "storage", "network", "test"}
+COMPONENTS = {"gateway", "worker", "collector", "redis", "storage", "network", "test"}
 RENDERED = ["default_manifests", "demo_manifests", "gpu_manifests", "full_manifests", "existing_manifests"]
 
 
@@ -62,6 +63,14 @@ def container(workload: Manifest, name: str) -> dict[str, Any]:
 
 def secret_data(secret: Manifest) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def starts_runs(collector: Manifest) -> bool:
+    return env_values(container(collector, "collector"))["BAILU_COLLECTOR_RUNNER"] == "kubernetes"
+
+
+def component_objects(manifests: list[Manifest], component: str) -> list[Manifest]:
+    return [m for m in manifests if m["metadata"]["labels"]["app.kubernetes.io/component"] == component]
 
 
 # --- every object ---------------------------------------------------------------------------------
@@ -101,7 +110,9 @@ def test_pods_run_locked_down(manifests: list[Manifest]) -> None:
         assert isinstance(pod_sc["runAsUser"], int), name
         assert pod_sc["runAsUser"] > 0, name
         assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
-        assert spec["automountServiceAccountToken"] is False, name
+        # Only a collector that starts training runs gets an API token (test_collector_rbac).
+        token = pod_labels(workload)["app.kubernetes.io/component"] == "collector" and starts_runs(workload)
+        assert spec["automountServiceAccountToken"] is token, name
         assert spec["enableServiceLinks"] is False, name
         for c in containers(workload):
             sc = c["securityContext"]
@@ -121,7 +132,7 @@ def test_pods_run_locked_down(manifests: list[Manifest]) -> None:
 def test_python_containers_keep_caches_in_tmp(default_manifests: list[Manifest]) -> None:
     for workload in workload_pods(default_manifests):
         for c in containers(workload):
-            if c["name"] in {"gateway", "worker", "test"}:
+            if c["name"] in {"gateway", "worker", "collector", "test"}:
                 env = env_values(c)
                 assert env["HOME"] == "/tmp"
                 assert env["HF_HOME"].startswith("/tmp/")
@@ -307,9 +318,9 @@ def test_default_worker_pool(default_manifests: list[Manifest]) -> None:
 
 def test_one_deployment_and_budget_per_pool(demo_manifests: list[Manifest]) -> None:
     names = {m["metadata"]["name"] for m in objects(demo_manifests, "Deployment")}
-    assert names == {f"{PREFIX}-gateway", f"{PREFIX}-worker-cpu", f"{PREFIX}-worker-sim"}
+    assert names == {f"{PREFIX}-gateway", f"{PREFIX}-worker-cpu", f"{PREFIX}-worker-sim", f"{PREFIX}-collector"}
     budgets = {m["metadata"]["name"] for m in objects(demo_manifests, "PodDisruptionBudget")}
-    assert budgets == names
+    assert budgets == names - {f"{PREFIX}-collector"}, "one collector replica: no budget"
     sim = container(one(demo_manifests, "Deployment", f"{PREFIX}-worker-sim"), "worker")
     env = env_values(sim)
     assert env["BAILU_WORKER_ENGINE"] == "sim"
@@ -383,9 +394,15 @@ def test_storage_class_options(full_manifests: list[Manifest], demo_manifests: l
     datasets = one(full_manifests, "PersistentVolumeClaim", f"{PREFIX}-datasets")
     assert datasets["spec"]["storageClassName"] == "nfs-client"
     assert "annotations" not in datasets["metadata"]
+    # The demo's claims are single-node (the datasets claim is used: the collector mounts it) and not kept.
     claims = {m["metadata"]["name"]: m for m in objects(demo_manifests, "PersistentVolumeClaim")}
-    assert set(claims) == {f"{PREFIX}-model-store"}
-    assert claims[f"{PREFIX}-model-store"]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert set(claims) == {f"{PREFIX}-model-store", f"{PREFIX}-datasets"}
+    for claim in claims.values():
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert "annotations" not in claim["metadata"]
+    collector = one(demo_manifests, "Deployment", f"{PREFIX}-collector")
+    assert volumes(collector)["datasets"]["persistentVolumeClaim"]["claimName"] == f"{PREFIX}-datasets"
+    assert collector["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def test_existing_claims(existing_manifests: list[Manifest]) -> None:
@@ -405,6 +422,7 @@ def test_network_policies_allow_only_the_designed_flows(
     for m, open_gateway in ((default_manifests, True), (gpu_manifests, False)):
         gateway, worker = release_pod(m, "gateway"), release_pod(m, "worker")
         redis, test = release_pod(m, "redis"), release_pod(m, "test")
+        collector = release_pod(m, "collector")
         prometheus = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
         ingress_nginx = Pod("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
         stranger = Pod("other", {"app": "curious"})
@@ -425,12 +443,24 @@ def test_network_policies_allow_only_the_designed_flows(
         assert allowed(m, prometheus, gateway, 8000)
         assert not allowed(m, prometheus, worker, 50051)
         assert not allowed(m, prometheus, redis, 6379)
-        # Redis only from the release's pods.
+        # Redis only from its clients: the gateway and the collector.
         assert allowed(m, gateway, redis, 6379)
+        assert allowed(m, collector, redis, 6379)
+        assert not allowed(m, worker, redis, 6379)
+        assert not allowed(m, test, redis, 6379)
         assert not allowed(m, neighbour, redis, 6379)
         assert not allowed(m, stranger, redis, 6379)
-        # DNS for everyone in the release, and no other egress.
-        for pod in (gateway, worker, redis, test):
+        # The collector: Prometheus scrapes it on 9092; it reaches Redis (above) and nothing else of the release.
+        assert allowed(m, prometheus, collector, 9092)
+        assert not allowed(m, stranger, collector, 9092)
+        assert not allowed(m, neighbour, collector, 9092)
+        assert not allowed(m, gateway, collector, 9092)
+        assert not allowed(m, collector, worker, 50051)
+        assert not allowed(m, collector, worker, 9091)
+        assert not allowed(m, collector, gateway, 8000)
+        assert not allowed(m, worker, collector, 9092)
+        # DNS for everyone in the release, and no other egress (no training runs here: no API access).
+        for pod in (gateway, worker, redis, test, collector):
             assert allowed(m, pod, dns, 53, "UDP")
             assert allowed(m, pod, dns, 53, "TCP")
             assert not allowed(m, pod, stranger, 443)
@@ -452,6 +482,176 @@ def test_network_policies_are_optional_and_external_redis_is_reachable(
     manifests = helm.template(values={"redis": {"enabled": False, "external": {"url": "redis://r.example.com:6390/0"}}})
     egress = one(manifests, "NetworkPolicy", f"{PREFIX}-egress")["spec"]["egress"]
     assert {"ports": [{"port": 6390, "protocol": "TCP"}]} in egress
+
+
+def test_metrics_scraping_can_be_turned_off(render: Render) -> None:
+    from tests.chart.netpol import Pod, allowed, release_pod
+
+    manifests = render(values={"networkPolicy": {"metrics": {"enabled": False}}})
+    prometheus = Pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
+    assert not allowed(manifests, prometheus, release_pod(manifests, "collector"), 9092)
+    assert not allowed(manifests, prometheus, release_pod(manifests, "worker"), 9091)
+    assert "ingress" not in one(manifests, "NetworkPolicy", f"{PREFIX}-collector")["spec"]
+
+
+# --- feedback collector ---------------------------------------------------------------------------
+
+
+def test_collector_deployment(default_manifests: list[Manifest]) -> None:
+    collector = one(default_manifests, "Deployment", f"{PREFIX}-collector")
+    spec, c = pod_spec(collector), container(collector, "collector")
+    gateway = container(one(default_manifests, "Deployment", f"{PREFIX}-gateway"), "gateway")
+    env, names = env_values(c), env_names(c)
+    assert collector["spec"]["replicas"] == 1
+    # The gateway image carries the collector (docker/gateway.Dockerfile installs both extras).
+    assert c["image"] == gateway["image"] == "bailu/gateway:0.1.0"
+    assert c["args"] == ["python", "-m", "bailu.collector"]
+    assert c["ports"] == [{"name": "http-metrics", "containerPort": 9092, "protocol": "TCP"}]
+    assert env["BAILU_COLLECTOR_HTTP_PORT"] == "9092"
+    # One consumer per pod in the Redis consumer group.
+    consumer = next(e for e in c["env"] if e["name"] == "BAILU_COLLECTOR_CONSUMER_NAME")
+    assert consumer["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # Datasets go to the datasets claim, mounted read-write where BAILU_COLLECTOR_DATASET_DIR points.
+    assert env["BAILU_COLLECTOR_DATASET_DIR"] == "/datasets"
+    assert mounts(c)["/datasets"] == {"name": "datasets", "mountPath": "/datasets"}
+    assert volumes(collector)["datasets"]["persistentVolumeClaim"] == {"claimName": f"{PREFIX}-datasets"}
+    # The same Redis as the gateway, with the password from the same Secret, defined before the URL.
+    assert env["BAILU_COLLECTOR_REDIS_URL"] == env_values(gateway)["BAILU_GATEWAY_REDIS_URL"]
+    assert names.index("REDIS_PASSWORD") < names.index("BAILU_COLLECTOR_REDIS_URL")
+    password = next(e for e in c["env"] if e["name"] == "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]
+    assert password == {"name": f"{PREFIX}-redis", "key": "redis-password"}
+    # Training runs are off by default: no runner, no API token, no Role.
+    assert env["BAILU_COLLECTOR_RUNNER"] == "none"
+    assert not [n for n in names if n.startswith("BAILU_COLLECTOR_KUBERNETES_")]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == f"{PREFIX}-collector"
+    assert one(default_manifests, "ServiceAccount", f"{PREFIX}-collector")["automountServiceAccountToken"] is False
+    assert not objects(default_manifests, "Role")
+    assert not objects(default_manifests, "RoleBinding")
+    # The trigger policy, at the settings' defaults.
+    trigger = {k.removeprefix("BAILU_COLLECTOR_TRIGGER_"): v for k, v in env.items() if "_TRIGGER_" in k}
+    assert trigger == {
+        "MIN_NEW_PAIRS": "200",
+        "COOLDOWN_S": "21600",
+        "DAILY_CAP": "2",
+        "PEAK_WINDOW": "06:00-09:30",
+        "TIMEZONE": "UTC",
+        "INTERVAL_S": "60",
+    }
+    # Probes on the probe server's port; resources; locked down like every Bailu container.
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    assert c["resources"]["requests"]["cpu"]
+    assert c["resources"]["limits"]["memory"]
+    assert spec["terminationGracePeriodSeconds"] == 30
+    assert spec["enableServiceLinks"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert spec["securityContext"]["runAsUser"] == 10001
+    assert mounts(c)["/tmp"]["name"] == "tmp"
+    # A metrics Service for a future ServiceMonitor; no budget for a single replica.
+    service = one(default_manifests, "Service", f"{PREFIX}-collector")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "http-metrics", "port": 9092, "targetPort": "http-metrics", "protocol": "TCP"}
+    ]
+    assert not [p for p in objects(default_manifests, "PodDisruptionBudget") if "collector" in p["metadata"]["name"]]
+
+
+def test_collector_rbac_when_it_starts_training_runs(full_manifests: list[Manifest]) -> None:
+    collector = one(full_manifests, "Deployment", f"{PREFIX}-collector")
+    spec, env = pod_spec(collector), env_values(container(collector, "collector"))
+    assert env["BAILU_COLLECTOR_RUNNER"] == "kubernetes"
+    assert env["BAILU_COLLECTOR_KUBERNETES_NAMESPACE"] == NAMESPACE
+    assert env["BAILU_COLLECTOR_KUBERNETES_CRONJOB"] == f"{PREFIX}-trainer"
+    assert spec["automountServiceAccountToken"] is True
+    # Exactly what KubernetesRunner calls: read the trainer CronJob, create a Job; nothing cluster-wide.
+    role = one(full_manifests, "Role", f"{PREFIX}-collector")
+    assert role["rules"] == [
+        {"apiGroups": ["batch"], "resources": ["cronjobs"], "resourceNames": [f"{PREFIX}-trainer"], "verbs": ["get"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]},
+    ]
+    assert len(objects(full_manifests, "Role")) == 1
+    assert not objects(full_manifests, "ClusterRole")
+    assert not objects(full_manifests, "ClusterRoleBinding")
+    binding = one(full_manifests, "RoleBinding", f"{PREFIX}-collector")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": f"{PREFIX}-collector",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{PREFIX}-collector", "namespace": NAMESPACE}]
+    assert spec["serviceAccountName"] == f"{PREFIX}-collector"
+    account = one(full_manifests, "ServiceAccount", f"{PREFIX}-collector")
+    assert account["metadata"]["annotations"] == {"example.com/role": "collector"}
+    # Two replicas share the consumer group, and get a budget.
+    assert collector["spec"]["replicas"] == 2
+    assert one(full_manifests, "PodDisruptionBudget", f"{PREFIX}-collector")["spec"]["maxUnavailable"] == 1
+    # Trigger values and settings, as the collector reads them.
+    assert env["BAILU_COLLECTOR_TRIGGER_MIN_NEW_PAIRS"] == "50"
+    assert env["BAILU_COLLECTOR_TRIGGER_COOLDOWN_S"] == "7200.5"
+    assert env["BAILU_COLLECTOR_TRIGGER_DAILY_CAP"] == "0"
+    assert env["BAILU_COLLECTOR_TRIGGER_PEAK_WINDOW"] == "22:00-24:00"
+    assert env["BAILU_COLLECTOR_TRIGGER_TIMEZONE"] == "Europe/Paris"
+    assert env["BAILU_COLLECTOR_TRIGGER_INTERVAL_S"] == "15"
+    assert env["BAILU_COLLECTOR_BLOCK_LIST"] == "lorem ipsum,spam"
+    assert env["BAILU_COLLECTOR_MIN_LETTER_SHARE"] == "0.75"
+    assert env["BAILU_COLLECTOR_CLAIM_IDLE_MS"] == "120000"
+    assert spec["nodeSelector"] == {"pool": "cpu"}
+    assert container(collector, "collector")["image"] == "registry.example.com/bailu/bailu/gateway:0.1.0"
+
+
+def test_collector_with_an_existing_account_cronjob_and_claim(existing_manifests: list[Manifest]) -> None:
+    collector = one(existing_manifests, "Deployment", f"{PREFIX}-collector")
+    spec, c = pod_spec(collector), container(collector, "collector")
+    env = env_values(c)
+    assert not [a for a in objects(existing_manifests, "ServiceAccount") if "collector" in a["metadata"]["name"]]
+    assert spec["serviceAccountName"] == "ml-jobs"
+    assert spec["automountServiceAccountToken"] is True
+    binding = one(existing_manifests, "RoleBinding", f"{PREFIX}-collector")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ml-jobs", "namespace": NAMESPACE}]
+    role = one(existing_manifests, "Role", f"{PREFIX}-collector")
+    assert role["rules"][0]["resourceNames"] == ["nightly-trainer"]
+    assert env["BAILU_COLLECTOR_KUBERNETES_CRONJOB"] == "nightly-trainer"
+    assert env["BAILU_COLLECTOR_DATASET_DIR"] == "/data"
+    assert mounts(c)["/data"]["name"] == "datasets"
+    assert volumes(collector)["datasets"]["persistentVolumeClaim"] == {"claimName": "data"}
+    assert env["BAILU_COLLECTOR_REDIS_URL"] == "rediss://:$(REDIS_PASSWORD)@redis.example.com:6380/0"
+    assert env["BAILU_COLLECTOR_TRIGGER_PEAK_WINDOW"] == ""
+
+
+def test_collector_reaches_the_kubernetes_api_only_to_start_runs(
+    render: Render, default_manifests: list[Manifest], full_manifests: list[Manifest]
+) -> None:
+    from tests.chart.netpol import Pod, allowed, release_pod
+
+    assert "egress" not in one(default_manifests, "NetworkPolicy", f"{PREFIX}-collector")["spec"]
+    api_server = Pod("default", {"component": "kube-apiserver"})
+    # Runs on, no CIDRs: the API ports to any address, and nothing else.
+    manifests = render(values={"collector": {"startTrainingRuns": True}})
+    collector, gateway = release_pod(manifests, "collector"), release_pod(manifests, "gateway")
+    assert allowed(manifests, collector, api_server, 443)
+    assert allowed(manifests, collector, api_server, 6443)
+    assert not allowed(manifests, collector, api_server, 80)
+    assert not allowed(manifests, collector, release_pod(manifests, "worker"), 50051)
+    assert not allowed(manifests, gateway, api_server, 443)
+    # With CIDRs: only those addresses (ipBlock peers; pods are not addressed by CIDR).
+    egress = one(full_manifests, "NetworkPolicy", f"{PREFIX}-collector")["spec"]["egress"]
+    assert egress == [
+        {
+            "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}],
+            "to": [{"ipBlock": {"cidr": "198.51.100.10/32"}}, {"ipBlock": {"cidr": "198.51.100.11/32"}}],
+        }
+    ]
+    assert not allowed(full_manifests, release_pod(full_manifests, "collector"), api_server, 443)
+
+
+def test_collector_can_be_turned_off(render: Render) -> None:
+    manifests = render(values={"collector": {"enabled": False}})
+    assert not component_objects(manifests, "collector")
+    redis_policy = one(manifests, "NetworkPolicy", f"{PREFIX}-redis")
+    peers = redis_policy["spec"]["ingress"][0]["from"]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == ["gateway"]
 
 
 # --- helm test and notes --------------------------------------------------------------------------
@@ -487,3 +687,7 @@ def test_notes_tell_how_to_reach_the_gateway_and_get_the_key(helm: Helm) -> None
     existing = helm.notes({"gateway": {"apiKeys": {"existingSecret": "my-keys"}}})
     assert 'your Secret "my-keys"' in existing
     assert "rollout restart" in existing
+    assert f"deployment/{PREFIX}-collector turns feedback into datasets" in notes
+    assert "Training runs: off (collector.startTrainingRuns=false)" in notes
+    runs = helm.notes({"collector": {"startTrainingRuns": True}})
+    assert f"created as Jobs from cronjob/{PREFIX}-trainer" in runs

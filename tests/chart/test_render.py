@@ -49,6 +49,8 @@ def test_every_object_validates_against_kubernetes_schemas(
     errors = [e for m in builtin if (e := validation_error(m, kube_version))]
     assert not errors, "\n".join(errors)
     assert {m["kind"] for m in builtin} >= {"Deployment", "Service", "Secret", "StatefulSet", "NetworkPolicy"}
+    deployments = {m["metadata"]["name"] for m in builtin if m["kind"] == "Deployment"}
+    assert "bailu-collector" in deployments, "every example deploys the collector"
 
 
 @pytest.mark.parametrize("values_files", VALUE_SETS, ids=VALUE_IDS)
@@ -65,11 +67,13 @@ def test_every_custom_resource_has_a_crd_and_validates(
 
 
 def test_full_feature_values_validate(render: Render, full_values: dict[str, object]) -> None:
-    """Every optional built-in object (Ingress, HPA, ...) validates too; the HTTPRoute has its own test."""
+    """Every optional built-in object (Ingress, HPA, the collector's Role, ...) validates too; the HTTPRoute has
+    its own test."""
     for kube_version in KUBE_VERSIONS:
         manifests = render(values=full_values, kube_version=kube_version)
         kinds = {m["kind"] for m in manifests}
-        assert {"Ingress", "HorizontalPodAutoscaler", "HTTPRoute"} <= kinds
+        assert {"Ingress", "HorizontalPodAutoscaler", "HTTPRoute", "Role", "RoleBinding"} <= kinds
+        assert "bailu-collector" in {m["metadata"]["name"] for m in manifests if m["kind"] == "PodDisruptionBudget"}
         errors = [e for m in manifests if is_builtin(m, kube_version) and (e := validation_error(m, kube_version))]
         assert not errors, "\n".join(errors)
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bailu.collector.settings import CollectorSettings
 from bailu.gateway.settings import GatewaySettings
 from bailu.worker.settings import EngineKind, WorkerSettings
 from tests.chart.helm import CHART, Helm, HelmError
@@ -28,6 +29,31 @@ WORKER_MANAGED = {
     "template",
     "adapters",
     "drain_grace_s",
+}
+COLLECTOR_MANAGED = {
+    "redis_url",
+    "consumer_name",
+    "http_port",
+    "dataset_dir",
+    "runner",
+    "kubernetes_namespace",
+    "kubernetes_cronjob",
+    "trigger_min_new_pairs",
+    "trigger_cooldown_s",
+    "trigger_daily_cap",
+    "trigger_peak_window",
+    "trigger_timezone",
+    "trigger_interval_s",
+    "local_command",  # the local runner has no use in a cluster
+}
+# collector.trigger values → the CollectorSettings fields they set.
+TRIGGER_FIELDS = {
+    "minNewPairs": "trigger_min_new_pairs",
+    "cooldownSeconds": "trigger_cooldown_s",
+    "dailyCap": "trigger_daily_cap",
+    "peakWindow": "trigger_peak_window",
+    "timezone": "trigger_timezone",
+    "intervalSeconds": "trigger_interval_s",
 }
 POOL_ONLY_KEYS = {"name", "engine", "model", "adapters"}
 
@@ -63,6 +89,26 @@ def pool(**fields: Any) -> dict[str, Any]:
         ({"redis": {"external": {"url": "redis://:secret@host:6379"}}}, ["at '/redis/external/url'"]),
         ({"gateway": {"httpRoute": {"enabled": True}}}, ["at '/gateway/httpRoute/parentRefs'"]),
         ({"gateway": {"image": {"repository": "bailu/gateway", "tag": 1.0}}}, ["at '/gateway/image/tag'"]),
+        ({"collector": {"replicas": -1}}, ["at '/collector/replicas': minimum: got -1, want 0"]),
+        ({"collector": {"trigger": {"peakWindow": "6:00-9:30"}}}, ["at '/collector/trigger/peakWindow'"]),
+        ({"collector": {"trigger": {"peakWindow": "06:00-25:00"}}}, ["at '/collector/trigger/peakWindow'"]),
+        ({"collector": {"trigger": {"peakWindow": "24:00-06:00"}}}, ["at '/collector/trigger/peakWindow'"]),
+        ({"collector": {"trigger": {"peakWindow": "06:00-24:30"}}}, ["at '/collector/trigger/peakWindow'"]),
+        ({"collector": {"trigger": {"peakWindow": "mornings"}}}, ["at '/collector/trigger/peakWindow'"]),
+        ({"collector": {"trigger": {"timezone": ""}}}, ["at '/collector/trigger/timezone'"]),
+        ({"collector": {"trigger": {"timezone": "UTC+2 hours"}}}, ["at '/collector/trigger/timezone'"]),
+        ({"collector": {"trigger": {"minNewPairs": 0}}}, ["at '/collector/trigger/minNewPairs': minimum: got 0"]),
+        ({"collector": {"trigger": {"dailyCap": -1}}}, ["at '/collector/trigger/dailyCap': minimum: got -1"]),
+        ({"collector": {"trigger": {"cooldownSeconds": -5}}}, ["at '/collector/trigger/cooldownSeconds'"]),
+        ({"collector": {"trigger": {"intervalSeconds": 0}}}, ["at '/collector/trigger/intervalSeconds'"]),
+        ({"collector": {"trigger": {"peakHours": "06:00-09:00"}}}, ["additional properties 'peakHours'"]),
+        ({"collector": {"trainerCronJob": "Trainer_1"}}, ["at '/collector/trainerCronJob'"]),
+        ({"collector": {"startTrainingRuns": "yes"}}, ["at '/collector/startTrainingRuns'"]),
+        ({"collector": {"settings": {"batch": 10}}}, ["invalid propertyName 'batch'"]),
+        ({"collector": {"settings": {"redis_url": "redis://r:6379/0"}}}, ["invalid propertyName 'redis_url'"]),
+        ({"collector": {"settings": {"trigger_daily_cap": 3}}}, ["invalid propertyName 'trigger_daily_cap'"]),
+        ({"networkPolicy": {"kubernetesApi": {"cidrs": ["api.example.com"]}}}, ["at '/networkPolicy/kubernetesApi"]),
+        ({"networkPolicy": {"kubernetesApi": {"ports": [70000]}}}, ["at '/networkPolicy/kubernetesApi/ports/0'"]),
     ],
     ids=[
         "worker-without-engine",
@@ -81,6 +127,26 @@ def pool(**fields: Any) -> dict[str, Any]:
         "password-in-redis-url",
         "route-without-parent",
         "numeric-image-tag",
+        "negative-collector-replicas",
+        "peak-window-one-digit-hour",
+        "peak-window-hour-25",
+        "peak-window-starts-at-24",
+        "peak-window-ends-after-24",
+        "peak-window-words",
+        "empty-timezone",
+        "bad-timezone",
+        "zero-min-new-pairs",
+        "negative-daily-cap",
+        "negative-cooldown",
+        "zero-interval",
+        "unknown-trigger-key",
+        "bad-cronjob-name",
+        "non-boolean-runs",
+        "unknown-collector-setting",
+        "chart-managed-collector-setting",
+        "trigger-setting-in-settings",
+        "api-cidr-not-a-cidr",
+        "api-port-out-of-range",
     ],
 )
 def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, Any], messages: list[str]) -> None:
@@ -108,8 +174,35 @@ def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, A
             'adapter "poet" has a path relative to the model store',
         ),
         ({"gateway": {"apiKeys": {"plainKeyKey": "keys", "hashesKey": "keys"}}}, "must differ"),
+        (
+            {"storage": {"datasets": {"enabled": False}}},
+            "collector.enabled is true but storage.datasets.enabled is false",
+        ),
+        ({"redis": {"enabled": False}}, "collector.enabled is true but there is no Redis"),
+        (
+            {"collector": {"trigger": {"peakWindow": "06:00-06:00"}}},
+            'collector.trigger.peakWindow "06:00-06:00": start and end are equal',
+        ),
+        (
+            {"collector": {"trigger": {"peakWindow": "00:00-24:00"}}},
+            'collector.trigger.peakWindow "00:00-24:00": start and end are equal',
+        ),
+        (
+            {"collector": {"startTrainingRuns": True, "serviceAccount": {"create": False}}},
+            "would bind the collector's Role to the namespace's \"default\" ServiceAccount",
+        ),
     ],
-    ids=["duplicate-pool", "model-store-disabled", "adapter-without-store", "same-secret-keys"],
+    ids=[
+        "duplicate-pool",
+        "model-store-disabled",
+        "adapter-without-store",
+        "same-secret-keys",
+        "collector-without-datasets",
+        "collector-without-redis",
+        "empty-peak-window",
+        "whole-day-peak-window",
+        "role-on-default-account",
+    ],
 )
 def test_cross_checks_fail_with_a_message(helm: Helm, values: dict[str, Any], message: str) -> None:
     with pytest.raises(HelmError, match=message):
@@ -123,13 +216,28 @@ def test_the_engine_list_is_the_workers_engine_list() -> None:
     assert refs == 1, "the engine enum must be referenced, not repeated"
 
 
+def test_collector_without_datasets_or_redis_renders_when_disabled(helm: Helm) -> None:
+    manifests = helm.template(
+        values={
+            "collector": {"enabled": False},
+            "storage": {"datasets": {"enabled": False}},
+            "redis": {"enabled": False},
+        }
+    )
+    assert not [m for m in manifests if m["metadata"]["labels"]["app.kubernetes.io/component"] == "collector"]
+
+
 @pytest.mark.parametrize(
     ("definition", "settings", "managed"),
-    [("gatewaySettings", GatewaySettings, GATEWAY_MANAGED), ("workerSettings", WorkerSettings, WORKER_MANAGED)],
-    ids=["gateway", "worker"],
+    [
+        ("gatewaySettings", GatewaySettings, GATEWAY_MANAGED),
+        ("workerSettings", WorkerSettings, WORKER_MANAGED),
+        ("collectorSettings", CollectorSettings, COLLECTOR_MANAGED),
+    ],
+    ids=["gateway", "worker", "collector"],
 )
 def test_settings_maps_accept_exactly_the_unmanaged_fields(
-    definition: str, settings: type[GatewaySettings | WorkerSettings], managed: set[str]
+    definition: str, settings: type[GatewaySettings | WorkerSettings | CollectorSettings], managed: set[str]
 ) -> None:
     """Every field of the settings class is either settable through the values or set by the chart."""
     accepted = set(SCHEMA["definitions"][definition]["propertyNames"]["enum"])
@@ -139,6 +247,19 @@ def test_settings_maps_accept_exactly_the_unmanaged_fields(
     missing = fields - accepted - managed
     assert not missing, f"{settings.__name__} fields the chart can neither set nor accept: {missing}"
     assert not accepted & managed
+
+
+def test_trigger_values_default_to_the_settings_defaults() -> None:
+    """collector.trigger's defaults are CollectorSettings' defaults, and its keys are the schema's."""
+    trigger = DEFAULTS["collector"]["trigger"]
+    assert (
+        set(trigger)
+        == set(TRIGGER_FIELDS)
+        == set(SCHEMA["properties"]["collector"]["properties"]["trigger"]["properties"])
+    )
+    assert set(TRIGGER_FIELDS.values()) <= COLLECTOR_MANAGED
+    for key, field in TRIGGER_FIELDS.items():
+        assert trigger[key] == CollectorSettings.model_fields[field].default, key
 
 
 def test_pool_keys_agree_between_defaults_entries_and_schema() -> None:

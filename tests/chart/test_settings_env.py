@@ -7,6 +7,7 @@ class would refuse, fails here rather than in a crash-looping pod.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import pydantic
 import pytest
 from pydantic_settings import BaseSettings, SettingsError
 
+from bailu.collector.settings import CollectorSettings
+from bailu.collector.trigger import TriggerPolicy
 from bailu.gateway.settings import GatewaySettings
 from bailu.worker.settings import WorkerSettings
 from tests.chart.conftest import EXISTING_VALUES, FULL_VALUES, Render
@@ -23,6 +26,12 @@ from tests.chart.helm import EXAMPLES, WORKLOADS, Manifest, containers, env_valu
 SERVICES: dict[str, tuple[str, type[BaseSettings]]] = {
     "gateway": ("BAILU_GATEWAY_", GatewaySettings),
     "worker": ("BAILU_WORKER_", WorkerSettings),
+    "collector": ("BAILU_COLLECTOR_", CollectorSettings),
+}
+# What a service builds from its settings at start beyond the settings class's own validation, by component:
+# a value the class accepts but the service refuses (an unknown time zone) would crash-loop the pod too.
+STARTUP_CHECKS: dict[str, tuple[str, Callable[[Any], object]]] = {
+    "collector": ("the retraining policy", TriggerPolicy.from_settings),
 }
 RENDERINGS: list[tuple[str, tuple[Path, ...], dict[str, Any] | None]] = [
     ("defaults", (), None),
@@ -60,9 +69,16 @@ def env_problems(manifests: list[Manifest], monkeypatch: pytest.MonkeyPatch) -> 
                 if variable.startswith(prefix):
                     monkeypatch.setenv(variable, value.replace("$(REDIS_PASSWORD)", "password"))
             try:
-                settings_class()
+                settings = settings_class()
             except (pydantic.ValidationError, SettingsError) as exc:
                 problems.append(f"{name}: {settings_class.__name__} refuses the chart's values: {exc}")
+            else:
+                if component in STARTUP_CHECKS:
+                    what, check = STARTUP_CHECKS[component]
+                    try:
+                        check(settings)
+                    except ValueError as exc:
+                        problems.append(f"{name}: {what} refuses the chart's values: {exc}")
             checked.add(component)
     return problems, checked
 
@@ -88,8 +104,15 @@ def test_bailu_variables_are_settings_fields(
             "BAILU_WORKER_PORT is not a field of GatewaySettings",
         ),
         ({"workerDefaults": {"settings": {"max_queue": "lots"}}}, "WorkerSettings refuses the chart's values"),
+        (
+            {"collector": {"extraEnv": [{"name": "BAILU_COLLECTOR_WORKERS", "value": "x"}]}},
+            "BAILU_COLLECTOR_WORKERS is not a field of CollectorSettings",
+        ),
+        ({"collector": {"settings": {"sft_min_score": 9}}}, "CollectorSettings refuses the chart's values"),
+        # The schema accepts any IANA-looking name; the collector's policy refuses unknown zones at start.
+        ({"collector": {"trigger": {"timezone": "Mars/Olympus_Mons"}}}, "the retraining policy refuses"),
     ],
-    ids=["unknown-field", "other-service", "bad-value"],
+    ids=["unknown-field", "other-service", "bad-value", "collector-unknown-field", "collector-bad-value", "bad-zone"],
 )
 def test_the_check_catches_drift(
     render: Render, monkeypatch: pytest.MonkeyPatch, values: dict[str, Any], expected: str

@@ -28,7 +28,7 @@ and label their objects, so that selectors and NetworkPolicies agree everywhere.
 {{- printf "%s-%s" (include "bailu.fullname" .root) .name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* "bailu-0.1.0": the helm.sh/chart label. */}}
+{{/* "bailu-<chart version>": the helm.sh/chart label. */}}
 {{- define "bailu.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -79,11 +79,21 @@ bailu/worker-pool: {{ .pool.name }}
 {{- define "bailu.worker.grpcPort" -}}50051{{- end -}}
 {{- define "bailu.worker.httpPort" -}}9091{{- end -}}
 {{- define "bailu.redis.port" -}}6379{{- end -}}
+{{- define "bailu.collector.httpPort" -}}9092{{- end -}}
 
 {{/* Object names shared between components. */}}
 {{- define "bailu.gateway.fullname" -}}{{ include "bailu.componentName" (dict "root" . "name" "gateway") }}{{- end -}}
 {{- define "bailu.worker.serviceName" -}}{{ include "bailu.componentName" (dict "root" . "name" "worker") }}{{- end -}}
 {{- define "bailu.redis.fullname" -}}{{ include "bailu.componentName" (dict "root" . "name" "redis") }}{{- end -}}
+{{- define "bailu.collector.fullname" -}}{{ include "bailu.componentName" (dict "root" . "name" "collector") }}{{- end -}}
+
+{{/*
+Name of the trainer CronJob whose job template training runs are created from: collector.trainerCronJob,
+or "<fullname>-trainer" (the CronJob the trainer component creates).
+*/}}
+{{- define "bailu.trainer.cronJobName" -}}
+{{- .Values.collector.trainerCronJob | default (include "bailu.componentName" (dict "root" . "name" "trainer")) -}}
+{{- end -}}
 
 {{/* Name of the Secret with the API keys (existing or generated). */}}
 {{- define "bailu.gateway.apiKeysSecretName" -}}
@@ -104,6 +114,14 @@ bailu/worker-pool: {{ .pool.name }}
 {{- .Values.workerServiceAccount.name | default (include "bailu.worker.serviceName" .) -}}
 {{- else -}}
 {{- .Values.workerServiceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "bailu.collector.serviceAccountName" -}}
+{{- if .Values.collector.serviceAccount.create -}}
+{{- .Values.collector.serviceAccount.name | default (include "bailu.collector.fullname" .) -}}
+{{- else -}}
+{{- .Values.collector.serviceAccount.name | default "default" -}}
 {{- end -}}
 {{- end -}}
 
@@ -215,6 +233,21 @@ and keep Hugging Face libraries off the network: models come from the image or t
   value: "1"
 - name: PYTHONUNBUFFERED
   value: "1"
+{{- end -}}
+
+{{/*
+The NetworkPolicy ingress rule that lets Prometheus (networkPolicy.metrics.from) scrape a pod's
+metrics port, or nothing when scraping is off: (dict "root" $ "port" "http-metrics").
+*/}}
+{{- define "bailu.networkPolicy.metricsIngress" -}}
+{{- $metrics := .root.Values.networkPolicy.metrics -}}
+{{- if $metrics.enabled }}
+- from:
+    {{- toYaml $metrics.from | nindent 4 }}
+  ports:
+    - port: {{ .port }}
+      protocol: TCP
+{{- end }}
 {{- end -}}
 
 {{/* The /tmp emptyDir of a pod (volume). */}}
