@@ -10,7 +10,6 @@ import contextlib
 import logging
 import random
 import socket
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -42,7 +41,6 @@ class WorkerClient:
         self.load: LoadReport | None = None
         self.models: list[ModelCard] = []
         self.inflight = 0
-        self.failed_at = 0.0
 
     @property
     def ready(self) -> bool:
@@ -86,7 +84,6 @@ class WorkerClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
                 self.load = None  # stop routing here until the next successful poll
-                self.failed_at = time.monotonic()
             raise from_status(exc.code(), exc.details(), exc.trailing_metadata()) from None
         finally:
             self.inflight -= 1

@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,8 +79,8 @@ class TransformersEngine(Engine):
         self.torch_threads = torch_threads
         self._swift: Any = None
         self._eos_token_id = 0
-        self._live: set[str] = set()  # tags of requests still wanted; read by the generate thread
-        self._live_lock = threading.Lock()
+        # Tags of requests still wanted: changed on the event loop only, read by ms-swift's generate thread.
+        self._live: set[str] = set()
         self._swift_adapter_names: dict[str, str] = {}
 
     @classmethod
@@ -210,8 +209,7 @@ class TransformersEngine(Engine):
             adapter_request = AdapterRequest(self._swift_adapter_names[request.adapter], self.adapters[request.adapter])
         await self._gather()
         tag = uuid.uuid4().hex
-        with self._live_lock:
-            self._live.add(tag)
+        self._live.add(tag)
         stops = StopStringFilter(request.sampling.stop)
         served = request.served_model
         completion_tokens = 0
@@ -239,8 +237,7 @@ class TransformersEngine(Engine):
                 if text or tokens:
                     yield GenerateChunk(text, tokens, served_model=served)
         finally:
-            with self._live_lock:
-                self._live.discard(tag)
+            self._live.discard(tag)
 
     async def load_adapter(self, name: str, path: str) -> ModelCard:
         if self.adapters.get(name) == path:
