@@ -24,24 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from bailu.collector.builder import PREFERENCE, SFT, Example
+from bailu.common.atomic import TMP_PREFIX, fsync_dir, write_durable
 
 KINDS = (SFT, PREFERENCE)
-TMP_PREFIX = ".tmp-"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _iso(ts: float) -> str:
@@ -81,7 +66,7 @@ class DatasetStore:
         for kind in KINDS:
             lines = [json.dumps(e.to_swift(), ensure_ascii=False) for e in examples if e.kind == kind]
             if lines:
-                _write(tmp / f"{kind}.jsonl", ("\n".join(lines) + "\n").encode())
+                write_durable(tmp / f"{kind}.jsonl", ("\n".join(lines) + "\n").encode())
         meta = {
             "batch": name,
             "consumer": consumer,
@@ -91,10 +76,10 @@ class DatasetStore:
                 for e in examples
             ],
         }
-        _write(tmp / "meta.json", json.dumps(meta, ensure_ascii=False).encode())
-        _fsync_dir(tmp)
+        write_durable(tmp / "meta.json", json.dumps(meta, ensure_ascii=False).encode())
+        fsync_dir(tmp)
         os.rename(tmp, final)
-        _fsync_dir(self.shards)
+        fsync_dir(self.shards)
         return final
 
     def batch_meta(self, name: str) -> dict[str, Any]:
@@ -136,14 +121,14 @@ class DatasetStore:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             manifest = self._build_version(tmp, version, batches, previous)
-            _write(tmp / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False).encode())
-            _fsync_dir(tmp)
+            write_durable(tmp / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False).encode())
+            fsync_dir(tmp)
             try:
                 os.rename(tmp, self.versions_dir / version)
             except OSError:  # another replica sealed this number first: try the next one
                 shutil.rmtree(tmp, ignore_errors=True)
                 continue
-            _fsync_dir(self.versions_dir)
+            fsync_dir(self.versions_dir)
             return version
 
     def _build_version(

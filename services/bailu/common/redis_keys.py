@@ -43,3 +43,19 @@ def intents_key(consumer: str) -> str:
 
 def ratings_key(prompt_hash: str) -> str:
     return f"{RATINGS_PREFIX}:{prompt_hash}"
+
+
+# The model registry's index (a mirror of the files on shared storage, rebuilt from them at will).
+REGISTRY_EVENTS_STREAM = f"{PREFIX}:registry:events"  # every change: published, status, alias, canary weight
+REGISTRY_NAMES_SET = f"{PREFIX}:registry:names"  # members "<kind>/<name>"
+REGISTRY_KEY_PATTERN = f"{PREFIX}:registry:idx:*"  # every per-name index key, for a rebuild
+
+
+def registry_versions_key(kind: str, name: str) -> str:
+    """Hash of one model name's versions: version -> manifest JSON."""
+    return f"{PREFIX}:registry:idx:versions:{kind}/{name}"
+
+
+def registry_aliases_key(kind: str, name: str) -> str:
+    """Hash of one model name's aliases: production, canary, canary_weight, history (JSON)."""
+    return f"{PREFIX}:registry:idx:aliases:{kind}/{name}"
