@@ -574,7 +574,9 @@ def ceiling(client: Redis, port: int, pid: int, payload: str, key_id: str) -> di
     sha = str(client.script_load(_RECORD_ONCE))
     idem = redis_keys.idempotency_key(key_id, "ceiling-__rand_int__")
     runs["record_once_script"] = redis_benchmark(
-        port, pid, ["-r", "1000000000", "EVALSHA", sha, "2", stream, idem, "fb-x", "0" * 16, payload, "86400"]
+        port,
+        pid,
+        ["-r", "1000000000", "EVALSHA", sha, "2", stream, idem, "fb-x", "0" * 16, payload, "86400", DATA_FIELD],
     )
     client.delete(stream)
     runs["forks_during_ceiling_runs"] = (client.info("stats").get("total_forks") or 0) - (forks_before or 0)

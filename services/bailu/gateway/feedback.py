@@ -19,19 +19,18 @@ from bailu.common.records import DATA_FIELD, CompletionRecord, FeedbackEvent, Re
 from bailu.gateway.completion_log import CompletionLog
 
 # Atomically: if the idempotency key was seen, return what it recorded; else append the event and
-# remember the key. KEYS: stream, idempotency key (or ""). ARGV: feedback id, body hash, data, ttl.
+# remember the key. KEYS: stream, idempotency key (or ""). ARGV: feedback id, body hash, data, ttl, data field.
 _RECORD_ONCE = """
 if KEYS[2] ~= '' then
   local seen = redis.call('GET', KEYS[2])
   if seen then return seen end
 end
-redis.call('XADD', KEYS[1], '*', 'data', ARGV[3])
+redis.call('XADD', KEYS[1], '*', ARGV[5], ARGV[3])
 if KEYS[2] ~= '' then
   redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[2], 'EX', tonumber(ARGV[4]))
 end
 return 'new'
 """
-assert DATA_FIELD == "data"  # the script above spells the field out
 
 
 class _Strict(BaseModel):
@@ -123,7 +122,7 @@ class FeedbackHandler:
             idem = idempotency_key or body.feedback_id
             result = await self._script(
                 keys=[redis_keys.FEEDBACK_STREAM, redis_keys.idempotency_key(key_id, idem) if idem else ""],
-                args=[event.id, body_hash, event.to_json(), self.idempotency_ttl_s],
+                args=[event.id, body_hash, event.to_json(), self.idempotency_ttl_s, DATA_FIELD],
             )
         except RedisError as exc:
             raise Unavailable(f"feedback cannot be stored right now ({type(exc).__name__})") from exc

@@ -25,8 +25,14 @@ class Router:
         unavailable is replaced by another (up to `max_attempts` workers); after it, errors
         reach the caller. Closing the iterator cancels the worker's stream."""
         tried: set[str] = set()
+        last_error: BailuError | None = None
         while True:
-            worker = self.pool.pick(request.model, request.adapter, tried)
+            try:
+                worker = self.pool.pick(request.model, request.adapter, tried)
+            except BailuError:
+                if last_error is not None:
+                    raise last_error from None  # no other worker: report the worker's own error
+                raise
             tried.add(worker.address)
             timeout = None
             if request.deadline is not None:
@@ -48,9 +54,6 @@ class Router:
                     extra={"worker": worker.address, "error": exc.name, "reason": exc.message},
                 )
                 self.metrics.retries.inc()
-                try:
-                    self.pool.pick(request.model, request.adapter, tried)
-                except BailuError:
-                    raise exc from None  # no other worker: report the worker's own error
+                last_error = exc
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]

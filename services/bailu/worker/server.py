@@ -41,6 +41,9 @@ class WorkerServer:
         self.metrics = WorkerMetrics(self.registry)
         self.admission = Admission(self.engine.capacity, settings.max_queue)
         self.metrics.capacity.set(self.engine.capacity)
+        # Read at scrape time, so that the queue depth autoscaling sees is never stale.
+        self.metrics.queued.set_function(lambda: self.admission.queued)
+        self.metrics.running.set_function(lambda: self.admission.running)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]

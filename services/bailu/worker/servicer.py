@@ -36,10 +36,6 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
         self.admission = admission
         self.metrics = metrics
 
-    def _sync_gauges(self) -> None:
-        self.metrics.queued.set(self.admission.queued)
-        self.metrics.running.set(self.admission.running)
-
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
@@ -55,7 +51,6 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
             req.validate()
             self.engine.check_target(req)
             async with self.admission.slot(req.deadline):
-                self._sync_gauges()
                 stream = self.engine.generate(req)
                 try:
                     async for chunk in stream:
@@ -78,7 +73,6 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
             log.exception("generate failed unexpectedly")
             await _abort(context, InternalError("the engine failed; see the worker's log"))
         finally:
-            self._sync_gauges()
             self.metrics.requests.labels(outcome).inc()
             log.info(
                 "generate",
