@@ -30,6 +30,7 @@ from pydantic_settings import NoDecode
 from bailu.collector.settings import CollectorSettings
 from bailu.common.settings import ServiceSettings
 from bailu.gateway.settings import GatewaySettings
+from bailu.trainer.settings import TrainerSettings
 from bailu.worker.settings import WorkerSettings
 
 # Every service's settings class, in the order the reference lists them.
@@ -37,6 +38,7 @@ SETTINGS_CLASSES: tuple[type[ServiceSettings], ...] = (
     GatewaySettings,
     WorkerSettings,
     CollectorSettings,
+    TrainerSettings,
 )
 
 BEGIN = "<!-- settings:begin -->"

@@ -63,6 +63,12 @@ class GatewaySettings(ServiceSettings):
     completion_log_queue: int = Field(
         10_000, ge=1, description="Completion records waiting to be written; beyond, new ones are dropped."
     )
+    registry_refresh_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often model aliases and canary weights are re-read from the registry's index in Redis "
+        "(change events apply them at once; this is the safety net).",
+    )
     feedback_idempotency_ttl_s: int = Field(
         24 * 3600, ge=60, description="How long an Idempotency-Key (or feedback_id) is remembered."
     )

@@ -106,6 +106,10 @@ class Registry:
             version = resolved
         return Version(self.manifest(kind, name, version), self._name_dir(kind, name) / version)
 
+    def version_dir(self, kind: str, name: str, version: str) -> Path:
+        """Where a version's files are (whether or not it exists)."""
+        return self._name_dir(kind, name) / version
+
     def aliases(self, kind: str, name: str) -> Aliases:
         path = self._name_dir(kind, name) / ALIASES_FILE
         return Aliases.from_json(path.read_text()) if path.is_file() else Aliases()

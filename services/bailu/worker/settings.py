@@ -52,6 +52,22 @@ class WorkerSettings(ServiceSettings):
         default_factory=dict,
         description='LoRA adapters to load at start, as JSON: {"name": "/path/to/adapter"}.',
     )
+    registry_dir: Path | None = Field(
+        None,
+        description="Model registry root (shared storage): the worker loads the production and canary versions of "
+        "every adapter trained on its base model, and unloads versions that leave those aliases (empty: off).",
+    )
+    registry_redis_url: str = Field(
+        "",
+        description="Redis with the registry's change events, so that new versions load within a second "
+        "(empty: only the registry poll notices them).",
+    )
+    registry_poll_s: float = Field(
+        30.0, gt=0, description="How often the registry files are re-read, with or without change events."
+    )
+    adapter_unload_grace_s: float = Field(
+        30.0, ge=0, description="How long a version that left the aliases stays loaded, for requests already routed."
+    )
     warmup: bool = Field(True, description="Run one generation before reporting ready.")
     drain_grace_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
     sim_ttft_ms: float = Field(50.0, ge=0, description="sim engine: time to first token in milliseconds.")
