@@ -51,10 +51,11 @@ def promote(aliases: Aliases) -> Aliases:
 
 
 def rollback(aliases: Aliases) -> Aliases:
-    """Production returns to the previous production version and any canary is dropped, so that all
-    traffic goes to the previous version; the rolled-back version does not enter the history."""
+    """Undo the latest rollout step, so that all traffic goes to the version that served it before: a live
+    canary is dropped (production keeps serving); without a canary, production returns to the previous
+    production version (the rolled-back version does not enter the history)."""
+    if aliases.canary is not None:
+        return replace(aliases, canary=None, canary_weight=0.0)
     if not aliases.history:
-        raise InvalidRegistryOperation("there is no previous production version to roll back to")
-    return replace(
-        aliases, production=aliases.history[-1], history=aliases.history[:-1], canary=None, canary_weight=0.0
-    )
+        raise InvalidRegistryOperation("there is no canary and no previous production version to roll back to")
+    return replace(aliases, production=aliases.history[-1], history=aliases.history[:-1])

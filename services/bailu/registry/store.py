@@ -204,7 +204,7 @@ class Registry:
         return self._update_aliases(kind, name, transitions.promote)
 
     def rollback(self, kind: str, name: str) -> Aliases:
-        """Production returns to the previous production version; the canary is dropped."""
+        """Undo the latest rollout step: drop a live canary, else return production to its previous version."""
         return self._update_aliases(kind, name, transitions.rollback)
 
     def remove_stale_tmp(self, older_than_s: float = 0.0) -> int:

@@ -47,12 +47,22 @@ def test_production_canary_promote_rollback(three: Registry) -> None:
     assert on_disk["updated"]
 
 
-def test_rollback_drops_the_canary(three: Registry) -> None:
+def test_rollback_drops_a_live_canary_first(three: Registry) -> None:
     three.set_alias("adapter", "poet", "production", "v0001")
     three.set_alias("adapter", "poet", "production", "v0002")
     three.set_canary("adapter", "poet", "v0003", 0.3)
     back = three.rollback("adapter", "poet")
-    assert (back.production, back.canary, back.canary_weight) == ("v0001", None, 0.0)
+    assert (back.production, back.canary, back.canary_weight, back.history) == ("v0002", None, 0.0, ("v0001",))
+    back = three.rollback("adapter", "poet")
+    assert (back.production, back.canary, back.history) == ("v0001", None, ())
+
+
+def test_rollback_of_a_first_canary(three: Registry) -> None:
+    three.set_canary("adapter", "poet", "v0001", 0.5)
+    back = three.rollback("adapter", "poet")
+    assert (back.production, back.canary) == (None, None)
+    with pytest.raises(InvalidRegistryOperation, match="no canary and no previous"):
+        three.rollback("adapter", "poet")
 
 
 @pytest.mark.parametrize("weight", [-0.01, 1.01, float("nan")])
@@ -95,3 +105,6 @@ def test_pure_transitions() -> None:
     assert set_canary(a, "v2", 0.2) == Aliases(production="v1", canary="v2", canary_weight=0.2)
     assert promote(set_canary(a, "v2", 0.2)) == Aliases(production="v2", history=("v1",))
     assert rollback(Aliases(production="v2", history=("v1",))) == Aliases(production="v1")
+    assert rollback(Aliases(production="v2", canary="v3", canary_weight=0.4, history=("v1",))) == Aliases(
+        production="v2", history=("v1",)
+    )
