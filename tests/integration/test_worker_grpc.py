@@ -214,7 +214,7 @@ async def test_drain_finishes_in_flight_and_refuses_new_work(start_worker, chann
     await stopping
 
 
-async def test_reflection_and_adapters(start_worker, channel_to) -> None:
+async def test_reflection_and_adapters(start_worker, channel_to, tmp_path) -> None:
     server = await start_worker()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
@@ -232,7 +232,12 @@ async def test_reflection_and_adapters(start_worker, channel_to) -> None:
         await channel.close()
 
     stub = channel_to(server.port)
-    loaded = await stub.LoadAdapter(pb.LoadAdapterRequest(name="poet", path="/adapters/poet"))
+    missing = await error_of(stub.LoadAdapter(pb.LoadAdapterRequest(name="poet", path=str(tmp_path / "poet"))))
+    assert isinstance(missing, ModelNotFound)
+    assert "adapter_config.json missing" in str(missing)
+    (tmp_path / "poet").mkdir()
+    (tmp_path / "poet" / "adapter_config.json").write_text('{"r": 8}')
+    loaded = await stub.LoadAdapter(pb.LoadAdapterRequest(name="poet", path=str(tmp_path / "poet")))
     assert (loaded.model.name, loaded.model.kind, loaded.model.base_model) == ("poet", "adapter", MODEL)
     listing = await stub.ListModels(pb.ListModelsRequest())
     assert [m.name for m in listing.models] == [MODEL, "poet"]

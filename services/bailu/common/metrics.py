@@ -22,6 +22,10 @@ GATEWAY_WORKERS_READY = "bailu_gateway_workers_ready"
 GATEWAY_COMPLETION_LOG_WRITTEN = "bailu_gateway_completion_log_written_total"
 GATEWAY_COMPLETION_LOG_DROPPED = "bailu_gateway_completion_log_dropped_total"
 GATEWAY_FEEDBACK = "bailu_gateway_feedback_total"
+GATEWAY_MODEL_REQUESTS = "bailu_gateway_model_requests_total"
+GATEWAY_VERSION_FALLBACKS = "bailu_gateway_version_fallbacks_total"
+GATEWAY_REGISTRY_REFRESHES = "bailu_gateway_registry_refreshes_total"
+GATEWAY_REGISTRY_LAST_REFRESH = "bailu_gateway_registry_last_refresh_timestamp_seconds"
 
 # worker
 WORKER_REQUESTS = "bailu_worker_requests_total"
@@ -31,6 +35,12 @@ WORKER_CAPACITY = "bailu_worker_capacity"
 WORKER_READY = "bailu_worker_ready"
 WORKER_TTFT = "bailu_worker_time_to_first_token_seconds"
 WORKER_TOKENS = "bailu_worker_generated_tokens_total"
+WORKER_ADAPTERS_LOADED = "bailu_worker_adapters_loaded"
+WORKER_ADAPTER_LOADS = "bailu_worker_adapter_loads_total"
+WORKER_ADAPTER_UNLOADS = "bailu_worker_adapter_unloads_total"
+WORKER_REGISTRY_LAST_RECONCILE = "bailu_worker_registry_last_reconcile_timestamp_seconds"
+WORKER_REGISTRY_RECONCILES = "bailu_worker_registry_reconciles_total"
+WORKER_REGISTRY_EVENTS_CONNECTED = "bailu_worker_registry_events_connected"
 
 
 class GatewayMetrics:
@@ -76,6 +86,31 @@ class GatewayMetrics:
             ["kind", "outcome"],
             registry=registry,
         )
+        self.model_requests = Counter(
+            GATEWAY_MODEL_REQUESTS,
+            "Completions by the model name the client asked for and the served name it resolved to "
+            "(a registry adapter name resolves to one of its versions, `<name>@<version>`)",
+            ["requested", "served"],
+            registry=registry,
+        )
+        self.version_fallbacks = Counter(
+            GATEWAY_VERSION_FALLBACKS,
+            "Requests to a registry adapter name whose chosen alias (production or canary) no ready worker "
+            "served, sent to the other aliased version instead",
+            ["model", "alias"],
+            registry=registry,
+        )
+        self.registry_refreshes = Counter(
+            GATEWAY_REGISTRY_REFRESHES,
+            "Reads of the registry index, by trigger (start, connect, event, poll) and outcome (ok, error)",
+            ["trigger", "outcome"],
+            registry=registry,
+        )
+        self.registry_last_refresh = Gauge(
+            GATEWAY_REGISTRY_LAST_REFRESH,
+            "Unix time the gateway's view of the registry aliases was last read successfully",
+            registry=registry,
+        )
 
 
 class WorkerMetrics:
@@ -97,6 +132,38 @@ class WorkerMetrics:
             registry=registry,
         )
         self.tokens = Counter(WORKER_TOKENS, "Tokens generated", registry=registry)
+        self.adapters_loaded = Gauge(
+            WORKER_ADAPTERS_LOADED, "LoRA adapters loaded (static and registry versions)", registry=registry
+        )
+        self.adapter_loads = Counter(
+            WORKER_ADAPTER_LOADS,
+            "Registry adapter versions loaded by the registry follower, by outcome (ok or the error name)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.adapter_unloads = Counter(
+            WORKER_ADAPTER_UNLOADS,
+            "Registry adapter versions unloaded after they left the aliases, by outcome (ok or the error name)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.registry_reconciles = Counter(
+            WORKER_REGISTRY_RECONCILES,
+            "Comparisons of the loaded adapters with the registry, by trigger (start, connect, event, poll) and "
+            "outcome (ok: every wanted version is loaded; partial: some failed to load; error: registry unreadable)",
+            ["trigger", "outcome"],
+            registry=registry,
+        )
+        self.registry_last_reconcile = Gauge(
+            WORKER_REGISTRY_LAST_RECONCILE,
+            "Unix time the registry follower last read the registry files successfully",
+            registry=registry,
+        )
+        self.registry_events_connected = Gauge(
+            WORKER_REGISTRY_EVENTS_CONNECTED,
+            "1 while the registry follower is connected to the registry's change-event stream in Redis",
+            registry=registry,
+        )
 
 
 # feedback collector

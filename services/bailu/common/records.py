@@ -47,7 +47,12 @@ class Choice:
 
 @dataclass(frozen=True, slots=True)
 class CompletionRecord:
-    """What was generated, by which model version, with which parameters: one per response."""
+    """What was generated, by which model version, with which parameters: one per response.
+
+    `model` is the name the client asked for (e.g. `bailu-poet`); `resolved_model` is the name it was served
+    under (e.g. `bailu-poet@v0003`: the registry version that generated it, which feedback is attributed to);
+    `served_model` is what the worker reported. Records written before `resolved_model` existed read with it
+    empty; fields this code does not know (written by a newer version) are ignored on reading."""
 
     id: str
     created: float
@@ -64,6 +69,7 @@ class CompletionRecord:
     total_ms: float
     request_id: str
     prompt_hash: str = ""
+    resolved_model: str = ""
 
     @staticmethod
     def messages_of(messages: tuple[ChatMessage, ...] | None) -> list[dict[str, str]] | None:
@@ -76,7 +82,7 @@ class CompletionRecord:
     def from_json(cls, data: str | bytes) -> CompletionRecord:
         raw = json.loads(data)
         raw["choices"] = [Choice(**c) for c in raw["choices"]]
-        return cls(**raw)
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
     def choice(self, index: int) -> Choice | None:
         return next((c for c in self.choices if c.index == index), None)

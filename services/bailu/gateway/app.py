@@ -20,10 +20,13 @@ from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.completions import COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionHandler
 from bailu.gateway.feedback import FeedbackAccepted, FeedbackHandler, FeedbackRequest, feedback_disabled
 from bailu.gateway.middleware import GatewayMiddleware
+from bailu.gateway.models import ModelResolver
+from bailu.gateway.registry_watch import RegistryWatcher
 from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from bailu.gateway.settings import GatewaySettings
 from bailu.gateway.workers import WorkerPool
+from bailu.registry.index import RegistryIndex
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,12 @@ def create_app(
     registry: CollectorRegistry | None = None,
     redis: Redis | None = None,
 ) -> FastAPI:
-    """The gateway app. The pool starts polling workers, and the completion log its writer, when the app starts.
+    """The gateway app. The pool starts polling workers, the completion log its writer, and the registry
+    watcher its view of the model aliases, when the app starts.
 
     Without Redis (`BAILU_GATEWAY_REDIS_URL` empty and no client given) completions are served but not
-    logged, and feedback is refused with 503."""
+    logged, feedback is refused with 503, and registry adapter names do not resolve (workers' own model
+    names, `<name>@<version>` included, still do)."""
     registry = registry or CollectorRegistry()
     metrics = GatewayMetrics(registry)
     keys = keys or KeyStore.load(settings.api_keys_file, settings.api_key_hashes)
@@ -56,8 +61,17 @@ def create_app(
             socket_connect_timeout=settings.redis_timeout_s,
             health_check_interval=30,
         )
-    completion_log = feedback = None
+    resolver = ModelResolver(pool, metrics)
+    completion_log = feedback = watcher = None
     if redis is not None:
+        watcher = RegistryWatcher(
+            RegistryIndex(redis),
+            resolver,
+            metrics,
+            refresh_s=settings.registry_refresh_s,
+            # One XREAD blocks for less than a Redis call may take.
+            block_s=settings.redis_timeout_s / 2,
+        )
         completion_log = CompletionLog(
             redis,
             metrics,
@@ -69,7 +83,7 @@ def create_app(
             redis, completion_log, metrics, idempotency_ttl_s=settings.feedback_idempotency_ttl_s
         )
     router = Router(pool, metrics, settings.max_attempts)
-    handler = CompletionHandler(settings, pool, router, metrics, completion_log)
+    handler = CompletionHandler(settings, resolver, router, metrics, completion_log)
     if not settings.workers and not settings.workers_dns and not pool.workers:
         log.warning("no workers configured: set BAILU_GATEWAY_WORKERS or BAILU_GATEWAY_WORKERS_DNS")
     if not len(keys):
@@ -82,9 +96,13 @@ def create_app(
         await pool.start()
         if completion_log is not None:
             completion_log.start()
+        if watcher is not None:
+            await watcher.start()
         try:
             yield
         finally:
+            if watcher is not None:
+                await watcher.close()
             if completion_log is not None:
                 await completion_log.close()
             await pool.close()
@@ -93,6 +111,8 @@ def create_app(
 
     app = FastAPI(title="Bailu gateway", version=__version__, lifespan=lifespan)
     app.state.pool = pool
+    app.state.resolver = resolver
+    app.state.registry_watcher = watcher
     app.state.metrics = metrics
     app.state.completion_log = completion_log
     errors.install(app)
@@ -144,7 +164,8 @@ def create_app(
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         data = []
-        for card in pool.models():
+        # What workers serve, then the registry adapter names a worker can serve a version of.
+        for card in [*pool.models(), *resolver.listed()]:
             entry: dict[str, Any] = {"id": card.name, "object": "model", "created": 0, "owned_by": "bailu"}
             if card.kind == "adapter":
                 entry["parent"] = card.base_model

@@ -4,6 +4,11 @@ A request with `n` > 1 runs `n` generations (possibly on different workers)
 and returns them as candidates with their `index`, streamed interleaved or
 together. Every stored completion (`store`, with a per-deployment default)
 goes to the completion log once it is complete.
+
+The client's `model` is resolved once per request (`ModelResolver`), so that all
+`n` candidates come from the same version; responses report the served name
+(e.g. `bailu-poet@v0003` for a request to `bailu-poet`), as OpenAI reports a
+dated snapshot for an alias.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ from bailu.common.records import Choice, CompletionRecord, prompt_hash
 from bailu.common.types import GenerateChunk, GenerateRequest
 from bailu.gateway import errors
 from bailu.gateway.completion_log import CompletionLog
+from bailu.gateway.models import ModelResolver
 from bailu.gateway.openai_format import SSE_DONE, Candidate, ResponseBuilder, new_id, sse, total_usage
 from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from bailu.gateway.settings import GatewaySettings
-from bailu.gateway.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,11 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
             await task
         raise Cancelled("the client disconnected")
     return task.result()
+
+
+def served_name(gen: GenerateRequest) -> str:
+    """The name a response reports: the adapter the request went to, or the base model."""
+    return gen.adapter or gen.model
 
 
 async def _merge(streams: list[AsyncIterator[GenerateChunk]]) -> AsyncIterator[tuple[int, GenerateChunk]]:
@@ -102,19 +112,19 @@ class CompletionHandler:
     def __init__(
         self,
         settings: GatewaySettings,
-        pool: WorkerPool,
+        resolver: ModelResolver,
         router: Router,
         metrics: GatewayMetrics,
         completion_log: CompletionLog | None,
     ) -> None:
         self.settings = settings
-        self.pool = pool
+        self.resolver = resolver
         self.router = router
         self.metrics = metrics
         self.completion_log = completion_log
 
     def build_request(self, body: Body, *, max_tokens: int | None) -> GenerateRequest:
-        model, adapter = self.pool.resolve(body.model)
+        target = self.resolver.resolve(body.model)
         if isinstance(body, ChatCompletionRequest):
             messages, prompt = body.messages_domain(), None
             size, param = sum(len(m.content) for m in messages), "messages"
@@ -128,14 +138,15 @@ class CompletionHandler:
             )
         request = GenerateRequest(
             request_id=request_id_var.get() or uuid.uuid4().hex,
-            model=model,
-            adapter=adapter,
+            model=target.model,
+            adapter=target.adapter,
             messages=messages,
             prompt=prompt,
             sampling=body.sampling(max_tokens),
             deadline=time.time() + self.settings.request_timeout_s,
         )
         request.validate()
+        self.metrics.model_requests.labels(body.model, target.served).inc()
         return request
 
     @staticmethod
@@ -154,7 +165,7 @@ class CompletionHandler:
         ]
 
     async def respond(self, request: Request, kind: str, body: Body, gen: GenerateRequest, key_id: str) -> Response:
-        builder = ResponseBuilder(kind, body.model, new_id(kind))
+        builder = ResponseBuilder(kind, served_name(gen), new_id(kind))
         start = time.monotonic()
         self.metrics.inflight.inc()
         streams = [self.router.stream(r) for r in self._candidate_requests(gen, body.n)]
@@ -266,6 +277,7 @@ class _Finisher:
                 key_id=self.key_id,
                 model=self.body.model,
                 served_model=served,
+                resolved_model=served_name(gen),
                 messages=messages,
                 prompt=gen.prompt,
                 choices=[Choice(c.index, c.text, c.finish.value if c.finish else None) for c in candidates],

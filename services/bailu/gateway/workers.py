@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from bailu.common import wire
-from bailu.common.errors import ModelNotFound, Unavailable
+from bailu.common.errors import Unavailable
 from bailu.common.grpc_errors import from_status
 from bailu.common.types import GenerateChunk, GenerateRequest, LoadReport, ModelCard
 from bailu.v1 import worker_pb2 as pb
@@ -195,15 +195,6 @@ class WorkerPool:
             for card in worker.models:
                 cards.setdefault(card.name, card)
         return sorted(cards.values(), key=lambda c: (c.kind != "base", c.name))
-
-    def resolve(self, name: str) -> tuple[str, str]:
-        """Map a client's model name to (base model, adapter)."""
-        for card in self.models():
-            if card.name == name:
-                return (card.base_model, card.name) if card.kind == "adapter" else (card.name, "")
-        if not self.ready_workers():
-            raise Unavailable("no inference worker is ready")
-        raise ModelNotFound(f"the model '{name}' does not exist", param="model")
 
     def pick(self, model: str, adapter: str, exclude: set[str]) -> WorkerClient:
         """The least-loaded ready worker that serves the model (ties broken at random)."""

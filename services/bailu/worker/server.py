@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +21,9 @@ from bailu.worker.engines import Engine, create_engine
 from bailu.worker.servicer import InferenceWorkerServicer
 from bailu.worker.settings import WorkerSettings
 
+if TYPE_CHECKING:
+    from bailu.worker.follower import RegistryFollower
+
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceWorker"].full_name
@@ -27,7 +31,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceWorker"].full_name
 
 class WorkerServer:
     """The worker process's servers. `start()` listens at once and loads the model in the background;
-    health reports SERVING only after the model is loaded and one warm-up generation ran."""
+    health reports SERVING only after the model is loaded, the registry's adapter versions are loaded
+    (when `registry_dir` is set) and one warm-up generation ran."""
 
     def __init__(
         self,
@@ -44,6 +49,8 @@ class WorkerServer:
         # Read at scrape time, so that the queue depth autoscaling sees is never stale.
         self.metrics.queued.set_function(lambda: self.admission.queued)
         self.metrics.running.set_function(lambda: self.admission.running)
+        self.metrics.adapters_loaded.set_function(lambda: len(self.engine.adapters))
+        self.follower = self._follower(settings)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
@@ -64,6 +71,24 @@ class WorkerServer:
         self.probes = ProbeServer(settings.host, settings.http_port, self.is_ready, self.registry)
         self.loaded: asyncio.Task[None] | None = None
 
+    def _follower(self, settings: WorkerSettings) -> RegistryFollower | None:
+        if settings.registry_dir is None:
+            return None
+        # Imported only when used: the registry brings its Redis index along.
+        from bailu.registry.store import Registry
+        from bailu.worker.follower import RegistryFollower
+
+        return RegistryFollower(
+            self.engine,
+            Registry(settings.registry_dir),
+            settings.model_name,
+            self.metrics,
+            static=settings.adapters.keys(),
+            redis_url=settings.registry_redis_url,
+            poll_s=settings.registry_poll_s,
+            unload_grace_s=settings.adapter_unload_grace_s,
+        )
+
     def is_ready(self) -> bool:
         return self.admission.ready and not self.admission.draining
 
@@ -82,6 +107,8 @@ class WorkerServer:
         await self.engine.start()
         for name, path in self.settings.adapters.items():
             await self.engine.load_adapter(name, str(path))
+        if self.follower is not None:
+            await self.follower.start()
         loaded = time.monotonic()
         if self.settings.warmup:
             await self.engine.warmup()
@@ -93,6 +120,7 @@ class WorkerServer:
             extra={
                 "engine": self.settings.engine.value,
                 "model": self.engine.model_name,
+                "adapters": sorted(self.engine.adapters),
                 "load_s": round(loaded - started, 2),
                 "warmup_s": round(time.monotonic() - loaded, 2),
             },
@@ -118,6 +146,8 @@ class WorkerServer:
         deadline = time.monotonic() + grace
         finished = await self.admission.drain(grace)
         await self.server.stop(max(0.0, deadline - time.monotonic()) if finished else 0)
+        if self.follower is not None:
+            await self.follower.close()
         await self.probes.close()
         await self.engine.close()
         log.info("worker stopped", extra={"drained": finished})

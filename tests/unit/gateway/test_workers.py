@@ -1,4 +1,5 @@
-"""WorkerPool's routing logic, with load reports and model lists set by hand (no worker is contacted)."""
+"""WorkerPool's routing logic, with load reports and model lists set by hand (no worker is contacted).
+What model names mean is tested in test_models.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from bailu.common.errors import ModelNotFound, Unavailable
+from bailu.common.errors import Unavailable
 from bailu.common.types import LoadReport, ModelCard
 from bailu.gateway.workers import WorkerClient, WorkerPool
 
@@ -46,43 +47,10 @@ def add(pool: WorkerPool) -> AddWorker:
     return add_worker
 
 
-async def test_resolve_base_model(pool: WorkerPool, add: AddWorker) -> None:
-    add("w1:1", load(), (BASE, POET))
-    assert pool.resolve("base") == ("base", "")
-
-
-async def test_resolve_adapter(pool: WorkerPool, add: AddWorker) -> None:
-    add("w1:1", load(), (BASE, POET))
-    assert pool.resolve("poet") == ("base", "poet")
-
-
-async def test_resolve_unknown_model(pool: WorkerPool, add: AddWorker) -> None:
-    add("w1:1", load(), (BASE, POET))
-    with pytest.raises(ModelNotFound) as info:
-        pool.resolve("gpt-4")
-    assert info.value.param == "model"
-    assert "gpt-4" in info.value.message
-
-
-async def test_resolve_with_no_worker(pool: WorkerPool) -> None:
-    with pytest.raises(Unavailable):
-        pool.resolve("base")
-
-
-async def test_resolve_with_no_ready_worker(pool: WorkerPool, add: AddWorker) -> None:
-    add("w1:1", load(ready=False), (BASE,))
-    add("w2:1", None, (BASE,))  # never polled, or unreachable
-    with pytest.raises(Unavailable) as info:
-        pool.resolve("base")
-    assert info.value.retryable
-
-
 async def test_models_of_not_ready_workers_are_not_listed(pool: WorkerPool, add: AddWorker) -> None:
     add("w1:1", load(), (BASE,))
     add("w2:1", load(ready=False), (OTHER,))
     assert [card.name for card in pool.models()] == ["base"]
-    with pytest.raises(ModelNotFound):
-        pool.resolve("other")
 
 
 async def test_models_are_merged_base_models_first(pool: WorkerPool, add: AddWorker) -> None:

@@ -3,18 +3,29 @@
 It produces words from a fixed text at a set pace. It is a tool for
 measuring the platform around the model, never a stand-in for a model in a
 test that claims to test generation.
+
+Adapters are checked as the real engine checks them (a directory holding
+`adapter_config.json`, which must be JSON), so that a missing version fails the
+same way. A request to an adapter starts with the adapter's fingerprint (the
+first 8 hex digits of the SHA-256 of its `adapter_config.json`) as its first
+word, so that tests can tell which version actually generated a text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-from bailu.common.errors import RequestTooLarge
+from bailu.common.errors import InvalidRequest, ModelNotFound, RequestTooLarge
 from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
 from bailu.worker.engines.base import Engine
 from bailu.worker.settings import WorkerSettings
+
+ADAPTER_CONFIG = "adapter_config.json"
 
 _TEXT = [
     "white",
@@ -72,6 +83,7 @@ class SimEngine(Engine):
         self.active = 0  # generations in progress, observable by tests
         self.tokens_generated = 0
         self._sampled = 0
+        self._fingerprints: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> SimEngine:
@@ -94,8 +106,13 @@ class SimEngine(Engine):
         await asyncio.sleep(self.load_s)
 
     async def load_adapter(self, name: str, path: str) -> ModelCard:
+        self._fingerprints[name] = await asyncio.to_thread(adapter_fingerprint, path)
         self.adapters[name] = path
         return next(card for card in self.models() if card.name == name)
+
+    async def unload_adapter(self, name: str) -> None:
+        await super().unload_adapter(name)
+        self._fingerprints.pop(name, None)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         text = request.prompt if request.prompt is not None else " ".join(m.content for m in request.messages or ())
@@ -107,6 +124,13 @@ class SimEngine(Engine):
             )
         n = min(self.output_tokens, self.max_new_tokens(request, prompt_tokens))
         served = request.served_model
+        prefix: list[str] = []
+        if request.adapter:
+            # Looked up now: the adapter may have been unloaded while the request waited for a slot.
+            fingerprint = self._fingerprints.get(request.adapter)
+            if fingerprint is None:
+                raise ModelNotFound(f"adapter '{request.adapter}' is not loaded", param="model")
+            prefix.append(fingerprint)
         # Greedy requests always get the same text; sampled ones (temperature > 0) each start further
         # into it, so that candidates differ as they would with a real model.
         offset = 0
@@ -121,9 +145,24 @@ class SimEngine(Engine):
                 due = start + self.ttft_s + i * self.itl_s
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 self.tokens_generated += 1
-                word = _TEXT[(offset + i) % len(_TEXT)]
+                word = prefix[i] if i < len(prefix) else _TEXT[(offset + i - len(prefix)) % len(_TEXT)]
                 yield GenerateChunk(text=word if i == 0 else " " + word, token_count=1, served_model=served)
             finish = FinishReason.LENGTH if n == request.sampling.max_tokens else FinishReason.STOP
             yield GenerateChunk("", 0, finish, Usage(prompt_tokens, n), served)
         finally:
             self.active -= 1
+
+
+def adapter_fingerprint(path: str) -> str:
+    """What the real engine checks before accepting an adapter, and the sim's stand-in for its weights."""
+    config = Path(path) / ADAPTER_CONFIG
+    if not config.is_file():
+        raise ModelNotFound(f"no LoRA adapter at '{path}' ({ADAPTER_CONFIG} missing)", param="path")
+    data = config.read_bytes()
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"'{path}' is not a valid LoRA adapter: {ADAPTER_CONFIG} is not JSON", param="path"
+        ) from exc
+    return hashlib.sha256(data).hexdigest()[:8]

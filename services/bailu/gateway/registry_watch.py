@@ -1,0 +1,165 @@
+"""The gateway's view of the registry: aliases and manifests of every adapter name, read from the
+registry's Redis index (the gateway has no registry volume) into a `ModelResolver`.
+
+The view is read at start, again every `refresh_s` (the safety net), and one name at a time as soon as a
+change event for it arrives on `bailu:registry:events` (XREAD BLOCK, resuming after the last id seen).
+When Redis cannot be reached the last view stays in use and the watcher retries with backoff: requests
+keep being routed by the aliases the gateway last knew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bailu.common import redis_keys
+from bailu.common.metrics import GatewayMetrics
+from bailu.gateway.models import ModelResolver, RegisteredAdapter
+from bailu.registry.index import RegistryIndex
+
+log = logging.getLogger(__name__)
+
+KIND = "adapter"
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 10.0
+
+
+class RegistryWatcher:
+    def __init__(
+        self,
+        index: RegistryIndex,
+        resolver: ModelResolver,
+        metrics: GatewayMetrics,
+        *,
+        refresh_s: float,
+        block_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`block_s` is how long one XREAD waits; it must stay below the Redis client's socket timeout."""
+        self.index = index
+        self.resolver = resolver
+        self.metrics = metrics
+        self.refresh_s = refresh_s
+        self.block_ms = max(1, int(block_s * 1000))
+        self._clock = clock
+        self.last_event_id: str | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, timeout_s: float = 5.0) -> None:
+        """Read the view once (a failure or a Redis slower than `timeout_s` leaves it empty until the next
+        try: the gateway starts anyway), then follow events and poll."""
+        try:
+            await asyncio.wait_for(self.refresh("start"), timeout_s)
+        except TimeoutError:
+            self._failed("start", TimeoutError(f"no answer within {timeout_s}s"))
+        self._tasks = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._event_loop())]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def refresh(self, trigger: str) -> bool:
+        """Re-read every adapter name; on failure the previous view stays. Never raises."""
+        async with self._lock:
+            try:
+                names = [name for kind, name in await self.index.names() if kind == KIND]
+                entries = await asyncio.gather(*(self._read(name) for name in names))
+            except Exception as exc:
+                self._failed(trigger, exc)
+                return False
+            self.resolver.replace_view({entry.name: entry for entry in entries})
+            self._succeeded(trigger)
+            return True
+
+    async def refresh_names(self, names: set[str], trigger: str = "event") -> bool:
+        """Re-read some names (those an event named). Never raises."""
+        async with self._lock:
+            try:
+                known = {name for kind, name in await self.index.names() if kind == KIND}
+                entries = await asyncio.gather(*(self._read(name) for name in sorted(names & known)))
+            except Exception as exc:
+                self._failed(trigger, exc)
+                return False
+            by_name = {entry.name: entry for entry in entries}
+            for name in names:
+                self.resolver.update_view(name, by_name.get(name))
+            self._succeeded(trigger)
+            return True
+
+    async def _read(self, name: str) -> RegisteredAdapter:
+        # Aliases first: versions are never removed, so the manifests read next include every aliased one.
+        aliases = await self.index.aliases(KIND, name)
+        manifests = await self.index.manifests(KIND, name)
+        return RegisteredAdapter(name, aliases, {m.version: m for m in manifests})
+
+    def _succeeded(self, trigger: str) -> None:
+        self.metrics.registry_refreshes.labels(trigger, "ok").inc()
+        self.metrics.registry_last_refresh.set(self._clock())
+
+    def _failed(self, trigger: str, exc: Exception) -> None:
+        self.metrics.registry_refreshes.labels(trigger, "error").inc()
+        log.warning(
+            "registry index unreadable; the last view of the model aliases stays in use",
+            extra={"trigger": trigger, "reason": repr(exc)},
+        )
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            await self.refresh("poll")
+
+    async def _event_loop(self) -> None:
+        backoff, warned, connected = BACKOFF_MIN_S, False, False
+        while True:
+            try:
+                if self.last_event_id is None:
+                    latest: Any = await self.index.redis.xrevrange(redis_keys.REGISTRY_EVENTS_STREAM, count=1)
+                    self.last_event_id = _text(latest[0][0]) if latest else "0-0"
+                # What changed while not following (or since the start) is read in full.
+                if not await self.refresh("connect"):
+                    raise ConnectionError("the registry index could not be read")
+                connected, backoff, warned = True, BACKOFF_MIN_S, False
+                await self._follow()
+            except Exception as exc:  # Redis down or a reply that cannot be read: keep the view, retry
+                if connected or not warned:
+                    log.warning("registry events unavailable; retrying", extra={"reason": repr(exc)})
+                    warned = True
+                connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _follow(self) -> None:
+        assert self.last_event_id is not None
+        while True:
+            reply: Any = await self.index.redis.xread(
+                {redis_keys.REGISTRY_EVENTS_STREAM: self.last_event_id}, block=self.block_ms, count=100
+            )
+            if not reply:
+                continue
+            entries = reply[0][1]
+            self.last_event_id = _text(entries[-1][0])
+            names: set[str] = set()
+            unclear = False
+            for _, fields in entries:
+                decoded = {_text(k): _text(v) for k, v in fields.items()}
+                if decoded.get("kind") == KIND and decoded.get("name"):
+                    names.add(decoded["name"])
+                elif not decoded.get("kind") or not decoded.get("name"):
+                    unclear = True  # an entry that does not say what changed: read everything
+            if unclear:
+                await self.refresh("event")
+            elif names:
+                await self.refresh_names(names)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
