@@ -28,7 +28,7 @@ class Pod:
 
 def release_pod(manifests: list[Manifest], component: str, pool: str | None = None) -> Pod:
     """A pod of the release, from the workload of that component (and worker pool)."""
-    for kind in ("Deployment", "StatefulSet", "Pod"):
+    for kind in ("Deployment", "StatefulSet", "Pod", "CronJob"):
         for workload in objects(manifests, kind):
             labels = pod_labels(workload)
             if labels.get("app.kubernetes.io/component") != component:

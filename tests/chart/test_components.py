@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from bailu.gateway.auth import KeyStore
 from tests.chart.conftest import Render
 from tests.chart.helm import (
+    CHART,
     NAMESPACE,
     RELEASE,
     WORKLOADS,
@@ -28,6 +31,9 @@ from tests.chart.helm import (
     pod_spec,
     volumes,
 )
+from tests.chart.kube import claimed_versions, validation_error
+
+KUBE_VERSIONS = claimed_versions()
 
 # The release is named "bailu", which contains the chart's name: objects are prefixed "bailu-".
 PREFIX = RELEASE
@@ -40,7 +46,7 @@ LABELS = {
     "app.kubernetes.io/component",
     "app.kubernetes.io/part-of",
 }
-COMPONENTS = {"gateway", "worker", "collector", "redis", "storage", "network", "test"}
+COMPONENTS = {"gateway", "worker", "collector", "trainer", "redis", "storage", "network", "test"}
 RENDERED = ["default_manifests", "demo_manifests", "gpu_manifests", "full_manifests", "existing_manifests"]
 
 
@@ -69,6 +75,10 @@ def starts_runs(collector: Manifest) -> bool:
     return env_values(container(collector, "collector"))["BAILU_COLLECTOR_RUNNER"] == "kubernetes"
 
 
+def starts_runs_in(manifests: list[Manifest]) -> bool:
+    return starts_runs(one(manifests, "Deployment", f"{PREFIX}-collector"))
+
+
 def component_objects(manifests: list[Manifest], component: str) -> list[Manifest]:
     return [m for m in manifests if m["metadata"]["labels"]["app.kubernetes.io/component"] == component]
 
@@ -86,7 +96,9 @@ def test_every_object_has_the_standard_labels(manifests: list[Manifest]) -> None
         assert m["metadata"]["namespace"] == NAMESPACE
     for workload in workload_pods(manifests):
         assert set(pod_labels(workload)) >= LABELS
-        if workload["kind"] != "Pod":
+        if workload["kind"] == "CronJob":  # a Job's selector is generated; its own labels come from the template
+            assert set(workload["spec"]["jobTemplate"]["metadata"]["labels"]) >= LABELS
+        elif workload["kind"] != "Pod":
             assert selects(workload["spec"]["selector"]["matchLabels"], pod_labels(workload))
 
 
@@ -132,7 +144,7 @@ def test_pods_run_locked_down(manifests: list[Manifest]) -> None:
 def test_python_containers_keep_caches_in_tmp(default_manifests: list[Manifest]) -> None:
     for workload in workload_pods(default_manifests):
         for c in containers(workload):
-            if c["name"] in {"gateway", "worker", "collector", "test"}:
+            if c["name"] in {"gateway", "worker", "collector", "trainer", "test"}:
                 env = env_values(c)
                 assert env["HOME"] == "/tmp"
                 assert env["HF_HOME"].startswith("/tmp/")
@@ -437,16 +449,19 @@ def test_network_policies_allow_only_the_designed_flows(
         assert not allowed(m, stranger, worker, 50051)
         assert not allowed(m, neighbour, worker, 50051)
         assert not allowed(m, test, worker, 50051)
-        assert not allowed(m, worker, gateway, 8000), "workers need no egress"
+        assert not allowed(m, worker, gateway, 8000), "workers reach Redis and DNS only"
         # Prometheus scrapes /metrics on both; it gets nothing else.
         assert allowed(m, prometheus, worker, 9091)
         assert allowed(m, prometheus, gateway, 8000)
         assert not allowed(m, prometheus, worker, 50051)
         assert not allowed(m, prometheus, redis, 6379)
-        # Redis only from its clients: the gateway and the collector.
+        # Redis only from its clients: the gateway, the collector, the workers (registry change events) and
+        # training runs (they announce what they publish).
+        trainer = release_pod(m, "trainer")
         assert allowed(m, gateway, redis, 6379)
         assert allowed(m, collector, redis, 6379)
-        assert not allowed(m, worker, redis, 6379)
+        assert allowed(m, worker, redis, 6379)
+        assert allowed(m, trainer, redis, 6379)
         assert not allowed(m, test, redis, 6379)
         assert not allowed(m, neighbour, redis, 6379)
         assert not allowed(m, stranger, redis, 6379)
@@ -459,11 +474,19 @@ def test_network_policies_allow_only_the_designed_flows(
         assert not allowed(m, collector, worker, 9091)
         assert not allowed(m, collector, gateway, 8000)
         assert not allowed(m, worker, collector, 9092)
-        # DNS for everyone in the release, and no other egress (no training runs here: no API access).
-        for pod in (gateway, worker, redis, test, collector):
+        # Training runs: nothing reaches them, and they reach nothing of the release but Redis.
+        for peer in (gateway, worker, collector, test, prometheus, neighbour, stranger):
+            assert not allowed(m, peer, trainer, 8000)
+            assert not allowed(m, peer, trainer, 9091)
+        for target, port in ((gateway, 8000), (worker, 50051), (worker, 9091), (collector, 9092)):
+            assert not allowed(m, trainer, target, port)
+        assert not allowed(m, trainer, Pod("default", {"component": "kube-apiserver"}), 443)
+        # DNS for everyone in the release, and no other egress; only a collector that starts training runs
+        # reaches the Kubernetes API (the GPU example's does: test_collector_reaches_the_kubernetes_api_...).
+        for pod in (gateway, worker, redis, test, collector, trainer):
             assert allowed(m, pod, dns, 53, "UDP")
             assert allowed(m, pod, dns, 53, "TCP")
-            assert not allowed(m, pod, stranger, 443)
+            assert allowed(m, pod, stranger, 443) is (pod is collector and starts_runs_in(m))
 
 
 def test_default_deny_covers_every_release_pod(default_manifests: list[Manifest]) -> None:
@@ -651,7 +674,233 @@ def test_collector_can_be_turned_off(render: Render) -> None:
     assert not component_objects(manifests, "collector")
     redis_policy = one(manifests, "NetworkPolicy", f"{PREFIX}-redis")
     peers = redis_policy["spec"]["ingress"][0]["from"]
-    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == ["gateway"]
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == [
+        "gateway",
+        "worker",
+        "trainer",
+    ]
+
+
+# --- trainer --------------------------------------------------------------------------------------
+
+
+def trainer_container(manifests: list[Manifest]) -> dict[str, Any]:
+    return container(one(manifests, "CronJob", f"{PREFIX}-trainer"), "trainer")
+
+
+def mount_for(c: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volume mount a path is on (the longest mount path that contains it)."""
+    found = [m for m in c.get("volumeMounts", []) if Path(path).is_relative_to(m["mountPath"])]
+    assert found, f"{path} is on no volume of {c['name']}"
+    return max(found, key=lambda m: len(m["mountPath"]))
+
+
+def test_trainer_cronjob_is_a_suspended_template_of_a_complete_run(default_manifests: list[Manifest]) -> None:
+    cronjob = one(default_manifests, "CronJob", f"{PREFIX}-trainer")
+    spec, job = cronjob["spec"], cronjob["spec"]["jobTemplate"]["spec"]
+    assert spec["suspend"] is True
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["schedule"] == "0 3 * * *"
+    assert job["backoffLimit"] <= 2
+    assert job["ttlSecondsAfterFinished"] > 0
+    assert job["activeDeadlineSeconds"] > 0
+    pod = pod_spec(cronjob)
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == f"{PREFIX}-trainer"
+    assert one(default_manifests, "ServiceAccount", f"{PREFIX}-trainer")["automountServiceAccountToken"] is False
+    c = container(cronjob, "trainer")
+    env, names = env_values(c), env_names(c)
+    assert c["image"] == "bailu/trainer:0.1.0"
+    assert c["command"] == ["python", "-m", "bailu.trainer"]  # the image's entrypoint, spelled out
+    assert "args" not in c
+    # No GPU by default: the default pool is a CPU one.
+    assert "nvidia.com/gpu" not in json.dumps(c["resources"])
+    assert c["resources"]["requests"]["memory"]
+    assert c["resources"]["limits"]["memory"]
+    # Each path the trainer uses is on the right volume: datasets read-only from the collector's claim, the
+    # registry read-write on the model store the workers follow, scratch space in the emptyDir at /tmp.
+    datasets = mount_for(c, env["BAILU_TRAINER_DATASET_DIR"])
+    assert datasets.get("readOnly") is True
+    assert volumes(cronjob)[datasets["name"]]["persistentVolumeClaim"]["claimName"] == f"{PREFIX}-datasets"
+    collector = container(one(default_manifests, "Deployment", f"{PREFIX}-collector"), "collector")
+    assert env["BAILU_TRAINER_DATASET_DIR"] == env_values(collector)["BAILU_COLLECTOR_DATASET_DIR"]
+    registry = mount_for(c, env["BAILU_TRAINER_REGISTRY_DIR"])
+    assert not registry.get("readOnly")
+    assert volumes(cronjob)[registry["name"]]["persistentVolumeClaim"]["claimName"] == f"{PREFIX}-model-store"
+    assert mount_for(c, env["BAILU_TRAINER_WORK_DIR"])["name"] == "tmp"
+    assert mount_for(c, env["HF_HOME"])["name"] == "tmp"
+    assert volumes(cronjob)["tmp"]["emptyDir"]["sizeLimit"] == "20Gi"
+    assert volumes(cronjob)["shm"]["emptyDir"]["medium"] == "Memory"
+    # Trains for the pool's model, as the pool serves it; the pool's image holds the checkpoint, which an
+    # init container running that image copies to where BAILU_TRAINER_MODEL_PATH points.
+    worker = container(one(default_manifests, "Deployment", f"{PREFIX}-worker-cpu"), "worker")
+    served = env_values(worker)
+    assert env["BAILU_TRAINER_BASE_MODEL"] == served["BAILU_WORKER_MODEL_NAME"]
+    assert env["BAILU_TRAINER_MODEL_TYPE"] == served["BAILU_WORKER_MODEL_TYPE"]
+    assert env["BAILU_TRAINER_TEMPLATE"] == served["BAILU_WORKER_TEMPLATE"]
+    copy = container(cronjob, "base-model")
+    assert copy["image"] == worker["image"]
+    assert copy["command"][-2:] == [served["BAILU_WORKER_MODEL_PATH"], env["BAILU_TRAINER_MODEL_PATH"]]
+    assert (
+        mount_for(copy, env["BAILU_TRAINER_MODEL_PATH"])["name"]
+        == mount_for(c, env["BAILU_TRAINER_MODEL_PATH"])["name"]
+    )
+    assert env["BAILU_TRAINER_ADAPTER_NAME"] == "bailu-poet"
+    assert env["BAILU_TRAINER_RLHF_TYPE"] == "orpo"
+    # The registry the workers follow is the one the trainer publishes to, with the same Redis.
+    assert served["BAILU_WORKER_REGISTRY_DIR"] == env["BAILU_TRAINER_REGISTRY_DIR"] == "/models/registry"
+    gateway = env_values(container(one(default_manifests, "Deployment", f"{PREFIX}-gateway"), "gateway"))
+    assert (
+        env["BAILU_TRAINER_REDIS_URL"]
+        == served["BAILU_WORKER_REGISTRY_REDIS_URL"]
+        == gateway["BAILU_GATEWAY_REDIS_URL"]
+    )
+    assert names.index("REDIS_PASSWORD") < names.index("BAILU_TRAINER_REDIS_URL")
+    # Left to each run: the dataset version (unset means the newest sealed one).
+    assert "BAILU_TRAINER_DATASET_VERSION" not in names
+    # The operator CLI finds the same places in a pod built from this template.
+    assert (env["BAILU_REGISTRY_DIR"], env["BAILU_REDIS_URL"]) == (
+        "$(BAILU_TRAINER_REGISTRY_DIR)",
+        "$(BAILU_TRAINER_REDIS_URL)",
+    )
+
+
+def test_gpu_training_runs(gpu_manifests: list[Manifest]) -> None:
+    cronjob = one(gpu_manifests, "CronJob", f"{PREFIX}-trainer")
+    pod, c = pod_spec(cronjob), container(cronjob, "trainer")
+    env = env_values(c)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    # The model comes from the model store, where the GPU pool loads it: no copy.
+    assert "initContainers" not in pod
+    worker = env_values(container(one(gpu_manifests, "Deployment", f"{PREFIX}-worker-gpu"), "worker"))
+    assert env["BAILU_TRAINER_MODEL_PATH"] == worker["BAILU_WORKER_MODEL_PATH"] == "/models/base/Qwen2.5-7B-Instruct"
+    assert env["BAILU_TRAINER_BASE_MODEL"] == worker["BAILU_WORKER_MODEL_NAME"]
+    assert (env["BAILU_TRAINER_MODEL_TYPE"], env["BAILU_TRAINER_TEMPLATE"]) == ("qwen2", "qwen2_5")
+    assert env["BAILU_TRAINER_QUANT_BITS"] == "4"
+    # The GPU example lets the collector start runs from this CronJob.
+    collector = env_values(container(one(gpu_manifests, "Deployment", f"{PREFIX}-collector"), "collector"))
+    assert collector["BAILU_COLLECTOR_KUBERNETES_CRONJOB"] == cronjob["metadata"]["name"]
+
+
+def test_trainer_values_render_as_the_trainer_reads_them(full_manifests: list[Manifest]) -> None:
+    cronjob = one(full_manifests, "CronJob", f"{PREFIX}-trainer")
+    pod, c = pod_spec(cronjob), container(cronjob, "trainer")
+    env = env_values(c)
+    assert cronjob["spec"]["suspend"] is False
+    assert (cronjob["spec"]["schedule"], cronjob["spec"]["timeZone"]) == ("30 2 * * 6", "Europe/Paris")
+    assert c["resources"]["limits"]["nvidia.com/mig-3g.40gb"] == 2
+    assert c["resources"]["requests"]["nvidia.com/mig-3g.40gb"] == 2
+    assert env["BAILU_TRAINER_LEARNING_RATE"] == "0.0002"
+    assert env["BAILU_TRAINER_MAX_STEPS"] == "500"
+    assert env["BAILU_TRAINER_MERGE"] == "true"
+    assert env["BAILU_TRAINER_QUANTIZE"] == "awq"
+    assert env["BAILU_TRAINER_EXTRA_SFT_ARGS"] == "--gradient_checkpointing true --warmup_ratio 0.05"
+    assert (env["BAILU_TRAINER_ADAPTER_NAME"], env["BAILU_TRAINER_RLHF_TYPE"]) == ("legal-poet", "dpo")
+    assert env["NCCL_DEBUG"] == "WARN"
+    assert env["BAILU_TRAINER_REGISTRY_DIR"] == "/models/registry/v1"
+    assert env["BAILU_TRAINER_MODEL_PATH"] == "/models/base/big"
+    assert env["BAILU_TRAINER_BASE_MODEL"] == "big"
+    gpu = env_values(container(one(full_manifests, "Deployment", f"{PREFIX}-worker-gpu"), "worker"))
+    assert gpu["BAILU_WORKER_REGISTRY_DIR"] == "/models/registry/v1"
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["priorityClassName"] == "batch-low"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod_labels(cronjob)["team"] == "ml"
+    assert c["image"] == "registry.example.com/bailu/bailu/trainer:0.1.0"
+    account = one(full_manifests, "ServiceAccount", f"{PREFIX}-trainer")
+    assert account["metadata"]["annotations"] == {"example.com/role": "trainer"}
+
+
+def test_trainer_with_existing_claims_account_and_external_redis(existing_manifests: list[Manifest]) -> None:
+    cronjob = one(existing_manifests, "CronJob", f"{PREFIX}-trainer")
+    env = env_values(container(cronjob, "trainer"))
+    assert pod_spec(cronjob)["serviceAccountName"] == "ml-jobs"
+    assert not [a for a in objects(existing_manifests, "ServiceAccount") if "trainer" in a["metadata"]["name"]]
+    assert volumes(cronjob)["model-store"]["persistentVolumeClaim"]["claimName"] == "models"
+    assert volumes(cronjob)["datasets"]["persistentVolumeClaim"]["claimName"] == "data"
+    assert env["BAILU_TRAINER_DATASET_DIR"] == "/data"
+    assert env["BAILU_TRAINER_REDIS_URL"] == "rediss://:$(REDIS_PASSWORD)@redis.example.com:6380/0"
+
+
+def test_trainer_can_be_turned_off(render: Render) -> None:
+    manifests = render(values={"trainer": {"enabled": False}})
+    assert not component_objects(manifests, "trainer")
+    # The workers still follow the registry (adapters published by other means).
+    worker = env_values(container(one(manifests, "Deployment", f"{PREFIX}-worker-cpu"), "worker"))
+    assert worker["BAILU_WORKER_REGISTRY_DIR"] == "/models/registry"
+
+
+def test_without_a_model_store_workers_follow_no_registry(render: Render) -> None:
+    manifests = render(values={"trainer": {"enabled": False}, "storage": {"modelStore": {"enabled": False}}})
+    worker = container(one(manifests, "Deployment", f"{PREFIX}-worker-cpu"), "worker")
+    names = set(env_names(worker))
+    assert not names & {"BAILU_WORKER_REGISTRY_DIR", "BAILU_WORKER_REGISTRY_REDIS_URL", "REDIS_PASSWORD"}
+    peers = one(manifests, "NetworkPolicy", f"{PREFIX}-redis")["spec"]["ingress"][0]["from"]
+    assert "worker" not in [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers]
+
+
+def kubectl_create_job_from(cronjob: Manifest, name: str) -> Manifest:
+    """The Job `kubectl create job NAME --from=cronjob/...` creates: the job template, its labels and
+    annotations, the instantiate annotation, the CronJob as owner."""
+    template = cronjob["spec"]["jobTemplate"]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": cronjob["metadata"]["namespace"],
+            "labels": template["metadata"].get("labels", {}),
+            "annotations": {
+                **template["metadata"].get("annotations", {}),
+                "cronjob.kubernetes.io/instantiate": "manual",
+            },
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "CronJob", "name": cronjob["metadata"]["name"], "uid": "0" * 8}
+            ],
+        },
+        "spec": template["spec"],
+    }
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_a_job_created_from_the_cronjob_is_complete(manifests: list[Manifest], kube_version: str) -> None:
+    """`kubectl create job --from=cronjob/<fullname>-trainer retrain-1` gives a valid Job whose pod can start:
+    every mount has its volume, every claim and Secret it names is the release's (or the existing one the values
+    name), every $(VAR) is defined before its use."""
+    job = kubectl_create_job_from(one(manifests, "CronJob", f"{PREFIX}-trainer"), "retrain-1")
+    assert validation_error(job, kube_version) is None, validation_error(job, kube_version)
+    pod = job["spec"]["template"]["spec"]
+    declared = {v["name"] for v in pod["volumes"]}
+    claims = {m["metadata"]["name"] for m in objects(manifests, "PersistentVolumeClaim")} | {"models", "data"}
+    secrets = {m["metadata"]["name"] for m in objects(manifests, "Secret")} | {"redis-pw"}
+    for volume in pod["volumes"]:
+        if "persistentVolumeClaim" in volume:
+            assert volume["persistentVolumeClaim"]["claimName"] in claims
+    for c in [*pod.get("initContainers", []), *pod["containers"]]:
+        assert {m["name"] for m in c["volumeMounts"]} <= declared, c["name"]
+        defined: set[str] = set()
+        for var in c.get("env", []):
+            for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", var.get("value", "")):
+                assert ref in defined, f"{c['name']}: {var['name']} uses $({ref}) before it is defined"
+            if "valueFrom" in var and "secretKeyRef" in var["valueFrom"]:
+                assert var["valueFrom"]["secretKeyRef"]["name"] in secrets
+            defined.add(var["name"])
+    assert pod["restartPolicy"] == "Never"
+
+
+@pytest.mark.parametrize("release", ["bailu", "writing", "bailu-prod", "a-quite-long-release-name-for-a-helm-chart-x"])
+def test_the_cli_names_the_trainer_cronjob_as_the_chart_does(helm: Helm, release: str) -> None:
+    from bailu.cli.retrain import trainer_cronjob
+
+    out = helm.run(
+        "template", release, str(CHART), "--namespace", NAMESPACE, "--show-only", "templates/trainer/cronjob.yaml"
+    )
+    rendered = yaml.safe_load(out)
+    assert rendered["metadata"]["name"] == trainer_cronjob(release)
 
 
 # --- helm test and notes --------------------------------------------------------------------------
@@ -691,3 +940,9 @@ def test_notes_tell_how_to_reach_the_gateway_and_get_the_key(helm: Helm) -> None
     assert "Training runs: off (collector.startTrainingRuns=false)" in notes
     runs = helm.notes({"collector": {"startTrainingRuns": True}})
     assert f"created as Jobs from cronjob/{PREFIX}-trainer" in runs
+    # Retraining by hand: kubectl and the CLI.
+    assert f"kubectl -n {NAMESPACE} create job --from=cronjob/{PREFIX}-trainer $JOB" in notes
+    assert f"kubectl -n {NAMESPACE} logs -f job/$JOB" in notes
+    assert f"bailu retrain --namespace {NAMESPACE} --release {RELEASE}" in notes
+    assert 'adapter "bailu-poet"\nfor model "smollm2-135m-instruct" (pool cpu), on CPU' in notes
+    assert "Retraining" not in helm.notes({"trainer": {"enabled": False}})

@@ -6,11 +6,13 @@ import json
 import re
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
 
 from bailu.collector.settings import CollectorSettings
 from bailu.gateway.settings import GatewaySettings
+from bailu.trainer.settings import QuantMethod, RlhfType, TrainerSettings
 from bailu.worker.settings import EngineKind, WorkerSettings
 from tests.chart.helm import CHART, Helm, HelmError
 
@@ -29,6 +31,8 @@ WORKER_MANAGED = {
     "template",
     "adapters",
     "drain_grace_s",
+    "registry_dir",  # the model store's registry (registry.path)
+    "registry_redis_url",  # the release's Redis
 }
 COLLECTOR_MANAGED = {
     "redis_url",
@@ -45,6 +49,19 @@ COLLECTOR_MANAGED = {
     "trigger_timezone",
     "trigger_interval_s",
     "local_command",  # the local runner has no use in a cluster
+}
+TRAINER_MANAGED = {
+    "dataset_dir",
+    "dataset_version",  # each run's (BAILU_TRAINER_DATASET_VERSION from the runner; unset: the newest)
+    "registry_dir",
+    "redis_url",
+    "work_dir",
+    "base_model",  # the next four: the worker pool's model (trainer.workerPool)
+    "model_path",
+    "model_type",
+    "template",
+    "adapter_name",  # trainer.adapterName
+    "rlhf_type",  # trainer.rlhfType
 }
 # collector.trigger values → the CollectorSettings fields they set.
 TRIGGER_FIELDS = {
@@ -109,6 +126,33 @@ def pool(**fields: Any) -> dict[str, Any]:
         ({"collector": {"settings": {"trigger_daily_cap": 3}}}, ["invalid propertyName 'trigger_daily_cap'"]),
         ({"networkPolicy": {"kubernetesApi": {"cidrs": ["api.example.com"]}}}, ["at '/networkPolicy/kubernetesApi"]),
         ({"networkPolicy": {"kubernetesApi": {"ports": [70000]}}}, ["at '/networkPolicy/kubernetesApi/ports/0'"]),
+        ({"trainer": {"gpus": -1}}, ["at '/trainer/gpus': minimum: got -1, want 0"]),
+        (
+            {"trainer": {"rlhfType": "ppo"}},
+            ["at '/trainer/rlhfType': value must be one of 'orpo', 'dpo', 'simpo', 'kto', 'none'"],
+        ),
+        ({"trainer": {"adapterName": "poet@v2"}}, ["at '/trainer/adapterName'", "does not match pattern"]),
+        ({"trainer": {"workerPool": "GPU"}}, ["at '/trainer/workerPool'"]),
+        ({"trainer": {"schedule": "daily"}}, ["at '/trainer/schedule'"]),
+        ({"trainer": {"timeZone": "UTC+2 hours"}}, ["at '/trainer/timeZone'"]),
+        ({"trainer": {"backoffLimit": -1}}, ["at '/trainer/backoffLimit': minimum: got -1, want 0"]),
+        ({"trainer": {"suspend": "yes"}}, ["at '/trainer/suspend'"]),
+        ({"trainer": {"scratchSizeLimit": "lots"}}, ["at '/trainer/scratchSizeLimit'"]),
+        ({"trainer": {"epochs": 2}}, ["additional properties 'epochs'"]),
+        ({"trainer": {"settings": {"epoch": 2}}}, ["invalid propertyName 'epoch'"]),
+        ({"trainer": {"settings": {"base_model": "m"}}}, ["invalid propertyName 'base_model'"]),
+        ({"trainer": {"settings": {"dataset_version": "v000001"}}}, ["invalid propertyName 'dataset_version'"]),
+        ({"trainer": {"settings": {"rlhf_type": "dpo"}}}, ["invalid propertyName 'rlhf_type'"]),
+        (
+            {"trainer": {"settings": {"quant_bits": 8}}},
+            ["at '/trainer/settings/quant_bits': value must be one of 0, 4"],
+        ),
+        ({"trainer": {"settings": {"lora_rank": 0}}}, ["at '/trainer/settings/lora_rank': minimum: got 0, want 1"]),
+        ({"trainer": {"settings": {"canary_weight": 1.5}}}, ["at '/trainer/settings/canary_weight': maximum"]),
+        ({"trainer": {"settings": {"eval_fraction": 1}}}, ["at '/trainer/settings/eval_fraction'"]),
+        ({"trainer": {"settings": {"quantize": "int8"}}}, ["at '/trainer/settings/quantize'"]),
+        ({"trainer": {"settings": {"extra_sft_args": ["--a", "1"]}}}, ["at '/trainer/settings/extra_sft_args'"]),
+        ({"registry": {"path": "/models/registry"}}, ["at '/registry/path'"]),
     ],
     ids=[
         "worker-without-engine",
@@ -147,6 +191,27 @@ def pool(**fields: Any) -> dict[str, Any]:
         "trigger-setting-in-settings",
         "api-cidr-not-a-cidr",
         "api-port-out-of-range",
+        "negative-trainer-gpus",
+        "unknown-rlhf-type",
+        "adapter-name-with-at",
+        "bad-worker-pool-name",
+        "bad-schedule",
+        "bad-schedule-timezone",
+        "negative-backoff-limit",
+        "non-boolean-suspend",
+        "bad-scratch-size",
+        "unknown-trainer-key",
+        "unknown-trainer-setting",
+        "chart-managed-trainer-setting",
+        "dataset-version-in-settings",
+        "rlhf-type-in-settings",
+        "quant-bits-8",
+        "zero-lora-rank",
+        "canary-weight-above-1",
+        "eval-fraction-1",
+        "unknown-quantize",
+        "extra-args-as-list",
+        "absolute-registry-path",
     ],
 )
 def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, Any], messages: list[str]) -> None:
@@ -175,7 +240,7 @@ def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, A
         ),
         ({"gateway": {"apiKeys": {"plainKeyKey": "keys", "hashesKey": "keys"}}}, "must differ"),
         (
-            {"storage": {"datasets": {"enabled": False}}},
+            {"storage": {"datasets": {"enabled": False}}, "trainer": {"enabled": False}},
             "collector.enabled is true but storage.datasets.enabled is false",
         ),
         ({"redis": {"enabled": False}}, "collector.enabled is true but there is no Redis"),
@@ -191,6 +256,30 @@ def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, A
             {"collector": {"startTrainingRuns": True, "serviceAccount": {"create": False}}},
             "would bind the collector's Role to the namespace's \"default\" ServiceAccount",
         ),
+        (
+            {"storage": {"modelStore": {"enabled": False}}, "workers": [pool()]},
+            "trainer.enabled is true but storage.modelStore.enabled is false",
+        ),
+        (
+            {"storage": {"datasets": {"enabled": False}}, "collector": {"enabled": False}},
+            "trainer.enabled is true but storage.datasets.enabled is false",
+        ),
+        ({"trainer": {"workerPool": "gpu"}}, 'trainer.workerPool "gpu" is not the name of a pool in workers'),
+        (
+            {
+                "workers": [
+                    pool(name="cpu", engine="transformers", model={"name": "m", "source": "image", "path": "/m"}),
+                    pool(name="sim"),
+                ],
+                "trainer": {"workerPool": "sim"},
+            },
+            'trainer.workerPool "sim" serves no model (model.source none)',
+        ),
+        ({"workers": [pool(name="sim")]}, "no worker pool serves a model (source image or modelStore)"),
+        (
+            {"collector": {"startTrainingRuns": True}, "trainer": {"enabled": False}},
+            "collector.startTrainingRuns is true but there is no trainer CronJob to start runs from",
+        ),
     ],
     ids=[
         "duplicate-pool",
@@ -202,10 +291,16 @@ def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, A
         "empty-peak-window",
         "whole-day-peak-window",
         "role-on-default-account",
+        "trainer-without-model-store",
+        "trainer-without-datasets",
+        "trainer-unknown-pool",
+        "trainer-pool-without-model",
+        "trainer-without-a-model",
+        "runs-without-cronjob",
     ],
 )
 def test_cross_checks_fail_with_a_message(helm: Helm, values: dict[str, Any], message: str) -> None:
-    with pytest.raises(HelmError, match=message):
+    with pytest.raises(HelmError, match=re.escape(message)):
         helm.template(values=values)
 
 
@@ -216,10 +311,45 @@ def test_the_engine_list_is_the_workers_engine_list() -> None:
     assert refs == 1, "the engine enum must be referenced, not repeated"
 
 
+def test_the_trainer_enums_are_the_settings_enums() -> None:
+    """trainer.rlhfType and settings.quantize accept exactly the trainer's choices (add new ones to both)."""
+    assert SCHEMA["definitions"]["rlhfType"]["enum"] == [kind.value for kind in RlhfType]
+    quantize = SCHEMA["definitions"]["trainerSettings"]["properties"]["quantize"]["enum"]
+    assert quantize == [method.value for method in QuantMethod]
+    assert DEFAULTS["trainer"]["rlhfType"] == TrainerSettings.model_fields["rlhf_type"].default.value
+    assert DEFAULTS["trainer"]["adapterName"] == TrainerSettings.model_fields["adapter_name"].default
+
+
+def test_trainer_setting_bounds_are_the_settings_bounds() -> None:
+    """Where the schema bounds a trainer setting, a value just inside passes TrainerSettings and one just outside
+    fails it: the chart refuses at install what the trainer would refuse hours later, and nothing else."""
+    properties = SCHEMA["definitions"]["trainerSettings"]["properties"]
+    checked = 0
+    for field, rule in properties.items():
+        for key, outside, inside in (
+            ("minimum", -1, 0),
+            ("maximum", 1, 0),
+            ("exclusiveMinimum", 0, 1),
+            ("exclusiveMaximum", 0, -1),
+        ):
+            if key not in rule:
+                continue
+            bound = rule[key]
+            step = 1 if rule.get("type") == "integer" else 0.01
+            good = bound + inside * step if key.startswith("exclusive") else bound
+            bad = bound + outside * step if not key.startswith("exclusive") else bound
+            TrainerSettings(**{field: good})  # accepted
+            with pytest.raises(pydantic.ValidationError):
+                TrainerSettings(**{field: bad})
+            checked += 1
+    assert checked >= 15
+
+
 def test_collector_without_datasets_or_redis_renders_when_disabled(helm: Helm) -> None:
     manifests = helm.template(
         values={
             "collector": {"enabled": False},
+            "trainer": {"enabled": False},
             "storage": {"datasets": {"enabled": False}},
             "redis": {"enabled": False},
         }
@@ -233,11 +363,14 @@ def test_collector_without_datasets_or_redis_renders_when_disabled(helm: Helm) -
         ("gatewaySettings", GatewaySettings, GATEWAY_MANAGED),
         ("workerSettings", WorkerSettings, WORKER_MANAGED),
         ("collectorSettings", CollectorSettings, COLLECTOR_MANAGED),
+        ("trainerSettings", TrainerSettings, TRAINER_MANAGED),
     ],
-    ids=["gateway", "worker", "collector"],
+    ids=["gateway", "worker", "collector", "trainer"],
 )
 def test_settings_maps_accept_exactly_the_unmanaged_fields(
-    definition: str, settings: type[GatewaySettings | WorkerSettings | CollectorSettings], managed: set[str]
+    definition: str,
+    settings: type[GatewaySettings | WorkerSettings | CollectorSettings | TrainerSettings],
+    managed: set[str],
 ) -> None:
     """Every field of the settings class is either settable through the values or set by the chart."""
     accepted = set(SCHEMA["definitions"][definition]["propertyNames"]["enum"])

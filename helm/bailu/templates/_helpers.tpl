@@ -87,12 +87,25 @@ bailu/worker-pool: {{ .pool.name }}
 {{- define "bailu.redis.fullname" -}}{{ include "bailu.componentName" (dict "root" . "name" "redis") }}{{- end -}}
 {{- define "bailu.collector.fullname" -}}{{ include "bailu.componentName" (dict "root" . "name" "collector") }}{{- end -}}
 
+{{- define "bailu.trainer.fullname" -}}{{ include "bailu.componentName" (dict "root" . "name" "trainer") }}{{- end -}}
+
 {{/*
 Name of the trainer CronJob whose job template training runs are created from: collector.trainerCronJob,
 or "<fullname>-trainer" (the CronJob the trainer component creates).
 */}}
 {{- define "bailu.trainer.cronJobName" -}}
-{{- .Values.collector.trainerCronJob | default (include "bailu.componentName" (dict "root" . "name" "trainer")) -}}
+{{- .Values.collector.trainerCronJob | default (include "bailu.trainer.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The model registry (trained adapters with manifests and aliases) lives in the model store volume, at
+registry.path: the trainer writes it, the workers follow it. Its directory as mounted in those pods, or
+"" when there is no model store (then no registry).
+*/}}
+{{- define "bailu.registry.dir" -}}
+{{- if .Values.storage.modelStore.enabled -}}
+{{- printf "%s/%s" (.Values.storage.modelStore.mountPath | trimSuffix "/") (.Values.registry.path | trimPrefix "/" | trimSuffix "/") -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Name of the Secret with the API keys (existing or generated). */}}
@@ -122,6 +135,14 @@ or "<fullname>-trainer" (the CronJob the trainer component creates).
 {{- .Values.collector.serviceAccount.name | default (include "bailu.collector.fullname" .) -}}
 {{- else -}}
 {{- .Values.collector.serviceAccount.name | default "default" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "bailu.trainer.serviceAccountName" -}}
+{{- if .Values.trainer.serviceAccount.create -}}
+{{- .Values.trainer.serviceAccount.name | default (include "bailu.trainer.fullname" .) -}}
+{{- else -}}
+{{- .Values.trainer.serviceAccount.name | default "default" -}}
 {{- end -}}
 {{- end -}}
 
