@@ -42,6 +42,7 @@ from bailu.registry.model import (
     Version,
     check_kind,
     check_status,
+    dumps,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -117,6 +118,15 @@ class Registry:
     def state(self, kind: str, name: str) -> NameState:
         manifests = tuple(self.manifest(kind, name, v) for v in self.versions(kind, name))
         return NameState(check_kind(kind), name, manifests, self.aliases(kind, name))
+
+    def find_build(self, kind: str, name: str, dataset_version: str | None, config: dict[str, Any]) -> Manifest | None:
+        """The newest version of `name` built from `dataset_version` with `config` (whatever its content and
+        status), or None: lets a job that would produce it see, before doing the work, that it already did."""
+        wanted = dumps(config)
+        for manifest in reversed(self.state(kind, name).manifests):
+            if manifest.dataset_version == dataset_version and dumps(manifest.config) == wanted:
+                return manifest
+        return None
 
     def scan(self) -> list[NameState]:
         """The whole registry, read from the files alone (what an index is rebuilt from)."""

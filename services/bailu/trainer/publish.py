@@ -1,0 +1,110 @@
+"""Publishing a run's result to the model registry.
+
+With a Redis URL the changes go through `ModelRegistry`, so that the index and the change events
+(`bailu:registry:events`) follow the files. If Redis fails half-way, the files are the source of
+truth: the same steps are completed on the files alone (publishing is idempotent, alias changes
+are no-ops when already done) and the caller is told that the index needs a rebuild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bailu.registry import Aliases, Manifest, ModelRegistry, Registry, RegistryIndex, Version
+from bailu.registry.model import Status
+
+log = logging.getLogger(__name__)
+
+MERGED_SUFFIX = "-merged"
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What to publish: the adapter directory, its manifest fields, and derived exports."""
+
+    name: str
+    adapter_dir: Path
+    fields: dict[str, Any]  # base_model, base_model_sha256, dataset_version, config, metrics, parent
+    accepted: bool
+    canary_weight: float
+    exports: tuple[tuple[str, Path], ...] = ()  # (export name, directory), published only when accepted
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    version: str
+    status: str
+    aliases: Aliases
+    exports: dict[str, str]  # export name -> version
+    indexed: bool  # whether the Redis index and events were updated
+
+
+class _Files:
+    """The file registry behind `ModelRegistry`'s async interface (no index, no events)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def publish(self, kind: str, name: str, source_dir: Path, **fields: Any) -> Version:
+        return self.registry.publish(kind, name, source_dir, **fields)
+
+    async def set_canary(self, kind: str, name: str, version: str | None, weight: float) -> Aliases:
+        return self.registry.set_canary(kind, name, version, weight)
+
+
+async def _apply(target: ModelRegistry | _Files, release: Release) -> tuple[str, str, Aliases, dict[str, str]]:
+    """Adapter version (candidate + canary when accepted, else rejected), then its exports when accepted."""
+    status: Status = "candidate" if release.accepted else "rejected"
+    version = await target.publish("adapter", release.name, release.adapter_dir, status=status, **release.fields)
+    exports: dict[str, str] = {}
+    if not release.accepted:
+        return version.version, version.manifest.status, target.registry.aliases("adapter", release.name), exports
+    aliases = await target.set_canary("adapter", release.name, version.version, release.canary_weight)
+    for export_name, folder in release.exports:
+        fields = {**release.fields, "parent": version.version}
+        exports[export_name] = (await target.publish("export", export_name, folder, **fields)).version
+    return version.version, version.manifest.status, aliases, exports
+
+
+def publish(registry: Registry, redis_url: str, release: Release) -> Published:
+    if not redis_url:
+        version, status, aliases, exports = asyncio.run(_apply(_Files(registry), release))
+        return Published(version, status, aliases, exports, indexed=False)
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    async def indexed() -> tuple[str, str, Aliases, dict[str, str]]:
+        client = Redis.from_url(redis_url)
+        try:
+            return await _apply(ModelRegistry(registry, RegistryIndex(client)), release)
+        finally:
+            await client.aclose()
+
+    try:
+        version, status, aliases, exports = asyncio.run(indexed())
+        return Published(version, status, aliases, exports, indexed=True)
+    except (RedisError, OSError) as exc:
+        log.warning("registry index update failed; completing on the files", extra={"error": str(exc)})
+        version, status, aliases, exports = asyncio.run(_apply(_Files(registry), release))
+        return Published(version, status, aliases, exports, indexed=False)
+
+
+def production(registry: Registry, name: str) -> Manifest | None:
+    """The production version of an adapter name, or None."""
+    current = registry.aliases("adapter", name).production
+    return registry.manifest("adapter", name, current) if current else None
+
+
+def ping(redis_url: str) -> None:
+    """Raise if Redis cannot be reached (checked before any training)."""
+    from redis import Redis
+
+    client = Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    finally:
+        client.close()
