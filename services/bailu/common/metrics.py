@@ -234,3 +234,15 @@ class TriggerMetrics:
         )
         self.new_pairs = Gauge(TRIGGER_NEW_PAIRS, "Preference pairs written since the last run", registry=registry)
         self.last_run = Gauge(TRIGGER_LAST_RUN, "Unix time the last training run started", registry=registry)
+
+
+# worker: engine servers (vllm, sglang, lmdeploy, swift), labelled engine="<kind>". Exported by
+# bailu.worker.engines.engine_metrics.EngineMetricsCollector, read at scrape time; the load values are the
+# engine's own /metrics, normalised, so dashboards never depend on the engine.
+WORKER_ENGINE_UP = "bailu_worker_engine_up"
+WORKER_ENGINE_RESTARTS = "bailu_worker_engine_restarts_total"
+WORKER_ENGINE_SCRAPE_ERRORS = "bailu_worker_engine_metrics_scrape_errors_total"
+WORKER_ENGINE_QUEUED = "bailu_worker_engine_queued_requests"
+WORKER_ENGINE_RUNNING = "bailu_worker_engine_running_requests"
+WORKER_ENGINE_CACHE_USAGE = "bailu_worker_engine_cache_usage_ratio"
+WORKER_ENGINE_TTFT = "bailu_worker_engine_time_to_first_token_seconds"

@@ -134,6 +134,29 @@ class ModelCard:
 
 
 @dataclass(frozen=True, slots=True)
+class EngineCapabilities:
+    """What a worker's engine can do, so that routing and operators never depend on the engine's name.
+
+    The defaults describe the in-process engines (transformers, sim): adapters load at run time without
+    interrupting service, but a batch holds one adapter, there are no engine-native metrics, and a raw
+    prompt is served as one user turn of the chat template.
+    """
+
+    # Serves LoRA adapters at all (LoadAdapter can succeed).
+    adapters: bool = True
+    # Loads and unloads adapters while serving, without restarting the engine.
+    runtime_adapter_loading: bool = True
+    # A LoadAdapter restarts the engine (requests wait, new adapters need a restart to apply).
+    adapter_load_restarts_engine: bool = False
+    # Requests for different adapters (and the base model) share one batch.
+    mixed_adapter_batches: bool = False
+    # The engine exports its own Prometheus metrics (queue, running, KV cache), mapped to bailu_worker_engine_*.
+    native_metrics: bool = False
+    # A raw prompt (/v1/completions) is given to the model verbatim, not wrapped in the chat template.
+    raw_completions: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class LoadReport:
     queued: int
     running: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bailu.common.types import (
     ChatMessage,
+    EngineCapabilities,
     FinishReason,
     GenerateChunk,
     GenerateRequest,
@@ -112,3 +113,21 @@ def load_from_pb(msg: pb.LoadReport) -> LoadReport:
         max_queue=msg.max_queue,
         ready=msg.ready,
     )
+
+
+_CAPABILITY_FIELDS = (
+    "adapters",
+    "runtime_adapter_loading",
+    "adapter_load_restarts_engine",
+    "mixed_adapter_batches",
+    "native_metrics",
+    "raw_completions",
+)
+
+
+def capabilities_to_pb(capabilities: EngineCapabilities) -> pb.Capabilities:
+    return pb.Capabilities(**{name: getattr(capabilities, name) for name in _CAPABILITY_FIELDS})
+
+
+def capabilities_from_pb(msg: pb.Capabilities) -> EngineCapabilities:
+    return EngineCapabilities(**{name: getattr(msg, name) for name in _CAPABILITY_FIELDS})

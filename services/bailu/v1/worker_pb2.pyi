@@ -108,13 +108,31 @@ class ModelCard(_message.Message):
     max_model_len: int
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., base_model: _Optional[str] = ..., max_model_len: _Optional[int] = ...) -> None: ...
 
+class Capabilities(_message.Message):
+    __slots__ = ("adapters", "runtime_adapter_loading", "adapter_load_restarts_engine", "mixed_adapter_batches", "native_metrics", "raw_completions")
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_ADAPTER_LOADING_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_LOAD_RESTARTS_ENGINE_FIELD_NUMBER: _ClassVar[int]
+    MIXED_ADAPTER_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_METRICS_FIELD_NUMBER: _ClassVar[int]
+    RAW_COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    adapters: bool
+    runtime_adapter_loading: bool
+    adapter_load_restarts_engine: bool
+    mixed_adapter_batches: bool
+    native_metrics: bool
+    raw_completions: bool
+    def __init__(self, adapters: _Optional[bool] = ..., runtime_adapter_loading: _Optional[bool] = ..., adapter_load_restarts_engine: _Optional[bool] = ..., mixed_adapter_batches: _Optional[bool] = ..., native_metrics: _Optional[bool] = ..., raw_completions: _Optional[bool] = ...) -> None: ...
+
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "engine")
+    __slots__ = ("models", "engine", "capabilities")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelCard]
     engine: str
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelCard, _Mapping]]] = ..., engine: _Optional[str] = ...) -> None: ...
+    capabilities: Capabilities
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelCard, _Mapping]]] = ..., engine: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ...) -> None: ...
 
 class LoadAdapterRequest(_message.Message):
     __slots__ = ("name", "path")

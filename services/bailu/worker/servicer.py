@@ -91,7 +91,8 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
             models=[wire.card_to_pb(card) for card in self.engine.models()],
-            engine=type(self.engine).__name__.removesuffix("Engine").lower(),
+            engine=self.engine.kind,
+            capabilities=wire.capabilities_to_pb(self.engine.capabilities),
         )
 
     async def LoadAdapter(

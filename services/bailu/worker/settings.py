@@ -16,6 +16,11 @@ class EngineKind(enum.StrEnum):
 
     TRANSFORMERS = "transformers"
     SIM = "sim"
+    # Engine servers: the engine's own OpenAI-compatible server, supervised as a child process.
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    LMDEPLOY = "lmdeploy"
+    SWIFT = "swift"
 
 
 class WorkerSettings(ServiceSettings):
@@ -26,20 +31,30 @@ class WorkerSettings(ServiceSettings):
     http_port: int = Field(
         9091, ge=0, le=65535, description="Port of the HTTP server for /healthz, /readyz and /metrics."
     )
-    engine: EngineKind = Field(EngineKind.TRANSFORMERS, description="Generation engine: transformers or sim.")
+    engine: EngineKind = Field(
+        EngineKind.TRANSFORMERS,
+        description="Generation engine: transformers or sim (in process), or an engine server run as a child "
+        "process: vllm, sglang, lmdeploy, or swift (ms-swift's `swift deploy`, transformers backend; runs on CPU).",
+    )
     model_name: str = Field(
         "smollm2-135m-instruct", min_length=1, description="Name clients use to select the base model."
     )
     model_path: Path | None = Field(
-        None, description="Local Hugging Face checkpoint directory of the base model (transformers engine)."
+        None,
+        description="Local Hugging Face checkpoint directory of the base model (every engine but sim).",
     )
-    model_type: str = Field("llama", description="ms-swift model_type of the checkpoint.")
-    template: str = Field("chatml", description="ms-swift chat template of the model.")
+    model_type: str = Field("llama", description="ms-swift model_type of the checkpoint (transformers and swift).")
+    template: str = Field("chatml", description="ms-swift chat template of the model (transformers and swift).")
     max_model_len: int = Field(
         4096, ge=16, description="Context length in tokens (prompt plus output) the worker accepts."
     )
     default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none.")
-    max_batch_size: int = Field(4, ge=1, description="Requests the engine generates at once (transformers: one batch).")
+    max_batch_size: int = Field(
+        4,
+        ge=1,
+        description="Requests the engine generates at once (transformers: one batch; engine servers: their "
+        "running-request limit, e.g. vLLM's --max-num-seqs, and the requests the worker forwards at once).",
+    )
     batch_wait_ms: float = Field(
         10.0,
         ge=0,
@@ -74,3 +89,63 @@ class WorkerSettings(ServiceSettings):
     sim_itl_ms: float = Field(10.0, ge=0, description="sim engine: time between tokens in milliseconds.")
     sim_output_tokens: int = Field(64, ge=1, description="sim engine: tokens generated when max_tokens allows.")
     sim_load_s: float = Field(0.0, ge=0, description="sim engine: simulated model loading time in seconds.")
+    engine_host: str = Field(
+        "127.0.0.1", description="Engine servers: address the engine's HTTP server binds to (kept on localhost)."
+    )
+    engine_port: int = Field(
+        0, ge=0, le=65535, description="Engine servers: port of the engine's HTTP server (0 picks a free one)."
+    )
+    engine_executable: str = Field(
+        "",
+        description="Engine servers: the command that starts the engine, replacing the default (`vllm serve`, "
+        "`python3 -m sglang.launch_server`, `lmdeploy serve api_server`, `python -m swift.cli.deploy`); "
+        "split like a shell command line.",
+    )
+    engine_args: str = Field(
+        "",
+        description="Engine servers: extra arguments appended to the engine's command line as they are, split like "
+        'a shell command line (e.g. "--enforce-eager --dtype bfloat16").',
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="Engine servers: GPUs one engine shards the model over.")
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Engine servers: fraction of GPU memory the engine may take for weights and KV cache "
+        "(vLLM --gpu-memory-utilization, SGLang --mem-fraction-static, LmDeploy --cache-max-entry-count).",
+    )
+    max_loras: int = Field(
+        4,
+        ge=0,
+        description="Engine servers: LoRA adapters one batch may use (vLLM --max-loras, SGLang "
+        "--max-loras-per-batch); 0 serves no adapters and starts the engine without LoRA support.",
+    )
+    max_lora_rank: int = Field(
+        64,
+        ge=1,
+        description="Engine servers: the largest LoRA rank the engine accepts; adapters of a higher rank are "
+        "refused before they reach the engine.",
+    )
+    engine_start_timeout_s: float = Field(
+        1800.0, gt=0, description="Engine servers: how long the engine may take to answer its health endpoint."
+    )
+    engine_restart_limit: int = Field(
+        3,
+        ge=0,
+        description="Engine servers: how often an engine that died is restarted before the worker gives up and "
+        "reports not ready for good.",
+    )
+    engine_restart_backoff_s: float = Field(
+        2.0, ge=0, description="Engine servers: wait before the first restart of a dead engine; doubles each time."
+    )
+    engine_stop_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="Engine servers: after SIGTERM, how long the engine's process group may take to exit before "
+        "SIGKILL.",
+    )
+    engine_metrics_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="Engine servers: how often the engine's /metrics is read into the bailu_worker_engine_* metrics.",
+    )

@@ -66,7 +66,10 @@ def test_one_table_per_service() -> None:
         ("BAILU_GATEWAY_WORKERS", ["comma-separated strings", "*empty*"]),
         ("BAILU_GATEWAY_API_KEYS_FILE", ["path", "*unset*"]),
         ("BAILU_GATEWAY_LOAD_POLL_INTERVAL_S", ["number, > 0", "`0.5`"]),
-        ("BAILU_WORKER_ENGINE", ["one of `transformers`, `sim`", "`transformers`"]),
+        (
+            "BAILU_WORKER_ENGINE",
+            ["one of `transformers`, `sim`, `vllm`, `sglang`, `lmdeploy`, `swift`", "`transformers`"],
+        ),
         ("BAILU_WORKER_ADAPTERS", ["JSON object (string to path)", "*empty*"]),
         ("BAILU_WORKER_WARMUP", ["boolean", "`true`"]),
         ("BAILU_WORKER_MODEL_NAME", ["string, non-empty", "`smollm2-135m-instruct`"]),

@@ -59,7 +59,7 @@ def test_scalars(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("BAILU_WORKER_ENGINE", "vllm"),
+        ("BAILU_WORKER_ENGINE", "tensorrt"),
         ("BAILU_WORKER_PORT", "-1"),
         ("BAILU_WORKER_HTTP_PORT", "70000"),
         ("BAILU_WORKER_MAX_BATCH_SIZE", "0"),

@@ -7,8 +7,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+from prometheus_client import CollectorRegistry
+
 from bailu.common.errors import InvalidRequest, ModelNotFound
-from bailu.common.types import ChatMessage, GenerateChunk, GenerateRequest, ModelCard, SamplingParams
+from bailu.common.types import (
+    ChatMessage,
+    EngineCapabilities,
+    GenerateChunk,
+    GenerateRequest,
+    ModelCard,
+    SamplingParams,
+)
 
 
 class Engine(abc.ABC):
@@ -33,6 +42,11 @@ class Engine(abc.ABC):
       requests are unaffected.
     - The caller enforces admission control: at most `capacity` calls run at
       once.
+
+    Health: `ready` is False while the engine cannot take requests (an engine
+    server restarting after a crash or to load adapters), `alive` is False once
+    it gave up (the worker should then be restarted). In-process engines are
+    always both once started.
     """
 
     def __init__(self, model_name: str, max_model_len: int, default_max_tokens: int) -> None:
@@ -45,6 +59,29 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def capacity(self) -> int:
         """How many requests this engine generates at once."""
+
+    @property
+    def kind(self) -> str:
+        """The engine's name as the worker reports it (ListModels), e.g. "transformers" or "vllm"."""
+        return type(self).__name__.removesuffix("Engine").lower()
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        """What this engine can do; the default is what the in-process engines (transformers, sim) can."""
+        return EngineCapabilities()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the engine takes requests now (False while an engine server restarts)."""
+        return True
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine failed for good (its server kept crashing): restart the worker."""
+        return True
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:  # noqa: B027 - optional hook
+        """Export the engine's own metrics (bailu_worker_engine_*) on the worker's registry."""
 
     @abc.abstractmethod
     async def start(self) -> None:

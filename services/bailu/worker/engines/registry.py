@@ -16,4 +16,9 @@ def create_engine(settings: WorkerSettings) -> Engine:
         from bailu.worker.engines.transformers import TransformersEngine
 
         return TransformersEngine.from_settings(settings)
+    if settings.engine in (EngineKind.VLLM, EngineKind.SGLANG, EngineKind.LMDEPLOY, EngineKind.SWIFT):
+        # The engine runs in its own server process; the worker only needs an HTTP client here.
+        from bailu.worker.engines.http import HttpEngine
+
+        return HttpEngine.from_settings(settings)
     raise ValueError(f"unknown engine {settings.engine!r}")  # pragma: no cover - enum is exhaustive

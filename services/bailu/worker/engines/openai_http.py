@@ -1,0 +1,202 @@
+"""The OpenAI-compatible HTTP protocol the engine servers share: request bodies, SSE streams, errors.
+
+Kept apart from the process and connection handling so that recorded samples of each engine's
+responses can be replayed through it in unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bailu.common.errors import (
+    BailuError,
+    InternalError,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    RequestTooLarge,
+    Unavailable,
+)
+from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, Usage
+
+DONE = "[DONE]"
+
+# Messages the engines use when a prompt (plus max_tokens) does not fit the context. vLLM: "This model's
+# maximum context length is N tokens" / "... longer than the maximum model length"; SGLang: "... is longer
+# than the model's context length"; LmDeploy: "... exceeds session_len"; ms-swift: "Current length of
+# row(N) is larger than the max_length(M)".
+_CONTEXT_PATTERNS = re.compile(
+    r"maximum context length|maximum model length|context length|context window|max_length\(|session_len"
+    r"|too long|exceeds? the (?:max|model)",
+    re.IGNORECASE,
+)
+# Unknown model or adapter, as engines that answer 400 instead of 404 word it (ms-swift: "`x` is not in the
+# model_list"; vLLM and LmDeploy: "The model `x` does not exist."; SGLang: "LoRA adapter 'x' is not loaded").
+_MODEL_PATTERNS = re.compile(
+    r"not in the model_list|model .* does not exist|(?:lora|adapter)\b.* not (?:loaded|found)|no such (?:model|lora)",
+    re.IGNORECASE,
+)
+
+
+def request_body(
+    request: GenerateRequest, model: str, default_max_tokens: int, stream_options: Mapping[str, bool]
+) -> dict[str, Any]:
+    """The JSON body of a streamed /v1/chat/completions (messages) or /v1/completions (prompt) request."""
+    s = request.sampling
+    body: dict[str, Any] = {
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True, **stream_options},
+        "max_tokens": s.max_tokens or default_max_tokens,
+    }
+    if request.messages is not None:
+        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+    else:
+        body["prompt"] = request.prompt or ""
+    optional = {
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k or None,  # 0 means off in Bailu's API; leave the engine's default
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
+        "repetition_penalty": s.repetition_penalty,
+        "seed": s.seed,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if s.stop:
+        body["stop"] = list(s.stop)
+    return body
+
+
+def endpoint(request: GenerateRequest) -> str:
+    return "/v1/chat/completions" if request.messages is not None else "/v1/completions"
+
+
+async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The `data` payloads of a server-sent-event stream, one per event (multi-line data joined)."""
+    data: list[str] = []
+    async for raw in lines:
+        line = raw.rstrip("\r")
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield "\n".join(data)
+
+
+def error_message(body: bytes | str) -> str:
+    """The message of an engine's error body: OpenAI's {"error": {...}}, the flat {"message", "object":
+    "error"} of vLLM's older releases, LmDeploy and ms-swift, FastAPI's {"detail"}, or the raw text."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:500] or "no message"
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if data.get("message"):
+            return str(data["message"])
+        if "detail" in data:
+            return json.dumps(data["detail"]) if not isinstance(data["detail"], str) else data["detail"]
+    return text.strip()[:500]
+
+
+def map_error(status: int, message: str, *, param: str | None = None) -> BailuError:
+    """The `BailuError` for an engine's HTTP error status and message."""
+    text = f"the engine refused the request: {message}"
+    if status == 404 or (status == 400 and _MODEL_PATTERNS.search(message)):
+        return ModelNotFound(text, param="model")
+    if status in (400, 413, 422) and _CONTEXT_PATTERNS.search(message):
+        return RequestTooLarge(text, param=param)
+    if status in (400, 422):
+        return InvalidRequest(text, param=param)
+    if status == 429:
+        return Overloaded("the engine is overloaded: " + message)
+    if status in (502, 503, 504):
+        return Unavailable("the engine is unavailable: " + message)
+    return InternalError(f"the engine failed with HTTP {status}: {message}")
+
+
+@dataclass
+class StreamAssembler:
+    """Turns an engine's OpenAI stream events into `GenerateChunk`s that keep Bailu's streaming contract.
+
+    Usage comes from the stream: engines report it on every chunk (continuous usage, ms-swift), in a last
+    chunk with no choices (`stream_options.include_usage`), or both; token counts per chunk follow the
+    reported completion tokens when present, else one token per text delta, and the last chunk carries what
+    the two disagree by, so that the chunks' token counts always add up to the usage.
+    """
+
+    served_model: str
+    counted: int = 0
+    reported: int | None = None
+    prompt_tokens: int = 0
+    finish: str | None = None
+
+    def feed(self, payload: str) -> GenerateChunk | None:
+        """One event's data; returns the text chunk to send now, if any. Raises on an error event."""
+        try:
+            event = json.loads(payload)
+        except ValueError as exc:
+            raise InternalError(f"the engine sent an event that is not JSON: {payload[:200]!r}") from exc
+        if not isinstance(event, dict):
+            raise InternalError(f"the engine sent an unexpected event: {payload[:200]!r}")
+        if "error" in event:
+            error = event["error"]
+            status = error.get("code") if isinstance(error, dict) else None
+            message = error_message(json.dumps(event))
+            raise map_error(status if isinstance(status, int) else 500, message)
+        usage = event.get("usage")
+        has_usage = isinstance(usage, dict) and usage.get("completion_tokens") is not None
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or self.prompt_tokens)
+            if has_usage:
+                self.reported = int(usage["completion_tokens"])
+        text = ""
+        for choice in event.get("choices") or ():
+            delta = choice.get("delta")
+            piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            text += piece or ""
+            if choice.get("finish_reason"):
+                self.finish = str(choice["finish_reason"])
+        if not text:
+            return None  # tokens without text (or a usage-only chunk) are settled by the last chunk
+        # Continuous usage: this chunk covers what the count grew by; otherwise one token per text delta.
+        tokens = max(0, (self.reported or 0) - self.counted) if has_usage else 1
+        self.counted += tokens
+        return GenerateChunk(text, tokens, served_model=self.served_model)
+
+    def last(self) -> GenerateChunk:
+        """The final chunk, once the stream has ended; raises if it ended without a finish reason."""
+        if self.finish is None:
+            raise Unavailable("the engine ended the stream before the completion finished")
+        if self.finish == "abort":
+            raise Unavailable("the engine aborted the request")
+        completion = self.reported if self.reported is not None else self.counted
+        finish = FinishReason.LENGTH if self.finish == "length" else FinishReason.STOP
+        return GenerateChunk(
+            "", max(0, completion - self.counted), finish, Usage(self.prompt_tokens, completion), self.served_model
+        )
+
+
+def adapter_request(name: str, path: str | None = None) -> dict[str, str]:
+    """The body of vLLM's and SGLang's load/unload adapter calls (they share the field names)."""
+    body = {"lora_name": name}
+    if path is not None:
+        body["lora_path"] = path
+    return body
