@@ -1,5 +1,9 @@
 """The evaluation gate (pure): a candidate is accepted iff its generations pass the sanity check and its
-held-out preference accuracy beats the baseline's (production, or the base model) by `gate_margin`."""
+held-out preference accuracy beats the baseline's (production, or the base model) by `gate_margin`.
+
+The sanity check is relative: small base models repeat themselves on some prompts too (SmolLM2-135M does),
+so a candidate fails it when more of its generations are unusable than the baseline's on the same prompts,
+or when none is usable at all. Without baseline generations, any unusable generation fails it."""
 
 from __future__ import annotations
 
@@ -50,13 +54,22 @@ class GateDecision:
 
 
 def decide(
-    candidate_accuracy: float, baseline_accuracy: float, gate_margin: float, sanity: Sequence[SanityResult]
+    candidate_accuracy: float,
+    baseline_accuracy: float,
+    gate_margin: float,
+    sanity: Sequence[SanityResult],
+    baseline_sanity: Sequence[SanityResult] = (),
 ) -> GateDecision:
     reasons: list[str] = []
     failed = [result for result in sanity if result.problem is not None]
-    if failed:
+    baseline_failed = sum(result.problem is not None for result in baseline_sanity)
+    sanity_failed = bool(failed) and (len(failed) == len(sanity) or len(failed) > baseline_failed)
+    if sanity_failed:
         problems = ", ".join(sorted({str(result.problem) for result in failed}))
-        reasons.append(f"sanity check: {len(failed)} of {len(sanity)} generations unusable ({problems})")
+        reason = f"sanity check: {len(failed)} of {len(sanity)} generations unusable ({problems})"
+        if baseline_sanity:
+            reason += f", the baseline's: {baseline_failed} of {len(baseline_sanity)}"
+        reasons.append(reason)
     if candidate_accuracy - baseline_accuracy + _EPSILON < gate_margin:
         reasons.append(
             f"accuracy {candidate_accuracy:.3f} is not {gate_margin:+.3f} over the baseline's {baseline_accuracy:.3f}"
@@ -66,6 +79,6 @@ def decide(
         candidate_accuracy=candidate_accuracy,
         baseline_accuracy=baseline_accuracy,
         required_margin=gate_margin,
-        sanity_passed=not failed,
+        sanity_passed=not sanity_failed,
         reasons=tuple(reasons),
     )

@@ -293,6 +293,7 @@ class _Job:
             self.progress.line(f"candidate: held-out accuracy {score.accuracy:.3f} on {score.pairs} pairs")
             with load(baseline_dir) as production:
                 base_score = production.preference_accuracy(held)
+                base_texts = production.generate(prompts, s.sanity_max_tokens, s.seed)
             self.progress.line(f"baseline {baseline}: held-out accuracy {base_score.accuracy:.3f}")
         except StageFailed:
             raise
@@ -300,15 +301,22 @@ class _Job:
             log.error("evaluation failed", exc_info=True)
             raise StageFailed("evaluate", f"{type(exc).__name__}: {exc}") from exc
         sanity = evaluate.sanity_check(prompts, texts)
-        decision = gate.decide(score.accuracy, base_score.accuracy, s.gate_margin, sanity)
+        baseline_sanity = evaluate.sanity_check(prompts, base_texts)
+        decision = gate.decide(score.accuracy, base_score.accuracy, s.gate_margin, sanity, baseline_sanity)
         passed = sum(result.problem is None for result in sanity)
-        self.progress.line(f"sanity: {passed}/{len(sanity)} generations usable" if sanity else "sanity: skipped")
+        base_passed = sum(result.problem is None for result in baseline_sanity)
+        self.progress.line(
+            f"sanity: {passed}/{len(sanity)} generations usable (baseline: {base_passed}/{len(baseline_sanity)})"
+            if sanity
+            else "sanity: skipped"
+        )
         self.progress.line(f"gate: {'accepted' if decision.accepted else 'rejected'}: {decision.explain()}")
         details = {
             "baseline": baseline,
             "candidate_eval": score.to_dict(),
             "baseline_eval": base_score.to_dict(),
             "sanity": [result.to_dict() for result in sanity],
+            "baseline_sanity": [result.to_dict() for result in baseline_sanity],
         }
         return decision, details
 

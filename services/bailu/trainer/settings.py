@@ -91,7 +91,12 @@ class TrainerSettings(ServiceSettings):
         le=1,
         description="The candidate's held-out preference accuracy must exceed production's by at least this much.",
     )
-    sanity_prompts: int = Field(4, ge=0, description="Held-out prompts generated from for the sanity check.")
+    sanity_prompts: int = Field(
+        4,
+        ge=0,
+        description="Held-out prompts the candidate and the baseline answer for the sanity check (the candidate "
+        "fails it with more unusable answers than the baseline, or none usable).",
+    )
     sanity_max_tokens: int = Field(64, ge=1, description="Tokens generated per sanity prompt.")
     # Export and publish.
     merge: bool = Field(False, description="Also export merged weights (swift export --merge_lora).")

@@ -44,6 +44,26 @@ def test_rejects_when_a_generation_fails_the_sanity_check_even_if_accuracy_is_be
     assert decision.to_dict()["accuracy_margin"] == pytest.approx(0.45)
 
 
+REPEATS = SanityResult("p", "blessed earth, blessed earth, blessed earth, blessed earth", "repetition")
+
+
+def test_sanity_is_relative_to_the_baseline() -> None:
+    """A small base model repeats itself on some prompts: a candidate that does no worse passes."""
+    candidate = [GOOD, REPEATS, GOOD, GOOD]
+    assert gate.decide(0.8, 0.5, 0.02, candidate, [GOOD, REPEATS, GOOD, GOOD]).accepted
+    assert gate.decide(0.8, 0.5, 0.02, candidate, [REPEATS, REPEATS, GOOD, GOOD]).accepted
+    worse = gate.decide(0.8, 0.5, 0.02, [GOOD, REPEATS, REPEATS, GOOD], [GOOD, REPEATS, GOOD, GOOD])
+    assert not worse.accepted
+    assert not worse.sanity_passed
+    assert worse.reasons == ("sanity check: 2 of 4 generations unusable (repetition), the baseline's: 1 of 4",)
+
+
+def test_a_candidate_with_no_usable_generation_fails_even_against_a_useless_baseline() -> None:
+    decision = gate.decide(0.9, 0.5, 0.0, [REPEATS, REPEATS], [REPEATS, REPEATS])
+    assert not decision.accepted
+    assert decision.reasons[0].startswith("sanity check: 2 of 2 generations unusable")
+
+
 def test_sanity_uses_the_collector_quality_rules() -> None:
     prompts = [[{"role": "user", "content": f"p{i}"}] for i in range(5)]
     texts = [
