@@ -28,7 +28,12 @@ async def serve(settings: WorkerSettings) -> int:
         log.error("the model could not be loaded", exc_info=server.loaded.exception())
         await server.stop(0)
         return 1
-    await stopping
+    failed = asyncio.create_task(server.engine_failed.wait())
+    await asyncio.wait({stopping, failed}, return_when=asyncio.FIRST_COMPLETED)
+    if failed.done():
+        await server.stop(0)
+        return 1
+    failed.cancel()
     await server.stop()
     return 0
 

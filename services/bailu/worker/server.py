@@ -50,6 +50,7 @@ class WorkerServer:
         self.metrics.queued.set_function(lambda: self.admission.queued)
         self.metrics.running.set_function(lambda: self.admission.running)
         self.metrics.adapters_loaded.set_function(lambda: len(self.engine.adapters))
+        self.engine.register_metrics(self.registry)
         self.follower = self._follower(settings)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
@@ -70,6 +71,10 @@ class WorkerServer:
         self.port = 0
         self.probes = ProbeServer(settings.host, settings.http_port, self.is_ready, self.registry)
         self.loaded: asyncio.Task[None] | None = None
+        # Set when the engine failed for good (an engine server that kept crashing): the process should exit
+        # so that its supervisor (Kubernetes) restarts it.
+        self.engine_failed = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
 
     def _follower(self, settings: WorkerSettings) -> RegistryFollower | None:
         if settings.registry_dir is None:
@@ -90,7 +95,28 @@ class WorkerServer:
         )
 
     def is_ready(self) -> bool:
-        return self.admission.ready and not self.admission.draining
+        return self.admission.ready and not self.admission.draining and self.engine.ready
+
+    async def _watch_engine(self, interval_s: float = 1.0) -> None:
+        """Follow the engine's own health after start-up: not ready while an engine server restarts (health
+        NOT_SERVING, probes 503, load reports not ready, so the gateway routes elsewhere), ready again after it;
+        `engine_failed` once it gave up."""
+        serving = True
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self.engine.alive:
+                log.error("the engine failed for good; the worker stops", extra={"engine": self.engine.kind})
+                self.metrics.ready.set(0)
+                await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+                self.engine_failed.set()
+                return
+            ready = self.engine.ready and not self.admission.draining
+            if ready != serving:
+                serving = ready
+                log.warning("engine ready" if ready else "engine not ready", extra={"engine": self.engine.kind})
+                self.metrics.ready.set(1 if ready else 0)
+                status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self._set_health(status)
 
     async def start(self) -> None:
         self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
@@ -115,6 +141,7 @@ class WorkerServer:
         self.admission.ready = True
         self.metrics.ready.set(1)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._watchdog = asyncio.create_task(self._watch_engine())
         log.info(
             "worker ready",
             extra={
@@ -143,6 +170,8 @@ class WorkerServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.loaded is not None and not self.loaded.done():
             self.loaded.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         deadline = time.monotonic() + grace
         finished = await self.admission.drain(grace)
         await self.server.stop(max(0.0, deadline - time.monotonic()) if finished else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -117,4 +118,7 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
         return pb.UnloadAdapterResponse()
 
     async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.LoadReport:
-        return wire.load_to_pb(self.admission.report())
+        report = self.admission.report()
+        if not self.engine.ready:  # an engine server restarting: route elsewhere meanwhile
+            report = dataclasses.replace(report, ready=False)
+        return wire.load_to_pb(report)
