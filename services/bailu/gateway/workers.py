@@ -17,7 +17,7 @@ import grpc
 from bailu.common import wire
 from bailu.common.errors import Unavailable
 from bailu.common.grpc_errors import from_status
-from bailu.common.types import GenerateChunk, GenerateRequest, LoadReport, ModelCard
+from bailu.common.types import EngineCapabilities, GenerateChunk, GenerateRequest, LoadReport, ModelCard
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 
@@ -40,6 +40,9 @@ class WorkerClient:
         self.stub = pb_grpc.InferenceWorkerStub(self.channel)
         self.load: LoadReport | None = None
         self.models: list[ModelCard] = []
+        # What the worker's engine can do (unset by workers older than the field: the in-process default).
+        self.capabilities = EngineCapabilities()
+        self.engine = ""
         self.inflight = 0
 
     @property
@@ -71,6 +74,9 @@ class WorkerClient:
             return
         self.load = wire.load_from_pb(load)
         self.models = [wire.card_from_pb(m) for m in models.models]
+        self.engine = models.engine
+        if models.HasField("capabilities"):
+            self.capabilities = wire.capabilities_from_pb(models.capabilities)
 
     async def generate(self, request: GenerateRequest, timeout: float | None) -> AsyncIterator[GenerateChunk]:
         """Stream a completion; gRPC failures become `BailuError`s. Closing the iterator cancels the call."""
@@ -196,10 +202,14 @@ class WorkerPool:
                 cards.setdefault(card.name, card)
         return sorted(cards.values(), key=lambda c: (c.kind != "base", c.name))
 
-    def pick(self, model: str, adapter: str, exclude: set[str]) -> WorkerClient:
-        """The least-loaded ready worker that serves the model (ties broken at random)."""
+    def pick(self, model: str, adapter: str, exclude: set[str], *, raw_prompt: bool = False) -> WorkerClient:
+        """The least-loaded ready worker that serves the model (ties broken at random). A raw prompt
+        (/v1/completions) prefers workers whose engine completes it verbatim (`raw_completions`); the others
+        serve it as one user turn, so they are used only when no such worker can take it."""
         candidates = [w for w in self.ready_workers() if w.address not in exclude and w.serves(model, adapter)]
         if not candidates:
             raise Unavailable("no inference worker can take this request now")
+        if raw_prompt:
+            candidates = [w for w in candidates if w.capabilities.raw_completions] or candidates
         best = min(w.score() for w in candidates)
         return random.choice([w for w in candidates if w.score() == best])

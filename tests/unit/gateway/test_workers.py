@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from bailu.common import wire
 from bailu.common.errors import Unavailable
-from bailu.common.types import LoadReport, ModelCard
+from bailu.common.types import EngineCapabilities, LoadReport, ModelCard
 from bailu.gateway.workers import WorkerClient, WorkerPool
+from bailu.v1 import worker_pb2 as pb
 
 BASE = ModelCard("base", "base", "", 4096)
 POET = ModelCard("poet", "adapter", "base", 4096)
@@ -126,3 +128,22 @@ async def test_ready_workers(pool: WorkerPool, add: AddWorker) -> None:
     add("down:1", None)
     add("draining:1", load(ready=False))
     assert [w.address for w in pool.ready_workers()] == ["up:1"]
+
+
+async def test_raw_prompts_prefer_engines_that_complete_them_verbatim(pool: WorkerPool, add: AddWorker) -> None:
+    chat_only = add("chat:1", load())  # e.g. swift deploy: a raw prompt becomes one user turn
+    verbatim = add("raw:1", load(running=3))
+    verbatim.capabilities = EngineCapabilities(raw_completions=True)
+    assert chat_only.capabilities.raw_completions is False
+    for _ in range(10):
+        assert pool.pick("base", "", set(), raw_prompt=True).address == "raw:1"  # even though it is busier
+        assert pool.pick("base", "", set()).address == "chat:1"  # chat requests go by load alone
+    assert pool.pick("base", "", {"raw:1"}, raw_prompt=True).address == "chat:1"  # the others still serve it
+
+
+async def test_capabilities_and_engine_come_from_the_workers_model_list() -> None:
+    """What ListModels carries is what routing reads (the wire conversion, both ways)."""
+    caps = EngineCapabilities(adapters=True, runtime_adapter_loading=True, raw_completions=True)
+    msg = pb.ListModelsResponse(engine="vllm", capabilities=wire.capabilities_to_pb(caps))
+    assert msg.HasField("capabilities")
+    assert wire.capabilities_from_pb(msg.capabilities) == caps
