@@ -110,10 +110,13 @@ bench: $(STAMP) model ## Run the benchmarks (about 10 min); results go to bench/
 	$(PY) -m bench.feedback_ingestion
 
 # Needs a Docker engine (none runs on the project's development machines: this target was not run there).
-images: ## Build the gateway, worker (GPU pools), worker-cpu (SmolLM2 inside) and trainer images with docker
+images: ## Build the gateway, worker (no model), worker-cpu (SmolLM2 inside), worker-vllm/-sglang/-lmdeploy (engine servers) and trainer images with docker
 	$(DOCKER) build -f docker/gateway.Dockerfile -t $(IMAGE_REGISTRY)bailu/gateway:$(IMAGE_TAG) .
 	$(DOCKER) build -f docker/worker-cpu.Dockerfile --target worker -t $(IMAGE_REGISTRY)bailu/worker:$(IMAGE_TAG) .
 	$(DOCKER) build -f docker/worker-cpu.Dockerfile -t $(IMAGE_REGISTRY)bailu/worker-cpu:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/worker-vllm.Dockerfile -t $(IMAGE_REGISTRY)bailu/worker-vllm:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/worker-sglang.Dockerfile -t $(IMAGE_REGISTRY)bailu/worker-sglang:$(IMAGE_TAG) .
+	$(DOCKER) build -f docker/worker-lmdeploy.Dockerfile -t $(IMAGE_REGISTRY)bailu/worker-lmdeploy:$(IMAGE_TAG) .
 	$(DOCKER) build -f docker/trainer.Dockerfile -t $(IMAGE_REGISTRY)bailu/trainer:$(IMAGE_TAG) .
 
 clean: ## Remove the virtual environment, caches and converted models

@@ -200,6 +200,60 @@ EXISTING_VALUES: dict[str, Any] = {
 }
 
 
+# One worker pool per engine the worker knows (bailu.worker.settings.EngineKind; a test keeps the two equal), as
+# an operator would write them: the GPU engines with GPUs and no image of their own, each with other engine knobs.
+_STORE_MODEL = {"name": "qwen", "source": "modelStore", "path": "base/Qwen2.5-7B-Instruct"}
+ENGINE_VALUES: dict[str, Any] = {
+    "workers": [
+        {"name": "transformers", "engine": "transformers", "model": _STORE_MODEL},
+        {"name": "sim", "engine": "sim", "model": {"name": "bailu-sim", "source": "none"}},
+        {
+            "name": "vllm",
+            "engine": "vllm",
+            "gpus": 2,  # tensor parallel over both: tensorParallelSize is unset
+            "model": _STORE_MODEL,
+            "adapters": {"poet": "adapters/poet/v1"},
+            "shmSizeLimit": "8Gi",
+            "settings": {
+                "gpu_memory_utilization": 0.85,
+                "max_loras": 8,
+                "max_lora_rank": 32,
+                "engine_args": "--enable-prefix-caching --dtype bfloat16",
+            },
+        },
+        {
+            "name": "sglang",
+            "engine": "sglang",
+            "gpus": 4,
+            "tensorParallelSize": 2,  # data parallel over the rest, through engine_args
+            "engineStopGraceSeconds": 45.5,
+            "model": _STORE_MODEL,
+            "settings": {"engine_port": 30000, "engine_args": "--dp-size 2", "engine_restart_limit": 5},
+        },
+        {
+            "name": "lmdeploy",
+            "engine": "lmdeploy",
+            "gpus": 1,
+            "gpuResourceName": "nvidia.com/mig-3g.40gb",
+            "model": _STORE_MODEL,
+            # A slow model store: 60 s + 15 s x 160 = 41 minutes to load.
+            "startupProbe": {
+                "httpGet": {"path": "/readyz", "port": "http-metrics"},
+                "initialDelaySeconds": 60,
+                "periodSeconds": 15,
+                "failureThreshold": 160,
+            },
+        },
+        {
+            "name": "swift",
+            "engine": "swift",
+            "model": {**_STORE_MODEL, "type": "qwen2", "template": "qwen2_5"},
+            "settings": {"max_loras": 0},
+        },
+    ],
+}
+
+
 @pytest.fixture(scope="session")
 def full_values() -> dict[str, Any]:
     return FULL_VALUES
@@ -213,3 +267,8 @@ def full_manifests(render: Render) -> list[Manifest]:
 @pytest.fixture(scope="session")
 def existing_manifests(render: Render) -> list[Manifest]:
     return render(values=EXISTING_VALUES)
+
+
+@pytest.fixture(scope="session")
+def engine_manifests(render: Render) -> list[Manifest]:
+    return render(values=ENGINE_VALUES)

@@ -47,7 +47,14 @@ LABELS = {
     "app.kubernetes.io/part-of",
 }
 COMPONENTS = {"gateway", "worker", "collector", "trainer", "redis", "storage", "network", "test"}
-RENDERED = ["default_manifests", "demo_manifests", "gpu_manifests", "full_manifests", "existing_manifests"]
+RENDERED = [
+    "default_manifests",
+    "demo_manifests",
+    "gpu_manifests",
+    "full_manifests",
+    "existing_manifests",
+    "engine_manifests",
+]
 
 
 @pytest.fixture(params=RENDERED)
@@ -356,11 +363,20 @@ def test_gpu_pool(gpu_manifests: list[Manifest]) -> None:
     env = env_values(c)
     assert env["BAILU_WORKER_MODEL_PATH"] == "/models/base/Qwen2.5-7B-Instruct"
     assert mounts(c)["/models"]["readOnly"] is True
-    assert c["image"] == "bailu/worker:0.1.0"
+    # vLLM, in its own image, on the pool's one GPU, with the example's engine knobs.
+    assert env["BAILU_WORKER_ENGINE"] == "vllm"
+    assert c["image"] == "bailu/worker-vllm:0.1.0"
+    assert env["BAILU_WORKER_TENSOR_PARALLEL_SIZE"] == "1"
+    assert env["BAILU_WORKER_ENGINE_HOST"] == "127.0.0.1"
+    assert float(env["BAILU_WORKER_GPU_MEMORY_UTILIZATION"]) == 0.9
+    assert (env["BAILU_WORKER_MAX_LORAS"], env["BAILU_WORKER_MAX_LORA_RANK"]) == ("4", "64")
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
+    assert float(env["BAILU_WORKER_ENGINE_START_TIMEOUT_S"]) == startup["periodSeconds"] * startup["failureThreshold"]
     assert worker["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
-    assert spec["terminationGracePeriodSeconds"] > float(env["BAILU_WORKER_DRAIN_GRACE_S"]) == 60
+    stopping = float(env["BAILU_WORKER_DRAIN_GRACE_S"]) + float(env["BAILU_WORKER_ENGINE_STOP_GRACE_S"])
+    assert float(env["BAILU_WORKER_DRAIN_GRACE_S"]) == 60
+    assert spec["terminationGracePeriodSeconds"] > stopping
     assert volumes(worker)["shm"]["emptyDir"]["sizeLimit"] == "8Gi"
     assert spec["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"]["bailu/worker-pool"] == "gpu"
     assert "runtimeClassName" not in spec

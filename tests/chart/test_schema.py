@@ -33,6 +33,11 @@ WORKER_MANAGED = {
     "drain_grace_s",
     "registry_dir",  # the model store's registry (registry.path)
     "registry_redis_url",  # the release's Redis
+    # Engine servers:
+    "engine_host",  # 127.0.0.1: the engine listens on localhost only
+    "tensor_parallel_size",  # the pool's tensorParallelSize, or its gpus
+    "engine_start_timeout_s",  # the startup probe's budget
+    "engine_stop_grace_s",  # the pool's engineStopGraceSeconds (also in terminationGracePeriodSeconds)
 }
 COLLECTOR_MANAGED = {
     "redis_url",
@@ -87,7 +92,7 @@ def pool(**fields: Any) -> dict[str, Any]:
         ({"workers": [pool(engine=None)]}, ["at '/workers/0': missing property 'engine'"]),
         (
             {"workers": [pool(engine="tensorrt")]},
-            ["at '/workers/0/engine': value must be one of 'transformers', 'sim'"],
+            ["at '/workers/0/engine': value must be one of " + ", ".join(repr(kind.value) for kind in EngineKind)],
         ),
         ({"workers": [pool(replicas=-1)]}, ["at '/workers/0/replicas': minimum: got -1, want 0"]),
         ({"gateway": {"replicas": -2}}, ["at '/gateway/replicas': minimum: got -2, want 0"]),
@@ -153,6 +158,29 @@ def pool(**fields: Any) -> dict[str, Any]:
         ({"trainer": {"settings": {"quantize": "int8"}}}, ["at '/trainer/settings/quantize'"]),
         ({"trainer": {"settings": {"extra_sft_args": ["--a", "1"]}}}, ["at '/trainer/settings/extra_sft_args'"]),
         ({"registry": {"path": "/models/registry"}}, ["at '/registry/path'"]),
+        (
+            {"workers": [pool(settings={"gpu_memory_utilization": 1.5})]},
+            ["at '/workers/0/settings/gpu_memory_utilization': maximum: got 1.5, want 1"],
+        ),
+        (
+            {"workers": [pool(settings={"gpu_memory_utilization": 0})]},
+            ["at '/workers/0/settings/gpu_memory_utilization': exclusiveMinimum"],
+        ),
+        ({"workers": [pool(tensorParallelSize=-1)]}, ["at '/workers/0/tensorParallelSize': minimum: got -1, want 0"]),
+        ({"workers": [pool(tensorParallelSize=1.5)]}, ["at '/workers/0/tensorParallelSize'"]),
+        ({"workerDefaults": {"settings": {"max_loras": -1}}}, ["at '/workerDefaults/settings/max_loras': minimum"]),
+        ({"workers": [pool(settings={"max_lora_rank": 0})]}, ["at '/workers/0/settings/max_lora_rank': minimum"]),
+        ({"workers": [pool(settings={"engine_port": 70000})]}, ["at '/workers/0/settings/engine_port': maximum"]),
+        ({"workers": [pool(settings={"engine_args": ["--enforce-eager"]})]}, ["at '/workers/0/settings/engine_args'"]),
+        ({"workers": [pool(settings={"engine_host": "0.0.0.0"})]}, ["invalid propertyName 'engine_host'"]),
+        ({"workers": [pool(settings={"tensor_parallel_size": 2})]}, ["invalid propertyName 'tensor_parallel_size'"]),
+        (
+            {"workers": [pool(settings={"engine_start_timeout_s": 60})]},
+            ["invalid propertyName 'engine_start_timeout_s'"],
+        ),
+        ({"workers": [pool(engineStopGraceSeconds=-1)]}, ["at '/workers/0/engineStopGraceSeconds': minimum"]),
+        ({"workerEngineImages": {"tensorrt": "bailu/worker-trt"}}, ["additional properties 'tensorrt'"]),
+        ({"workerEngineImages": {"vllm": ""}}, ["at '/workerEngineImages/vllm'"]),
     ],
     ids=[
         "worker-without-engine",
@@ -212,6 +240,20 @@ def pool(**fields: Any) -> dict[str, Any]:
         "unknown-quantize",
         "extra-args-as-list",
         "absolute-registry-path",
+        "gpu-memory-above-1",
+        "gpu-memory-0",
+        "negative-tensor-parallel",
+        "fractional-tensor-parallel",
+        "negative-max-loras",
+        "zero-lora-rank",
+        "engine-port-out-of-range",
+        "engine-args-as-list",
+        "engine-host-in-settings",
+        "tensor-parallel-in-settings",
+        "start-timeout-in-settings",
+        "negative-stop-grace",
+        "unknown-engine-image",
+        "empty-engine-image",
     ],
 )
 def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, Any], messages: list[str]) -> None:
@@ -280,6 +322,39 @@ def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, A
             {"collector": {"startTrainingRuns": True}, "trainer": {"enabled": False}},
             "collector.startTrainingRuns is true but there is no trainer CronJob to start runs from",
         ),
+        (
+            {"workers": [pool(name="v", engine="vllm", model={"name": "m", "source": "modelStore", "path": "m"})]},
+            "workers[v]: the vllm engine runs on GPUs: set gpus (1 or more)",
+        ),
+        (
+            {
+                "workers": [
+                    pool(
+                        engine="sglang",
+                        gpus=2,
+                        tensorParallelSize=4,
+                        model={"name": "m", "source": "modelStore", "path": "m"},
+                    )
+                ]
+            },
+            "workers[p]: tensorParallelSize 4 is more than the pool's gpus (2)",
+        ),
+        (
+            {"workerDefaults": {"settings": {"engine_port": 50051}}},
+            "workers[cpu]: settings.engine_port 50051 is the worker's gRPC port",
+        ),
+        (
+            {
+                "workers": [
+                    pool(
+                        engine="swift",
+                        settings={"engine_port": 9091},
+                        model={"name": "m", "source": "modelStore", "path": "m"},
+                    )
+                ]
+            },
+            "workers[p]: settings.engine_port 9091 is the worker's HTTP (probes and metrics) port",
+        ),
     ],
     ids=[
         "duplicate-pool",
@@ -297,6 +372,10 @@ def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, A
         "trainer-pool-without-model",
         "trainer-without-a-model",
         "runs-without-cronjob",
+        "gpu-engine-without-gpus",
+        "tensor-parallel-over-gpus",
+        "engine-port-is-grpc",
+        "engine-port-is-http",
     ],
 )
 def test_cross_checks_fail_with_a_message(helm: Helm, values: dict[str, Any], message: str) -> None:
@@ -320,10 +399,17 @@ def test_the_trainer_enums_are_the_settings_enums() -> None:
     assert DEFAULTS["trainer"]["adapterName"] == TrainerSettings.model_fields["adapter_name"].default
 
 
-def test_trainer_setting_bounds_are_the_settings_bounds() -> None:
-    """Where the schema bounds a trainer setting, a value just inside passes TrainerSettings and one just outside
-    fails it: the chart refuses at install what the trainer would refuse hours later, and nothing else."""
-    properties = SCHEMA["definitions"]["trainerSettings"]["properties"]
+@pytest.mark.parametrize(
+    ("definition", "settings", "fewest"),
+    [("trainerSettings", TrainerSettings, 15), ("workerSettings", WorkerSettings, 20)],
+    ids=["trainer", "worker"],
+)
+def test_setting_bounds_are_the_settings_bounds(
+    definition: str, settings: type[TrainerSettings | WorkerSettings], fewest: int
+) -> None:
+    """Where the schema bounds a setting, a value just inside passes the settings class and one just outside fails
+    it: the chart refuses at install what the service would refuse at start (or hours later), and nothing else."""
+    properties = SCHEMA["definitions"][definition]["properties"]
     checked = 0
     for field, rule in properties.items():
         for key, outside, inside in (
@@ -338,11 +424,26 @@ def test_trainer_setting_bounds_are_the_settings_bounds() -> None:
             step = 1 if rule.get("type") == "integer" else 0.01
             good = bound + inside * step if key.startswith("exclusive") else bound
             bad = bound + outside * step if not key.startswith("exclusive") else bound
-            TrainerSettings(**{field: good})  # accepted
+            settings(**{field: good})  # accepted
             with pytest.raises(pydantic.ValidationError):
-                TrainerSettings(**{field: bad})
+                settings(**{field: bad})
             checked += 1
-    assert checked >= 15
+    assert checked >= fewest
+
+
+def test_every_bounded_worker_setting_is_bounded_in_the_schema() -> None:
+    """Each WorkerSettings field the settings map accepts has the class's bounds and type in the schema, so a new
+    bounded field cannot be accepted unchecked."""
+    properties = SCHEMA["definitions"]["workerSettings"]["properties"]
+    accepted = SCHEMA["definitions"]["workerSettings"]["propertyNames"]["enum"]
+    names = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+    for field in accepted:
+        info = WorkerSettings.model_fields[field]
+        bounds = {names[k]: getattr(m, k) for m in info.metadata for k in names if hasattr(m, k)}
+        types = {int: "integer", float: "number", bool: "boolean", str: "string"}
+        assert field in properties, f"{field} has no schema property"
+        assert properties[field]["type"] == types[info.annotation], field
+        assert {k: v for k, v in properties[field].items() if k in names.values()} == bounds, field
 
 
 def test_collector_without_datasets_or_redis_renders_when_disabled(helm: Helm) -> None:

@@ -22,7 +22,7 @@ from bailu.collector.trigger import TriggerPolicy
 from bailu.gateway.settings import GatewaySettings
 from bailu.trainer.settings import TrainerSettings
 from bailu.worker.settings import WorkerSettings
-from tests.chart.conftest import EXISTING_VALUES, FULL_VALUES, Render
+from tests.chart.conftest import ENGINE_VALUES, EXISTING_VALUES, FULL_VALUES, Render
 from tests.chart.helm import EXAMPLES, WORKLOADS, Manifest, containers, pod_labels
 
 Settings = tuple[str, type[BaseSettings]]
@@ -46,6 +46,7 @@ RENDERINGS: list[tuple[str, tuple[Path, ...], dict[str, Any] | None]] = [
     *((path.name, (path,), None) for path in EXAMPLES),
     ("full", (), FULL_VALUES),
     ("existing", (), EXISTING_VALUES),
+    ("engines", (), ENGINE_VALUES),
 ]
 
 
@@ -138,7 +139,11 @@ def test_bailu_variables_are_settings_fields(
             {"gateway": {"extraEnv": [{"name": "BAILU_WORKER_PORT", "value": "1"}]}},
             "BAILU_WORKER_PORT is not a field of GatewaySettings",
         ),
-        ({"workerDefaults": {"settings": {"max_queue": "lots"}}}, "WorkerSettings refuses the chart's values"),
+        # (The schema refuses a bad value in workerDefaults.settings; extraEnv bypasses it.)
+        (
+            {"workerDefaults": {"extraEnv": [{"name": "BAILU_WORKER_MAX_QUEUE", "value": "lots"}]}},
+            "WorkerSettings refuses the chart's values",
+        ),
         (
             {"collector": {"extraEnv": [{"name": "BAILU_COLLECTOR_WORKERS", "value": "x"}]}},
             "BAILU_COLLECTOR_WORKERS is not a field of CollectorSettings",

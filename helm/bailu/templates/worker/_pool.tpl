@@ -23,6 +23,42 @@ entry's false and 0 (e.g. replicas: 0).
 {{- $_ := set $.out $key (deepCopy $value) -}}
 {{- end -}}
 {{- end -}}
+{{- /* A pool without an image of its own whose engine has an image (workerEngineImages) runs that
+repository, with workerDefaults.image's tag and pull policy. */ -}}
+{{- $engineImages := .root.Values.workerEngineImages | default dict -}}
+{{- $engine := .pool.engine | default "" -}}
+{{- if and (not (hasKey .pool "image")) (hasKey $engineImages $engine) -}}
+{{- $image := deepCopy $defaults.image -}}
+{{- $_ := set $image "repository" (get $engineImages $engine) -}}
+{{- $_ := set $.out "image" $image -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Engines the worker runs as a child process (the engine's own OpenAI-compatible server on localhost):
+they get the engine-server settings (BAILU_WORKER_ENGINE_*, TENSOR_PARALLEL_SIZE). Of those, the GPU
+engines run in an image of their own (the engine's official image plus the worker, whose ENTRYPOINT
+starts the worker) and need GPUs; swift runs in the worker image, on CPU or GPU.
+*/}}
+{{- define "bailu.worker.engineServers" -}}vllm sglang lmdeploy swift{{- end -}}
+{{- define "bailu.worker.gpuEngines" -}}vllm sglang lmdeploy{{- end -}}
+
+{{/*
+Seconds the pool's startup probe lets a pod start (initialDelaySeconds + periodSeconds ×
+failureThreshold, with Kubernetes' defaults for what is not given): (dict "probe" $pool.startupProbe).
+*/}}
+{{- define "bailu.worker.startupBudget" -}}
+{{- $p := .probe | default dict -}}
+{{- add (int ($p.initialDelaySeconds | default 0)) (mul (int ($p.periodSeconds | default 10)) (int ($p.failureThreshold | default 3))) -}}
+{{- end -}}
+
+{{/* GPUs one engine server shards the model over: tensorParallelSize, or (0) the pool's gpus, at least 1. */}}
+{{- define "bailu.worker.tensorParallelSize" -}}
+{{- $tp := int (.tensorParallelSize | default 0) -}}
+{{- if eq $tp 0 -}}
+{{- $tp = max 1 (int .gpus) -}}
+{{- end -}}
+{{- $tp -}}
 {{- end -}}
 
 {{/* Checks across pools and sections that the schema cannot express; fails with a message. */}}
@@ -40,6 +76,22 @@ entry's false and 0 (e.g. replicas: 0).
 {{- range $adapter, $path := .adapters | default dict -}}
 {{- if and (not (hasPrefix "/" $path)) (not $.Values.storage.modelStore.enabled) -}}
 {{- fail (printf "workers: adapter %q has a path relative to the model store, but storage.modelStore.enabled is false" $adapter) -}}
+{{- end -}}
+{{- end -}}
+{{- $pool := dict -}}
+{{- include "bailu.worker.pool" (dict "root" $ "pool" . "out" $pool) -}}
+{{- if has $pool.engine (splitList " " (include "bailu.worker.gpuEngines" $)) -}}
+{{- if lt (int $pool.gpus) 1 -}}
+{{- fail (printf "workers[%s]: the %s engine runs on GPUs: set gpus (1 or more)" $pool.name $pool.engine) -}}
+{{- end -}}
+{{- if gt (int ($pool.tensorParallelSize | default 0)) (int $pool.gpus) -}}
+{{- fail (printf "workers[%s]: tensorParallelSize %d is more than the pool's gpus (%d): the engine shards the model over the GPUs of its own pod" $pool.name (int $pool.tensorParallelSize) (int $pool.gpus)) -}}
+{{- end -}}
+{{- end -}}
+{{- $enginePort := int (dig "engine_port" 0 ($pool.settings | default dict)) -}}
+{{- range $what, $port := dict "gRPC" (include "bailu.worker.grpcPort" $) "HTTP (probes and metrics)" (include "bailu.worker.httpPort" $) -}}
+{{- if eq $enginePort (int $port) -}}
+{{- fail (printf "workers[%s]: settings.engine_port %d is the worker's %s port: the engine server needs a port of its own in the pod (or 0: a free one)" $pool.name $enginePort $what) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
