@@ -22,7 +22,7 @@ IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DOCKER ?= docker
 
 .PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e \
-        check lint lint-docker format typecheck docs proto proto-check bench images clean
+        check lint lint-docker format typecheck docs proto proto-check bench bench-loop images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -108,6 +108,9 @@ bench: $(STAMP) model ## Run the benchmarks (about 10 min); results go to bench/
 	$(PY) -m bench.gateway_overhead --itl-ms 20 --name gateway_overhead_itl20
 	$(PY) -m bench.transformers_engine
 	$(PY) -m bench.feedback_ingestion
+
+bench-loop: $(STAMP) model ## Does the loop learn? Train SmolLM2 on CPU on a synthetic style, before/after (~15 min)
+	$(PY) -m bench.learning_loop
 
 # Needs a Docker engine (none runs on the project's development machines: this target was not run there).
 images: ## Build the gateway, worker (no model), worker-cpu (SmolLM2 inside), worker-vllm/-sglang/-lmdeploy (engine servers) and trainer images with docker
