@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C stops the stack even when this process was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits that, and Python then leaves SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     url = f"http://127.0.0.1:{args.gateway_port}"
     try:
         redis = None if args.no_redis else redis_process(args.redis_port, state)
