@@ -45,6 +45,20 @@ def tiny_model() -> Path:
     return build_tiny_llama(TINY_MODEL_DIR)
 
 
+def make_lora_adapter(model_dir: Path, out_dir: Path, seed: int) -> Path:
+    """A real PEFT LoRA adapter for the model at `model_dir`, saved to `out_dir`, with random non-zero weights
+    (no training) drawn from `seed`, so that it visibly changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(out_dir)
+    return out_dir
+
+
 WorkerFactory = Callable[..., Awaitable[WorkerServer]]
 
 

@@ -4,114 +4,32 @@ plus the dataset version."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.integration.test_trigger_runners import CRONJOB, CRONJOB_UID, FORBIDDEN
+from tests.integration.test_trigger_runners import CRONJOB, CRONJOB_UID, FORBIDDEN, expected_job_spec
+from tests.kube_api import KubeApiServer
 
 TOKEN = "kubeconfig-token-1234"
-CRONJOB_PATH = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/cronjobs/([^/?]+)")
-JOBS_PATH = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs(\?.*)?$")
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]  # names in lower case
-    body: Any
-
-
-class ApiServer:
-    """Answers GET cronjob (for the CronJobs in `cronjobs`, by namespace and name) and POST jobs (echoed back as
-    created, or `post_error`), and records every request."""
-
-    def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.cronjobs: dict[tuple[str, str], dict[str, Any]] = {}
-        self.post_error: tuple[int, dict[str, Any]] | None = None
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _record(self) -> Recorded:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                recorded = Recorded(self.command, self.path, headers, json.loads(raw) if raw else None)
-                server.requests.append(recorded)
-                return recorded
-
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _not_found(self, what: str) -> None:
-                body = {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": what}
-                self._answer(404, body)
-
-            def do_GET(self) -> None:
-                request = self._record()
-                match = CRONJOB_PATH.match(request.path)
-                found = server.cronjobs.get((match.group(1), match.group(2))) if match else None
-                if found is None:
-                    self._not_found(f'cronjobs.batch "{match.group(2) if match else "?"}" not found')
-                else:
-                    self._answer(200, found)
-
-            def do_POST(self) -> None:
-                request = self._record()
-                if not JOBS_PATH.match(request.path):
-                    self._not_found("no such resource")
-                elif server.post_error is not None:
-                    self._answer(*server.post_error)
-                else:
-                    created = copy.deepcopy(request.body)
-                    created["metadata"].update(uid="0b5d1e2c-0000-4000-8000-000000000001", resourceVersion="48300")
-                    self._answer(201, created)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-
-    def add_cronjob(self, namespace: str, name: str) -> dict[str, Any]:
-        cronjob = copy.deepcopy(CRONJOB)
-        cronjob["metadata"].update(name=name, namespace=namespace)
-        self.cronjobs[(namespace, name)] = cronjob
-        return cronjob
 
 
 @pytest.fixture
-def api_server() -> Iterator[ApiServer]:
-    server = ApiServer()
-    server.thread.start()
-    server.add_cronjob("bailu", "bailu-trainer")
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+def api_server() -> Iterator[KubeApiServer]:
+    with KubeApiServer() as server:
+        server.add_cronjob(CRONJOB, "bailu", "bailu-trainer")
+        yield server
 
 
 @pytest.fixture
-def kubeconfig(tmp_path: Path, api_server: ApiServer) -> Path:
+def kubeconfig(tmp_path: Path, api_server: KubeApiServer) -> Path:
     """Two contexts on the same server: `prod` (current, namespace bailu) and `staging` (no namespace)."""
     path = tmp_path / "kubeconfig"
     path.write_text(
@@ -145,17 +63,8 @@ def retrain(kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def template_spec(version: str) -> dict[str, Any]:
-    """The CronJob's job template spec with BAILU_TRAINER_DATASET_VERSION set in every container."""
-    spec = copy.deepcopy(CRONJOB["spec"]["jobTemplate"]["spec"])
-    pod = spec["template"]["spec"]
-    for container in [*pod["containers"], *pod["initContainers"]]:
-        container.setdefault("env", []).append({"name": "BAILU_TRAINER_DATASET_VERSION", "value": version})
-    return spec
-
-
 def test_retrain_creates_the_job_kubectl_would_with_the_dataset_version(
-    kubeconfig: Path, api_server: ApiServer
+    kubeconfig: Path, api_server: KubeApiServer
 ) -> None:
     done = retrain(kubeconfig, "--dataset-version", "v000042", "--json")
     assert done.returncode == 0, done.stderr
@@ -185,7 +94,7 @@ def test_retrain_creates_the_job_kubectl_would_with_the_dataset_version(
         "app.kubernetes.io/managed-by": "bailu-cli",
         "bailu.dev/dataset-version": "v000042",
     }
-    assert job["spec"] == template_spec("v000042")
+    assert job["spec"] == expected_job_spec("v000042")
 
     assert out["job"] == meta["name"]
     assert (out["namespace"], out["context"], out["cronjob"]) == ("bailu", "prod", "bailu-trainer")
@@ -196,7 +105,7 @@ def test_retrain_creates_the_job_kubectl_would_with_the_dataset_version(
     }
 
 
-def test_without_a_version_the_job_trains_on_the_newest(kubeconfig: Path, api_server: ApiServer) -> None:
+def test_without_a_version_the_job_trains_on_the_newest(kubeconfig: Path, api_server: KubeApiServer) -> None:
     """No --dataset-version: the variable is "" (the trainer's newest sealed version, resolved when it runs) even
     where the template pins one, and nothing claims a version in the Job's labels or annotations."""
     pinned = api_server.cronjobs[("bailu", "bailu-trainer")]
@@ -222,9 +131,9 @@ def test_without_a_version_the_job_trains_on_the_newest(kubeconfig: Path, api_se
     assert f"kubectl -n bailu get job {name} -w" in done.stdout
 
 
-def test_context_namespace_release_and_cronjob(kubeconfig: Path, api_server: ApiServer) -> None:
-    api_server.add_cronjob("default", "writing-bailu-trainer")
-    api_server.add_cronjob("ml", "nightly")
+def test_context_namespace_release_and_cronjob(kubeconfig: Path, api_server: KubeApiServer) -> None:
+    api_server.add_cronjob(CRONJOB, "default", "writing-bailu-trainer")
+    api_server.add_cronjob(CRONJOB, "ml", "nightly")
     # A context without a namespace means "default", as for kubectl; the release names the chart's CronJob.
     done = retrain(kubeconfig, "--context", "staging", "--release", "writing", "--json")
     assert done.returncode == 0, done.stderr
@@ -246,7 +155,7 @@ def test_context_namespace_release_and_cronjob(kubeconfig: Path, api_server: Api
     ],
     ids=["unknown-cronjob", "unknown-context"],
 )
-def test_errors_are_one_line(kubeconfig: Path, api_server: ApiServer, args: list[str], message: str) -> None:
+def test_errors_are_one_line(kubeconfig: Path, api_server: KubeApiServer, args: list[str], message: str) -> None:
     done = retrain(kubeconfig, *args)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
@@ -254,7 +163,7 @@ def test_errors_are_one_line(kubeconfig: Path, api_server: ApiServer, args: list
     assert not [r for r in api_server.requests if r.method == "POST"]
 
 
-def test_a_forbidden_create_says_which_permission_lacks(kubeconfig: Path, api_server: ApiServer) -> None:
+def test_a_forbidden_create_says_which_permission_lacks(kubeconfig: Path, api_server: KubeApiServer) -> None:
     api_server.post_error = (403, FORBIDDEN)
     done = retrain(kubeconfig)
     assert done.returncode == 1

@@ -22,7 +22,7 @@ from bailu.common.errors import BailuError, ModelNotFound, RequestTooLarge, Unav
 from bailu.common.types import ChatMessage, FinishReason, GenerateChunk, GenerateRequest, SamplingParams
 from bailu.worker.engines.http import HttpEngine
 from bailu.worker.settings import WorkerSettings
-from tests.conftest import MODEL
+from tests.conftest import MODEL, make_lora_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -50,16 +50,7 @@ def text_of(chunks: list[GenerateChunk]) -> str:
 @pytest.fixture(scope="module")
 def adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real PEFT LoRA adapter for the tiny model, with random (non-zero) weights so that it shows."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
-    out = tmp_path_factory.mktemp("adapters") / "poet"
-    get_peft_model(base, config).save_pretrained(out)
-    return out
+    return make_lora_adapter(tiny_model, tmp_path_factory.mktemp("adapters") / "poet", seed=1)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -6,32 +6,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 import pytest
 
 from bailu.registry import Registry
 from bailu.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import MODEL
+from tests.conftest import MODEL, make_lora_adapter
 from tests.integration.test_transformers_engine import greedy
 
 pytestmark = pytest.mark.slow
 
 NAME = "bailu-poet"
-
-
-def make_adapter(tiny_model: Path, out: Path, seed: int) -> Path:
-    """A LoRA adapter with random non-zero weights (no training), so that it visibly changes the output."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(out)
-    return out
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -65,7 +51,7 @@ async def test_published_adapters_are_hot_loaded_by_the_real_engine(start_worker
         base = await text(stub)
 
         # Built in a thread: the worker shares this event loop and keeps serving meanwhile.
-        one = await asyncio.to_thread(make_adapter, tiny_model, tmp_path / "one", 1)
+        one = await asyncio.to_thread(make_lora_adapter, tiny_model, tmp_path / "one", 1)
         v1 = registry.publish("adapter", NAME, one, base_model=MODEL).version
         registry.set_alias("adapter", NAME, "production", v1)
         await eventually(lambda: f"{NAME}@{v1}" in server.engine.adapters)
@@ -73,7 +59,7 @@ async def test_published_adapters_are_hot_loaded_by_the_real_engine(start_worker
         assert first != base
         assert await text(stub) == base  # the base model is unaffected
 
-        two = await asyncio.to_thread(make_adapter, tiny_model, tmp_path / "two", 2)
+        two = await asyncio.to_thread(make_lora_adapter, tiny_model, tmp_path / "two", 2)
         v2 = registry.publish("adapter", NAME, two, base_model=MODEL).version
         registry.set_alias("adapter", NAME, "production", v2)
         await eventually(lambda: f"{NAME}@{v2}" in server.engine.adapters)

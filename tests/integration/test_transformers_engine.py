@@ -15,7 +15,7 @@ from bailu.common.grpc_errors import from_status
 from bailu.common.types import ChatMessage, GenerateRequest, SamplingParams
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import MODEL
+from tests.conftest import MODEL, make_lora_adapter
 from tests.integration.test_worker_grpc import wait_for
 
 pytestmark = pytest.mark.slow
@@ -36,17 +36,7 @@ def greedy(text: str, max_tokens: int, **kwargs: object) -> pb.GenerateRequest:
 @pytest.fixture(scope="module")
 def lora_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter with random (non-zero) weights, so that it visibly changes the output."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
-    model = get_peft_model(base, config)
-    out = tmp_path_factory.mktemp("adapters") / "poet"
-    model.save_pretrained(out)
-    return out
+    return make_lora_adapter(tiny_model, tmp_path_factory.mktemp("adapters") / "poet", seed=1)
 
 
 async def test_generation_streams_and_adapters_apply(start_worker, tiny_model, lora_adapter) -> None:

@@ -3,25 +3,23 @@
 - `Trigger.check` runs against a real redis-server (the `redis_server` fixture) with a fake clock and a
   recording runner written here: the runner is the seam between deciding and starting.
 - `LocalRunner` really starts a process.
-- `KubernetesRunner` uses the real `kubernetes` Python client, talking HTTP to a small API server written
-  here that serves a CronJob and records the Job the client creates. No live cluster was used: what is
-  checked is the request the official client sends (method, path, body), not how a cluster answers it.
+- `KubernetesRunner` uses the real `kubernetes` Python client, talking HTTP to a small API server
+  (`tests.kube_api`) that serves the CronJob below and records the Job the client creates. No live cluster
+  was used: what is checked is the request the official client sends (method, path, body), not how a
+  cluster answers it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import re
 import shlex
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -36,6 +34,7 @@ from bailu.collector.trigger import TRIGGER_LOCK, Trigger, TriggerPolicy, parse_
 from bailu.common import redis_keys
 from bailu.common.metrics import TRIGGER_RUNS
 from tests.conftest import RedisServer
+from tests.kube_api import KubeApiServer
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -474,84 +473,20 @@ FORBIDDEN: dict[str, Any] = {
 }
 
 
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-class FakeApiServer:
-    """Serves the CronJob and records every request; `post_status` makes POST /jobs answer with an error."""
-
-    def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.post_status = 201
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _record(self) -> Recorded:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                recorded = Recorded(
-                    self.command, self.path, dict(self.headers.items()), json.loads(raw) if raw else None
-                )
-                server.requests.append(recorded)
-                return recorded
-
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                request = self._record()
-                if request.path == CRONJOB_PATH:
-                    self._answer(200, CRONJOB)
-                else:
-                    self._answer(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404})
-
-            def do_POST(self) -> None:
-                request = self._record()
-                if request.path != JOBS_PATH:
-                    self._answer(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404})
-                elif server.post_status != 201:
-                    self._answer(server.post_status, FORBIDDEN)
-                else:
-                    created = copy.deepcopy(request.body)
-                    created["metadata"].update(uid="0b5d1e2c-0000-4000-8000-000000000001", resourceVersion="48300")
-                    self._answer(201, created)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.clients: list[client.ApiClient] = []
-
-    def api(self) -> client.BatchV1Api:
-        """The official client's BatchV1Api, configured to talk to this server."""
-        configuration = client.Configuration(host=f"http://127.0.0.1:{self.port}")
-        self.clients.append(client.ApiClient(configuration))
-        return client.BatchV1Api(self.clients[-1])
+@pytest.fixture
+def api_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[KubeApiServer]:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with KubeApiServer() as server:
+        server.add_cronjob(CRONJOB, NAMESPACE, CRONJOB_NAME)
+        yield server
 
 
 @pytest.fixture
-def api_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApiServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    server = FakeApiServer()
-    server.thread.start()
-    yield server
-    for api_client in server.clients:
-        api_client.close()
-    server.httpd.shutdown()
-    server.httpd.server_close()
+def batch_api(api_server: KubeApiServer) -> Iterator[client.BatchV1Api]:
+    """The official client's BatchV1Api, configured to talk to the API server."""
+    with client.ApiClient(client.Configuration(host=api_server.url)) as api_client:
+        yield client.BatchV1Api(api_client)
 
 
 STARTED_AT = datetime(2025, 6, 2, 10, 15, 30, tzinfo=UTC)
@@ -566,15 +501,17 @@ def expected_job_spec(version: str) -> dict[str, Any]:
     return spec
 
 
-async def test_kubernetes_runner_creates_the_job_kubectl_would(api_server: FakeApiServer, tmp_path: Path) -> None:
-    runner = KubernetesRunner(NAMESPACE, CRONJOB_NAME, api_server.api(), clock=lambda: STARTED_AT)
+async def test_kubernetes_runner_creates_the_job_kubectl_would(
+    api_server: KubeApiServer, batch_api: client.BatchV1Api, tmp_path: Path
+) -> None:
+    runner = KubernetesRunner(NAMESPACE, CRONJOB_NAME, batch_api, clock=lambda: STARTED_AT)
 
     name = await runner.start("v000042", tmp_path)
 
     assert name == "bailu-trainer-v000042-20250602101530"
     assert [(r.method, r.path) for r in api_server.requests] == [("GET", CRONJOB_PATH), ("POST", JOBS_PATH)]
     post = api_server.requests[1]
-    assert post.headers["Content-Type"] == "application/json"
+    assert post.headers["content-type"] == "application/json"
     job = post.body
     assert job["apiVersion"] == "batch/v1"
     assert job["kind"] == "Job"
@@ -603,13 +540,12 @@ async def test_kubernetes_runner_creates_the_job_kubectl_would(api_server: FakeA
 
 
 async def test_kubernetes_runner_replaces_a_declared_dataset_version_in_place(
-    api_server: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    api_server: KubeApiServer, batch_api: client.BatchV1Api, tmp_path: Path
 ) -> None:
-    template = copy.deepcopy(CRONJOB)
+    template = api_server.cronjobs[(NAMESPACE, CRONJOB_NAME)]
     trainer = template["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     trainer["env"].insert(0, {"name": "BAILU_TRAINER_DATASET_VERSION", "value": "latest"})
-    monkeypatch.setitem(CRONJOB, "spec", template["spec"])
-    runner = KubernetesRunner(NAMESPACE, CRONJOB_NAME, api_server.api(), clock=lambda: STARTED_AT)
+    runner = KubernetesRunner(NAMESPACE, CRONJOB_NAME, batch_api, clock=lambda: STARTED_AT)
 
     await runner.start("v000043", tmp_path)
 
@@ -622,9 +558,11 @@ async def test_kubernetes_runner_replaces_a_declared_dataset_version_in_place(
     assert env[0] == {"name": "BAILU_TRAINER_DATASET_VERSION", "value": "v000043"}
 
 
-async def test_kubernetes_api_errors_become_runner_errors(api_server: FakeApiServer, tmp_path: Path) -> None:
-    api_server.post_status = 403
-    runner = KubernetesRunner(NAMESPACE, CRONJOB_NAME, api_server.api(), clock=lambda: STARTED_AT)
+async def test_kubernetes_api_errors_become_runner_errors(
+    api_server: KubeApiServer, batch_api: client.BatchV1Api, tmp_path: Path
+) -> None:
+    api_server.post_error = (403, FORBIDDEN)
+    runner = KubernetesRunner(NAMESPACE, CRONJOB_NAME, batch_api, clock=lambda: STARTED_AT)
 
     with pytest.raises(RunnerError) as caught:
         await runner.start("v000042", tmp_path)
@@ -636,8 +574,10 @@ async def test_kubernetes_api_errors_become_runner_errors(api_server: FakeApiSer
     assert [r.method for r in api_server.requests] == ["GET", "POST"]
 
 
-async def test_a_missing_cronjob_is_a_runner_error(api_server: FakeApiServer, tmp_path: Path) -> None:
-    runner = KubernetesRunner(NAMESPACE, "no-such-cronjob", api_server.api())
+async def test_a_missing_cronjob_is_a_runner_error(
+    api_server: KubeApiServer, batch_api: client.BatchV1Api, tmp_path: Path
+) -> None:
+    runner = KubernetesRunner(NAMESPACE, "no-such-cronjob", batch_api)
     with pytest.raises(RunnerError, match="read CronJob bailu/no-such-cronjob failed: 404") as caught:
         await runner.start("v000042", tmp_path)
     assert caught.value.status == 404

@@ -128,8 +128,8 @@ def rlhf_args(
     return [*args, *settings.extra_rlhf_args]
 
 
-def merge_args(settings: TrainerSettings, model_dir: Path, adapter_dir: Path, output_dir: Path) -> list[str]:
-    """`swift export --merge_lora true`: base weights with the adapter folded in."""
+def _merge_lora(settings: TrainerSettings, model_dir: Path, adapter_dir: Path) -> list[str]:
+    """The `swift export` arguments that fold the adapter into the base weights."""
     return [
         "--model", str(model_dir),
         "--model_type", settings.model_type,
@@ -137,8 +137,12 @@ def merge_args(settings: TrainerSettings, model_dir: Path, adapter_dir: Path, ou
         "--use_hf", "true",
         "--adapters", str(adapter_dir),
         "--merge_lora", "true",
-        "--output_dir", str(output_dir),
     ]  # fmt: skip
+
+
+def merge_args(settings: TrainerSettings, model_dir: Path, adapter_dir: Path, output_dir: Path) -> list[str]:
+    """`swift export --merge_lora true`: base weights with the adapter folded in."""
+    return [*_merge_lora(settings, model_dir, adapter_dir), "--output_dir", str(output_dir)]
 
 
 def quantize_args(
@@ -149,12 +153,7 @@ def quantize_args(
     if settings.quantize == QuantMethod.NONE:
         raise ValueError("quantize is none")
     return [
-        "--model", str(model_dir),
-        "--model_type", settings.model_type,
-        "--template", settings.template,
-        "--use_hf", "true",
-        "--adapters", str(adapter_dir),
-        "--merge_lora", "true",
+        *_merge_lora(settings, model_dir, adapter_dir),
         "--quant_method", settings.quantize.value,
         "--quant_bits", str(QUANT_BITS),
         "--dataset", str(calibration),

@@ -4,7 +4,7 @@ the registry view are set by hand (no worker or Redis is contacted)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -43,14 +43,6 @@ class Draws:
 
     def __call__(self) -> float:
         return self.value
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[WorkerPool]:
-    pool = WorkerPool([])
-    yield pool
-    for worker in pool.workers.values():
-        await worker.close()
 
 
 AddWorker = Callable[..., WorkerClient]

@@ -3,7 +3,7 @@ What model names mean is tested in test_models.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -22,14 +22,6 @@ AddWorker = Callable[..., WorkerClient]
 
 def load(running: int = 0, queued: int = 0, capacity: int = 4, ready: bool = True) -> LoadReport:
     return LoadReport(queued=queued, running=running, capacity=capacity, max_queue=8, ready=ready)
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[WorkerPool]:
-    pool = WorkerPool([])
-    yield pool
-    for worker in pool.workers.values():
-        await worker.close()
 
 
 @pytest.fixture

@@ -185,6 +185,17 @@ def _swift_args(c: LaunchConfig) -> list[str]:
     return args
 
 
+# An engine server that loads and unloads LoRA adapters at run time over HTTP, batches requests for different
+# adapters together, exports its own metrics and takes raw prompts verbatim (vLLM, SGLang).
+RUNTIME_LORA_SERVER = EngineCapabilities(
+    adapters=True,
+    runtime_adapter_loading=True,
+    adapter_load_restarts_engine=False,
+    mixed_adapter_batches=True,
+    native_metrics=True,
+    raw_completions=True,
+)
+
 VLLM = Dialect(
     kind="vllm",
     command=("vllm", "serve"),
@@ -194,14 +205,7 @@ VLLM = Dialect(
     adapter_selection=AdapterSelection.MODEL_IS_ADAPTER,
     load_adapter_path="/v1/load_lora_adapter",
     unload_adapter_path="/v1/unload_lora_adapter",
-    capabilities=EngineCapabilities(
-        adapters=True,
-        runtime_adapter_loading=True,
-        adapter_load_restarts_engine=False,
-        mixed_adapter_batches=True,
-        native_metrics=True,
-        raw_completions=True,
-    ),
+    capabilities=RUNTIME_LORA_SERVER,
     metric_names=MetricNames(
         queued=("vllm:num_requests_waiting",),
         running=("vllm:num_requests_running",),
@@ -222,14 +226,7 @@ SGLANG = Dialect(
     adapter_selection=AdapterSelection.MODEL_COLON_ADAPTER,
     load_adapter_path="/load_lora_adapter",
     unload_adapter_path="/unload_lora_adapter",
-    capabilities=EngineCapabilities(
-        adapters=True,
-        runtime_adapter_loading=True,
-        adapter_load_restarts_engine=False,
-        mixed_adapter_batches=True,
-        native_metrics=True,
-        raw_completions=True,
-    ),
+    capabilities=RUNTIME_LORA_SERVER,
     metric_names=MetricNames(
         queued=("sglang:num_queue_reqs",),
         running=("sglang:num_running_reqs",),
