@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from redis.asyncio import Redis
 
 from bailu.gateway.app import create_app
 from bailu.gateway.auth import KeyStore, hash_key
@@ -259,3 +260,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """An async client of the test's redis-server."""
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()

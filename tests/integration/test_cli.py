@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +86,6 @@ def build_registry(tmp_path: Path) -> Registry:
 @pytest.fixture
 def registry(tmp_path: Path) -> Registry:
     return build_registry(tmp_path)
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def dead_redis_url() -> str:

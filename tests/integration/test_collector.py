@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
@@ -88,13 +87,6 @@ async def put_event(redis: Redis, kind: str, **fields: Any) -> str:
 async def drain(collector: Collector) -> None:
     while messages := await collector.read():
         await collector.process(messages)
-
-
-@pytest.fixture
-async def redis(redis_server):
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def new_collector(redis: Redis, redis_url: str, path: Path, **overrides: Any) -> Collector:

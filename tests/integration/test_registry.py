@@ -3,22 +3,12 @@ files, and every change appends an event in order."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from redis.asyncio import Redis
 
 from bailu.common import redis_keys
 from bailu.registry import ModelRegistry, Registry, RegistryEvent, RegistryIndex
-from tests.conftest import RedisServer
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
 
 
 def source(tmp_path: Path, weights: str) -> Path:

@@ -72,13 +72,6 @@ class Rollout:
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def rollout(tmp_path: Path, redis: Redis) -> Rollout:
     root = tmp_path / "registry"
     return Rollout(root, tmp_path / "sources", ModelRegistry(Registry(root), RegistryIndex(redis)))

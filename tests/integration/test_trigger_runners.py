@@ -17,7 +17,7 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -98,13 +98,6 @@ def make_policy() -> TriggerPolicy:
 class Replica:
     trigger: Trigger
     registry: CollectorRegistry
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    connection = Redis.from_url(redis_server.url)
-    yield connection
-    await connection.aclose()
 
 
 @pytest.fixture

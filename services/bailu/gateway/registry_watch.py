@@ -10,7 +10,6 @@ keep being routed by the aliases the gateway last knew.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 from bailu.common import redis_keys
 from bailu.common.metrics import GatewayMetrics
+from bailu.common.tasks import cancel_and_wait
 from bailu.gateway.models import ModelResolver, RegisteredAdapter
 from bailu.registry.index import RegistryIndex
 
@@ -60,11 +60,7 @@ class RegistryWatcher:
         self._tasks = [asyncio.create_task(self._poll_loop()), asyncio.create_task(self._event_loop())]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     async def refresh(self, trigger: str) -> bool:

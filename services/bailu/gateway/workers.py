@@ -6,7 +6,6 @@ Protobuf stops here: `WorkerClient` speaks gRPC and hands out domain types.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import socket
@@ -17,6 +16,7 @@ import grpc
 from bailu.common import wire
 from bailu.common.errors import Unavailable
 from bailu.common.grpc_errors import from_status
+from bailu.common.tasks import cancel_and_wait
 from bailu.common.types import EngineCapabilities, GenerateChunk, GenerateRequest, LoadReport, ModelCard
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
@@ -126,11 +126,7 @@ class WorkerPool:
             self._tasks.append(asyncio.create_task(self._discovery_loop()))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         await asyncio.gather(*(w.close() for w in self.workers.values()))
         self.workers.clear()
 

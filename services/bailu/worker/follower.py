@@ -20,7 +20,6 @@ hand are left alone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -29,6 +28,7 @@ from typing import Any
 from bailu.common import redis_keys
 from bailu.common.errors import BailuError, ModelNotFound
 from bailu.common.metrics import WorkerMetrics
+from bailu.common.tasks import cancel_and_wait
 from bailu.registry.serving import wanted_adapters
 from bailu.registry.store import Registry
 from bailu.worker.engines.base import Engine
@@ -91,12 +91,7 @@ class RegistryFollower:
             self._tasks.append(asyncio.create_task(self._event_loop()))
 
     async def close(self) -> None:
-        tasks = [*self._tasks, *self._retiring.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([*self._tasks, *self._retiring.values()])
         self._tasks.clear()
         self._retiring.clear()
 
