@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -178,6 +178,9 @@ class Service:
         }
 
 
+ServiceT = TypeVar("ServiceT", bound=Service)
+
+
 class ServiceGroup:
     """Services started in order and stopped in reverse, also on errors (use it as a context manager)."""
 
@@ -201,9 +204,18 @@ class ServiceGroup:
     ) -> Service:
         """Start `python -m module` with the environment and readiness URL `make_env()` returns
         (called again on each attempt so that fresh free ports are chosen if one was taken meanwhile)."""
-        for attempt in range(1, attempts + 1):
+
+        def make() -> Service:
             env, ready_url = make_env()
-            service = Service(name, [sys.executable, "-m", module], env, RESULTS_DIR / f"{name}.log", ready_url)
+            return Service(name, [sys.executable, "-m", module], env, RESULTS_DIR / f"{name}.log", ready_url)
+
+        return self.launch(make, ready_timeout=ready_timeout, attempts=attempts)
+
+    def launch(self, make: Callable[[], ServiceT], *, ready_timeout: float, attempts: int = 3) -> ServiceT:
+        """Start the service `make()` builds and wait until it is ready; if it exits during its start,
+        build and start another one (`make` chooses fresh free ports), at most `attempts` times."""
+        for attempt in range(1, attempts + 1):
+            service = make()
             service.start()
             try:
                 service.wait_ready(ready_timeout)
@@ -211,7 +223,7 @@ class ServiceGroup:
                 service.stop()
                 if attempt == attempts:
                     raise
-                print(f"  {name} exited during start (attempt {attempt}); retrying on other ports", flush=True)
+                print(f"  {service.name} exited during start (attempt {attempt}); retrying on other ports", flush=True)
                 continue
             except BaseException:
                 service.stop()
@@ -377,6 +389,13 @@ class StreamResult:
     max_gap_s: float = 0.0  # longest wait between two consecutive token-carrying messages
     started_at: float = 0.0  # time.perf_counter() at the start
     first_tokens: int = 0  # tokens carried by the first token-carrying message
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """(tokens - 1) / (total - ttft): the pace after the first token (None if there is none)."""
+        if self.ttft_s is None or self.tokens <= 1 or self.total_s <= self.ttft_s:
+            return None
+        return (self.tokens - 1) / (self.total_s - self.ttft_s)
 
 
 @dataclass

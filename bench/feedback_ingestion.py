@@ -161,26 +161,15 @@ def start_redis(group: ServiceGroup, data_dir: Path, attempts: int = 3) -> tuple
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server not found: install it (make system-deps)")
-    for attempt in range(1, attempts + 1):
+    port = 0
+
+    def make() -> RedisServer:
+        nonlocal port
         port = free_port()
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), *REDIS_CONFIG]
-        server = RedisServer(
-            f"{NAME}-redis", argv, {}, RESULTS_DIR / f"{NAME}-redis.log", f"redis://127.0.0.1:{port}/0"
-        )
-        server.start()
-        try:
-            server.wait_ready(20)
-        except RuntimeError:
-            server.stop()
-            if attempt == attempts:
-                raise
-            continue
-        except BaseException:
-            server.stop()
-            raise
-        group.services.append(server)
-        return server, port
-    raise AssertionError("unreachable")
+        return RedisServer(f"{NAME}-redis", argv, {}, RESULTS_DIR / f"{NAME}-redis.log", f"redis://127.0.0.1:{port}/0")
+
+    return group.launch(make, ready_timeout=20, attempts=attempts), port
 
 
 # ---------------------------------------------------------------------------------------------

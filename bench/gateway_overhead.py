@@ -129,11 +129,7 @@ def summarize(blocks: list[BlockResult], cpu: dict[str, float | None], concurren
     tokens = sum(r.tokens for r in results)
     wall = sum(b.wall_s for b in blocks)
     per_stream = [r.tokens / r.total_s for r in ok if r.total_s > 0]
-    decode = [
-        (r.tokens - 1) / (r.total_s - r.ttft_s)
-        for r in ok
-        if r.ttft_s is not None and r.tokens > 1 and r.total_s > r.ttft_s
-    ]
+    decode = [d for r in ok if (d := r.decode_tokens_per_s) is not None]
     short = sum(1 for r in ok if r.tokens != SIM_OUTPUT_TOKENS)
     return {
         "streams": len(results),

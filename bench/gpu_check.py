@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import importlib.util
 import json
-import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +34,7 @@ from bailu.common import wire
 from bailu.common.types import ChatMessage, GenerateRequest, SamplingParams
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
-from bench.common import RESULTS_DIR, free_port, http_status
+from bench.common import RESULTS_DIR, Service, free_port
 
 PROMPT = "Write a short poem about autumn light."
 
@@ -104,7 +101,6 @@ def summary(runs: list[dict[str, float]]) -> dict[str, float]:
 async def check_engine(engine: str, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     port, http_port = free_port(), free_port()
     env = {
-        **os.environ,
         "BAILU_WORKER_HOST": "127.0.0.1",
         "BAILU_WORKER_PORT": str(port),
         "BAILU_WORKER_HTTP_PORT": str(http_port),
@@ -114,20 +110,22 @@ async def check_engine(engine: str, args: argparse.Namespace, log_dir: Path) -> 
         "BAILU_WORKER_MAX_BATCH_SIZE": str(args.requests),
         "BAILU_WORKER_MAX_MODEL_LEN": str(args.max_model_len),
     }
-    log_path = log_dir / f"gpu_check-{engine}.log"
-    started = time.monotonic()
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen(  # noqa: ASYNC220 - started once, then polled without blocking
-            [sys.executable, "-m", "bailu.worker"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    result: dict[str, Any] = {"engine": engine, "log": str(log_path)}
+    worker = Service(
+        f"gpu_check-{engine}",
+        [sys.executable, "-m", "bailu.worker"],
+        env,
+        log_dir / f"gpu_check-{engine}.log",
+        f"http://127.0.0.1:{http_port}/readyz",
+    )
+    worker.start()
+    result: dict[str, Any] = {"engine": engine, "log": str(worker.log_path)}
     try:
-        while http_status(f"http://127.0.0.1:{http_port}/readyz") != 200:
-            if worker.poll() is not None or time.monotonic() - started > args.ready_timeout:
-                result["error"] = "the worker did not become ready; see its log"
-                return result
-            await asyncio.sleep(1)
-        result["ready_s"] = round(time.monotonic() - started, 1)
+        try:
+            worker.wait_ready(args.ready_timeout)
+        except (RuntimeError, TimeoutError):
+            result["error"] = "the worker did not become ready; see its log"
+            return result
+        result["ready_s"] = worker.ready_after_s
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.InferenceWorkerStub(channel)
             listed = await stub.ListModels(pb.ListModelsRequest())
@@ -149,11 +147,7 @@ async def check_engine(engine: str, args: argparse.Namespace, log_dir: Path) -> 
     except grpc.aio.AioRpcError as exc:
         result["error"] = f"{exc.code().name}: {exc.details()}"
     finally:
-        worker.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.wait(120)
-        if worker.poll() is None:
-            worker.kill()
+        worker.stop(timeout=120)
     return result
 
 

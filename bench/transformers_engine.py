@@ -158,11 +158,7 @@ async def measure_throughput(stub: pb_grpc.InferenceWorkerStub, meter: CpuMeter)
             )
         streams = [r for b in rounds for r in b.results if r.ok]
         per_stream = [r.tokens / r.total_s for r in streams if r.total_s > 0]
-        decode = [
-            (r.tokens - 1) / (r.total_s - r.ttft_s)
-            for r in streams
-            if r.ttft_s is not None and r.tokens > 1 and r.total_s > r.ttft_s
-        ]
+        decode = [d for r in streams if (d := r.decode_tokens_per_s) is not None]
         ttft = [r.ttft_s for r in streams if r.ttft_s is not None]
         summaries = [round_summary(b) for b in rounds]
         together = [

@@ -113,45 +113,37 @@ registry.path: the trainer writes it, the workers follow it. Its directory as mo
 {{- .Values.gateway.apiKeys.existingSecret | default (include "bailu.componentName" (dict "root" . "name" "api-keys")) -}}
 {{- end -}}
 
-{{/* ServiceAccount names. */}}
-{{- define "bailu.gateway.serviceAccountName" -}}
-{{- if .Values.gateway.serviceAccount.create -}}
-{{- .Values.gateway.serviceAccount.name | default (include "bailu.gateway.fullname" .) -}}
+{{/*
+A ServiceAccount's name: (dict "serviceAccount" $values "default" $objectName). Its own name, else the
+component's object name when the chart creates it, else "default".
+*/}}
+{{- define "bailu.serviceAccountName" -}}
+{{- if .serviceAccount.create -}}
+{{- .serviceAccount.name | default .default -}}
 {{- else -}}
-{{- .Values.gateway.serviceAccount.name | default "default" -}}
+{{- .serviceAccount.name | default "default" -}}
 {{- end -}}
+{{- end -}}
+
+{{/* ServiceAccount names of the components. */}}
+{{- define "bailu.gateway.serviceAccountName" -}}
+{{- include "bailu.serviceAccountName" (dict "serviceAccount" .Values.gateway.serviceAccount "default" (include "bailu.gateway.fullname" .)) -}}
 {{- end -}}
 
 {{- define "bailu.worker.serviceAccountName" -}}
-{{- if .Values.workerServiceAccount.create -}}
-{{- .Values.workerServiceAccount.name | default (include "bailu.worker.serviceName" .) -}}
-{{- else -}}
-{{- .Values.workerServiceAccount.name | default "default" -}}
-{{- end -}}
+{{- include "bailu.serviceAccountName" (dict "serviceAccount" .Values.workerServiceAccount "default" (include "bailu.worker.serviceName" .)) -}}
 {{- end -}}
 
 {{- define "bailu.collector.serviceAccountName" -}}
-{{- if .Values.collector.serviceAccount.create -}}
-{{- .Values.collector.serviceAccount.name | default (include "bailu.collector.fullname" .) -}}
-{{- else -}}
-{{- .Values.collector.serviceAccount.name | default "default" -}}
-{{- end -}}
+{{- include "bailu.serviceAccountName" (dict "serviceAccount" .Values.collector.serviceAccount "default" (include "bailu.collector.fullname" .)) -}}
 {{- end -}}
 
 {{- define "bailu.trainer.serviceAccountName" -}}
-{{- if .Values.trainer.serviceAccount.create -}}
-{{- .Values.trainer.serviceAccount.name | default (include "bailu.trainer.fullname" .) -}}
-{{- else -}}
-{{- .Values.trainer.serviceAccount.name | default "default" -}}
-{{- end -}}
+{{- include "bailu.serviceAccountName" (dict "serviceAccount" .Values.trainer.serviceAccount "default" (include "bailu.trainer.fullname" .)) -}}
 {{- end -}}
 
 {{- define "bailu.redis.serviceAccountName" -}}
-{{- if .Values.redis.serviceAccount.create -}}
-{{- .Values.redis.serviceAccount.name | default (include "bailu.redis.fullname" .) -}}
-{{- else -}}
-{{- .Values.redis.serviceAccount.name | default "default" -}}
-{{- end -}}
+{{- include "bailu.serviceAccountName" (dict "serviceAccount" .Values.redis.serviceAccount "default" (include "bailu.redis.fullname" .)) -}}
 {{- end -}}
 
 {{/*
@@ -276,6 +268,39 @@ metrics port, or nothing when scraping is off: (dict "root" $ "port" "http-metri
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end -}}
+
+{{/* A pod's nodeSelector, tolerations and affinity, each only when set: (the component's values). */}}
+{{- define "bailu.podPlacement" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+A container's resources with `gpus` GPUs of `gpuResourceName` added to its requests and limits (when
+gpus > 0), as YAML: (the values of a worker pool or of the trainer).
+*/}}
+{{- define "bailu.gpuResources" -}}
+{{- $resources := deepCopy (.resources | default dict) -}}
+{{- if gt (int .gpus) 0 -}}
+{{- $limits := get $resources "limits" | default dict -}}
+{{- $requests := get $resources "requests" | default dict -}}
+{{- $_ := set $limits .gpuResourceName (int .gpus) -}}
+{{- $_ := set $requests .gpuResourceName (int .gpus) -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- $_ := set $resources "requests" $requests -}}
+{{- end -}}
+{{- toYaml $resources -}}
 {{- end -}}
 
 {{/* topologySpreadConstraints with the component's selector filled in where a constraint has none: (dict "constraints" $list "selector" $labelsYaml). */}}
