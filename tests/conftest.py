@@ -32,6 +32,14 @@ OTHER_KEY = "bailu-other-test-key"
 MODEL = "test-model"
 
 
+@pytest.fixture
+def clean_bailu_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No BAILU_* variable of the developer's shell leaks into the test."""
+    for name in list(os.environ):
+        if name.startswith("BAILU_"):
+            monkeypatch.delenv(name)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

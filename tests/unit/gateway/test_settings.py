@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pydantic
@@ -10,13 +9,7 @@ import pytest
 
 from bailu.gateway.settings import GatewaySettings
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No BAILU_* variable of the developer's shell leaks into these tests."""
-    for name in list(os.environ):
-        if name.startswith("BAILU_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_bailu_env")
 
 
 def test_defaults() -> None:

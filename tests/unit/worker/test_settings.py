@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pydantic
@@ -11,12 +10,7 @@ from pydantic_settings import SettingsError
 
 from bailu.worker.settings import EngineKind, WorkerSettings
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BAILU_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_bailu_env")
 
 
 def test_defaults() -> None:
