@@ -11,8 +11,6 @@ replacing any version the template pins, and no dataset-version annotation is wr
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,34 +84,26 @@ def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
+    from bailu.collector.runners import api_message
+
     try:
         return func(*args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
     except ApiException as exc:
-        detail = ""
-        with contextlib.suppress(ValueError, AttributeError):  # not a Status body
-            detail = str(json.loads(exc.body).get("message") or "") if exc.body else ""
+        detail = api_message(exc.body)
         raise CliError(f"{what} failed: {exc.status} {exc.reason}" + (f": {detail}" if detail else "")) from exc
     except HTTPError as exc:
         raise CliError(f"{what} failed: the Kubernetes API did not answer ({exc})") from exc
 
 
 def create_job(api: BatchV1Api, namespace: str, cronjob: str, dataset_version: str, now: datetime) -> str:
-    """Create the Job; returns its name."""
-    from bailu.collector.runners import DATASET_VERSION_LABEL, MANAGED_BY_LABEL, RunnerError, build_job
+    """Create the Job; returns its name. A CronJob without a job template is a `RunnerError` (a BailuError,
+    reported as one line by `main`)."""
+    from bailu.collector.runners import build_job
 
     what = f"reading cronjob/{cronjob} in namespace {namespace}"
     template = _call(what, api.read_namespaced_cron_job, cronjob, namespace)
-    try:
-        job = build_job(template, dataset_version, namespace=namespace, now=now)
-    except RunnerError as exc:
-        raise CliError(str(exc)) from exc
-    # build_job always writes metadata with labels and annotations.
-    assert job.metadata is not None
-    assert job.metadata.labels is not None
-    assert job.metadata.annotations is not None
-    job.metadata.labels[MANAGED_BY_LABEL] = MANAGED_BY
-    if not dataset_version:
-        job.metadata.annotations.pop(DATASET_VERSION_LABEL, None)
+    job = build_job(template, dataset_version, namespace=namespace, now=now, managed_by=MANAGED_BY)
+    assert job.metadata is not None  # build_job always writes it
     created: V1Job = _call(
         f"creating a Job in namespace {namespace}",
         api.create_namespaced_job,

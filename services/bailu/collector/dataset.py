@@ -98,9 +98,14 @@ class DatasetStore:
     # versions
 
     def versions(self) -> list[str]:
+        """Sealed versions, oldest first (a half-sealed one, still under its temporary name, is not listed)."""
         if not self.versions_dir.is_dir():
             return []
-        return sorted(p.name for p in self.versions_dir.iterdir() if (p / "manifest.json").is_file())
+        return sorted(
+            p.name
+            for p in self.versions_dir.iterdir()
+            if not p.name.startswith(".") and (p / "manifest.json").is_file()
+        )
 
     def manifest(self, version: str) -> dict[str, Any]:
         return dict(json.loads((self.versions_dir / version / "manifest.json").read_text()))

@@ -148,13 +148,16 @@ def job_name(cronjob: str, dataset_version: str, now: datetime) -> str:
     return f"{prefix}-{suffix}" if prefix else suffix
 
 
-def build_job(cronjob: V1CronJob, dataset_version: str, *, namespace: str, now: datetime) -> V1Job:
+def build_job(
+    cronjob: V1CronJob, dataset_version: str, *, namespace: str, now: datetime, managed_by: str = MANAGED_BY
+) -> V1Job:
     """The Job `kubectl create job --from=cronjob/NAME` would create, plus the dataset version.
 
     As kubectl does: the job template's spec unchanged, its labels, its annotations plus
     `cronjob.kubernetes.io/instantiate: manual`, and the CronJob as controlling owner (so deleting the
     CronJob deletes the Job). Added: `BAILU_TRAINER_DATASET_VERSION` in every (init) container,
-    the managed-by label, and the dataset version as a label (sanitised) and an annotation (verbatim).
+    the managed-by label (`managed_by`: who starts the Job), and, unless the version is "" (the trainer's
+    newest), the dataset version as a label (sanitised) and an annotation (verbatim).
     """
     from kubernetes import client
 
@@ -179,13 +182,14 @@ def build_job(cronjob: V1CronJob, dataset_version: str, *, namespace: str, now: 
         container.env = env
     template_meta = template.metadata
     labels = dict(template_meta.labels or {}) if template_meta is not None else {}
-    labels[MANAGED_BY_LABEL] = MANAGED_BY
+    labels[MANAGED_BY_LABEL] = managed_by
     version_label = _label_value(dataset_version)
     if version_label:
         labels[DATASET_VERSION_LABEL] = version_label
     annotations = dict(template_meta.annotations or {}) if template_meta is not None else {}
     annotations[INSTANTIATE_ANNOTATION] = "manual"
-    annotations[DATASET_VERSION_LABEL] = dataset_version
+    if dataset_version:
+        annotations[DATASET_VERSION_LABEL] = dataset_version
     return client.V1Job(
         api_version="batch/v1",
         kind="Job",
@@ -295,7 +299,7 @@ class KubernetesRunner:
         try:
             return await asyncio.to_thread(func, *args, **kwargs)
         except ApiException as exc:
-            detail = _api_message(exc.body)
+            detail = api_message(exc.body)
             raise RunnerError(
                 f"Kubernetes API: {what} failed: {exc.status} {exc.reason}" + (f": {detail}" if detail else ""),
                 status=exc.status,
@@ -305,7 +309,7 @@ class KubernetesRunner:
             raise RunnerError(f"Kubernetes API: {what} failed: {exc}") from exc
 
 
-def _api_message(body: object) -> str:
+def api_message(body: object) -> str:
     """The `message` of a Kubernetes `Status` body (it says which permission is missing), if any."""
     if not body:
         return ""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bailu.collector.dataset import DatasetStore
 from bailu.common.records import content_hash
 from bailu.trainer.errors import NotEnoughData
 
@@ -101,27 +102,23 @@ def prompt_key(prompt: Iterable[tuple[str, str]]) -> str:
 
 def resolve_version(dataset_dir: Path, wanted: str) -> str:
     """The pinned version (`wanted`), or the newest sealed one; NotEnoughData names what is missing."""
-    versions_dir = dataset_dir / "versions"
+    store = DatasetStore(dataset_dir)
+    if wanted and not _VERSION.match(wanted):
+        raise NotEnoughData(f"invalid dataset version {wanted!r}: expected a name like v000001")
+    sealed = store.versions()
     if wanted:
-        if not _VERSION.match(wanted):
-            raise NotEnoughData(f"invalid dataset version {wanted!r}: expected a name like v000001")
-        if not (versions_dir / wanted / "manifest.json").is_file():
-            raise NotEnoughData(f"dataset version {wanted} is not sealed under {versions_dir}")
+        if wanted not in sealed:
+            raise NotEnoughData(f"dataset version {wanted} is not sealed under {store.versions_dir}")
         return wanted
-    sealed = (
-        sorted(p.name for p in versions_dir.iterdir() if _VERSION.match(p.name) and (p / "manifest.json").is_file())
-        if versions_dir.is_dir()
-        else []
-    )
     if not sealed:
-        raise NotEnoughData(f"no sealed dataset version under {versions_dir} (the collector seals them)")
+        raise NotEnoughData(f"no sealed dataset version under {store.versions_dir} (the collector seals them)")
     return sealed[-1]
 
 
 def load(dataset_dir: Path, version: str) -> Snapshot:
     """Read a sealed version; a malformed record stops the run (NotEnoughData naming file and line), pairs
     whose two answers are equal carry no preference and are dropped (counted)."""
-    folder = dataset_dir / "versions" / version
+    folder = DatasetStore(dataset_dir).versions_dir / version
     pairs: list[Pair] = []
     dropped = 0
     for where, record in _records(folder / PREFERENCE_FILE):

@@ -5,7 +5,8 @@ its preference mode (`rlhf`, what DPO trains on), whose labels mask the prompt a
 assistant answer, and the score of an answer is the sum of its tokens' log-probabilities. Samples
 come from ms-swift's TransformersEngine with the same template. Reusable outside the trainer:
 
-    score = preference_accuracy(model_dir, adapter_dir, pairs, model_type="llama", template="chatml")
+    with Evaluator(model_dir, adapter_dir, model_type="llama", template="chatml") as evaluator:
+        score = evaluator.preference_accuracy(pairs)
     texts = generate(model_dir, None, [pair.messages for pair in pairs], max_tokens=64)
 """
 
@@ -150,19 +151,6 @@ def answer_log_probs(logits: Any, labels: Any) -> Any:
         picked = torch.log_softmax(logits[row], dim=-1).gather(-1, safe[row].unsqueeze(-1)).squeeze(-1)
         rows.append((picked * mask[row]).sum())
     return torch.stack(rows)
-
-
-def preference_accuracy(
-    model_dir: Path,
-    adapter_dir: Path | None,
-    pairs: Sequence[Pair],
-    *,
-    model_type: str = "llama",
-    template: str = "chatml",
-    max_length: int = 1024,
-) -> PreferenceScore:
-    with Evaluator(model_dir, adapter_dir, model_type=model_type, template=template, max_length=max_length) as ev:
-        return ev.preference_accuracy(pairs)
 
 
 def generate(

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from bailu.registry import Manifest, Registry, hash_dir
 from bailu.registry.model import MANIFEST
+from bailu.registry.serving import served_name
 from bailu.trainer import data, evaluate, export, gate, publish, swift_args, swift_runner
 from bailu.trainer.errors import BadSettings, StageFailed, TrainerError
 from bailu.trainer.progress import Progress
@@ -277,7 +278,7 @@ class _Job:
         baseline = "base"
         if parent is not None and parent.base_model == s.base_model:
             baseline_dir = self.registry.version_dir("adapter", s.adapter_name, parent.version)
-            baseline = f"{s.adapter_name}@{parent.version}"
+            baseline = served_name(s.adapter_name, parent.version)
 
         def load(adapter_dir: Path | None) -> evaluate.Evaluator:
             return evaluate.Evaluator(

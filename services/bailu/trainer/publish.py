@@ -56,41 +56,39 @@ class _Files:
         return self.registry.set_canary(kind, name, version, weight)
 
 
-async def _apply(target: ModelRegistry | _Files, release: Release) -> tuple[str, str, Aliases, dict[str, str]]:
+async def _apply(target: ModelRegistry | _Files, release: Release) -> Published:
     """Adapter version (candidate + canary when accepted, else rejected), then its exports when accepted."""
+    indexed = isinstance(target, ModelRegistry)
     status: Status = "candidate" if release.accepted else "rejected"
     version = await target.publish("adapter", release.name, release.adapter_dir, status=status, **release.fields)
-    exports: dict[str, str] = {}
     if not release.accepted:
-        return version.version, version.manifest.status, target.registry.aliases("adapter", release.name), exports
+        aliases = target.registry.aliases("adapter", release.name)
+        return Published(version.version, version.manifest.status, aliases, {}, indexed)
     aliases = await target.set_canary("adapter", release.name, version.version, release.canary_weight)
+    exports: dict[str, str] = {}
     for export_name, folder in release.exports:
         fields = {**release.fields, "parent": version.version}
         exports[export_name] = (await target.publish("export", export_name, folder, **fields)).version
-    return version.version, version.manifest.status, aliases, exports
+    return Published(version.version, version.manifest.status, aliases, exports, indexed)
 
 
 def publish(registry: Registry, redis_url: str, release: Release) -> Published:
-    if not redis_url:
-        version, status, aliases, exports = asyncio.run(_apply(_Files(registry), release))
-        return Published(version, status, aliases, exports, indexed=False)
-    from redis.asyncio import Redis
-    from redis.exceptions import RedisError
+    if redis_url:
+        from redis.asyncio import Redis
+        from redis.exceptions import RedisError
 
-    async def indexed() -> tuple[str, str, Aliases, dict[str, str]]:
-        client = Redis.from_url(redis_url)
+        async def indexed() -> Published:
+            client = Redis.from_url(redis_url)
+            try:
+                return await _apply(ModelRegistry(registry, RegistryIndex(client)), release)
+            finally:
+                await client.aclose()
+
         try:
-            return await _apply(ModelRegistry(registry, RegistryIndex(client)), release)
-        finally:
-            await client.aclose()
-
-    try:
-        version, status, aliases, exports = asyncio.run(indexed())
-        return Published(version, status, aliases, exports, indexed=True)
-    except (RedisError, OSError) as exc:
-        log.warning("registry index update failed; completing on the files", extra={"error": str(exc)})
-        version, status, aliases, exports = asyncio.run(_apply(_Files(registry), release))
-        return Published(version, status, aliases, exports, indexed=False)
+            return asyncio.run(indexed())
+        except (RedisError, OSError) as exc:
+            log.warning("registry index update failed; completing on the files", extra={"error": str(exc)})
+    return asyncio.run(_apply(_Files(registry), release))
 
 
 def production(registry: Registry, name: str) -> Manifest | None:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bailu.registry.serving import served_name
+
 Outcome = Literal["published", "rejected", "already_built", "failed"]
 
 EXIT_OK = 0
@@ -43,7 +45,7 @@ class Result:
         return path
 
     def final_line(self) -> str:
-        name = f"{self.adapter_name}@{self.version}" if self.version else self.adapter_name
+        name = served_name(self.adapter_name, self.version) if self.version else self.adapter_name
         if self.outcome == "published":
             canary = f"canary with weight {self.canary_weight:g}"
             exports = "".join(f", {n}@{v}" for n, v in sorted(self.exports.items()))
