@@ -110,7 +110,7 @@ class WorkerServer:
                 await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
                 self.engine_failed.set()
                 return
-            ready = self.engine.ready and not self.admission.draining
+            ready = self.is_ready()
             if ready != serving:
                 serving = ready
                 log.warning("engine ready" if ready else "engine not ready", extra={"engine": self.engine.kind})

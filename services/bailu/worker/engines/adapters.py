@@ -6,11 +6,13 @@ import hashlib
 import json
 import re
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from bailu.common.errors import BailuError, InvalidRequest, ModelNotFound
 from bailu.worker.engines import openai_http as oai
+
+if TYPE_CHECKING:
+    import httpx
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -22,15 +24,24 @@ def engine_adapter_name(name: str, path: str) -> str:
     return f"{safe}-{hashlib.sha256(path.encode()).hexdigest()[:10]}"
 
 
-def check_adapter(path: str, max_rank: int) -> None:
-    """Refuse what the engine would refuse less clearly: no PEFT adapter at `path`, or a rank it cannot hold."""
+def read_adapter_config(path: str) -> tuple[bytes, Any]:
+    """The `adapter_config.json` of the PEFT adapter at `path`, as read and as parsed; refuses a directory
+    without one (`ModelNotFound`) or one that is not JSON (`InvalidRequest`)."""
     config_file = Path(path) / ADAPTER_CONFIG
     if not config_file.is_file():
         raise ModelNotFound(f"no LoRA adapter at '{path}' ({ADAPTER_CONFIG} missing)", param="path")
+    data = config_file.read_bytes()
     try:
-        config = json.loads(config_file.read_text())
+        return data, json.loads(data)
     except ValueError as exc:
-        raise InvalidRequest(f"'{path}' is not a LoRA adapter: {ADAPTER_CONFIG} is not JSON", param="path") from exc
+        raise InvalidRequest(
+            f"'{path}' is not a valid LoRA adapter: {ADAPTER_CONFIG} is not JSON", param="path"
+        ) from exc
+
+
+def check_adapter(path: str, max_rank: int) -> None:
+    """Refuse what the engine would refuse less clearly: no PEFT adapter at `path`, or a rank it cannot hold."""
+    _, config = read_adapter_config(path)
     rank = config.get("r") if isinstance(config, dict) else None
     if not isinstance(rank, int):
         raise InvalidRequest(f"'{path}' is not a LoRA adapter: {ADAPTER_CONFIG} has no rank 'r'", param="path")

@@ -112,6 +112,10 @@ class Engine(abc.ABC):
             ModelCard(name, "adapter", self.model_name, self.max_model_len) for name in sorted(self.adapters)
         ]
 
+    def _card(self, name: str) -> ModelCard:
+        """The card of loaded adapter (or base model) `name`."""
+        return next(card for card in self.models() if card.name == name)
+
     def check_target(self, request: GenerateRequest) -> None:
         """Raise `ModelNotFound` unless this engine serves the requested model and adapter."""
         if request.model != self.model_name:

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from bailu.common.errors import BailuError, DeadlineExceeded, InvalidRequest, ModelNotFound, Unavailable
+from bailu.common.errors import BailuError, DeadlineExceeded, InvalidRequest, Unavailable
 from bailu.common.types import EngineCapabilities, GenerateChunk, GenerateRequest, ModelCard
 from bailu.worker.engines import openai_http as oai
 from bailu.worker.engines.adapters import adapter_error, already_loaded, check_adapter, engine_adapter_name
@@ -69,17 +69,14 @@ class HttpEngine(Engine):
         self.config = config
         self.executable = executable
         self.extra_args = extra_args
-        self.base_url = f"http://{config.host}:{config.port}"
         self.fixed_port = fixed_port
         self._spawned = False
         self.metrics_interval_s = metrics_interval_s
         self.stop_grace_s = stop_grace_s
         # Adapters named at start are launched with the engine; their LoadAdapter calls are then no-ops.
-        self._engine_names: dict[str, str] = {}
-        for name, path in config.adapters.items():
-            self.adapters[name] = str(path)
-            self._engine_names[name] = engine_adapter_name(name, str(path))
-        self._launched: dict[str, str] = {}
+        self.adapters.update(config.adapters)
+        # The engine-side adapter names the running engine was launched with.
+        self._launched: set[str] = set()
         self.supervisor = EngineSupervisor(
             dialect.kind,
             self._argv,
@@ -140,6 +137,10 @@ class HttpEngine(Engine):
         return self.dialect.kind
 
     @property
+    def base_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    @property
     def capacity(self) -> int:
         return self.config.max_batch_size
 
@@ -148,13 +149,12 @@ class HttpEngine(Engine):
         c = self.dialect.capabilities
         if self.config.lora:
             return c
-        return EngineCapabilities(
+        return dataclasses.replace(
+            c,
             adapters=False,
             runtime_adapter_loading=False,
             adapter_load_restarts_engine=False,
             mixed_adapter_batches=False,
-            native_metrics=c.native_metrics,
-            raw_completions=c.raw_completions,
         )
 
     @property
@@ -204,12 +204,9 @@ class HttpEngine(Engine):
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         await self._wait_serving(request)
-        engine_adapter = ""
-        if request.adapter:
-            # Looked up now: the adapter may have been unloaded while the request waited.
-            engine_adapter = self._engine_names.get(request.adapter, "")
-            if not engine_adapter:
-                raise ModelNotFound(f"adapter '{request.adapter}' is not loaded", param="model")
+        # Checked again: the adapter may have been unloaded while the request waited.
+        self.check_target(request)
+        engine_adapter = self._engine_name(request.adapter) if request.adapter else ""
         model = self.dialect.request_model(self.model_name, engine_adapter)
         body = oai.request_body(request, model, self.default_max_tokens, self.dialect.stream_options)
         param = "messages" if request.messages is not None else "prompt"
@@ -275,27 +272,22 @@ class HttpEngine(Engine):
             raise InvalidRequest(
                 f"the {self.kind} engine was started without LoRA support (BAILU_WORKER_MAX_LORAS=0)", param="name"
             )
+        engine_name = engine_adapter_name(name, path)
         async with self._adapter_lock:
-            if self.adapters.get(name) == path and (
-                self.dialect.runtime_adapters or self._engine_names[name] in self._launched.values()
-            ):
+            if self.adapters.get(name) == path and (self.dialect.runtime_adapters or engine_name in self._launched):
                 return self._card(name)
             await asyncio.to_thread(check_adapter, path, self.config.max_lora_rank)
-            engine_name = engine_adapter_name(name, path)
             if self.dialect.runtime_adapters:
                 await self._load_runtime(name, path, engine_name)
             else:
                 await self._load_by_restart(name, path, engine_name)
-        log.info("adapter loaded", extra={"adapter": name, "path": path, "engine": self.kind})
         return self._card(name)
 
     async def unload_adapter(self, name: str) -> None:
         async with self._adapter_lock:
-            if name not in self.adapters:
-                raise ModelNotFound(f"adapter '{name}' is not loaded", param="name")
-            del self.adapters[name]
-            engine_name = self._engine_names.pop(name)
-            if self.dialect.runtime_adapters and engine_name not in self._engine_names.values():
+            engine_name = self._engine_name(name) if name in self.adapters else ""
+            await super().unload_adapter(name)
+            if self.dialect.runtime_adapters and engine_name not in self._engine_names():
                 await self._unload_runtime(engine_name)
             # Engines that read adapters at start keep it until their next restart; requests no longer reach it.
 
@@ -303,15 +295,14 @@ class HttpEngine(Engine):
 
     async def _load_runtime(self, name: str, path: str, engine_name: str) -> None:
         assert self.dialect.load_adapter_path is not None
-        if engine_name not in self._engine_names.values():
+        if engine_name not in self._engine_names():
             await self._wait_ready_for_control()
             response = await self._control(self.dialect.load_adapter_path, oai.adapter_request(engine_name, path))
             if response.status_code != 200 and not already_loaded(response):
                 raise adapter_error(self.kind, name, response)
-        old = self._engine_names.get(name)
+        old = self._engine_name(name) if name in self.adapters else ""
         self.adapters[name] = path
-        self._engine_names[name] = engine_name
-        if old and old != engine_name and old not in self._engine_names.values():
+        if old and old != engine_name and old not in self._engine_names():
             await self._unload_runtime(old)
 
     async def _unload_runtime(self, engine_name: str) -> None:
@@ -328,15 +319,14 @@ class HttpEngine(Engine):
             )
 
     async def _load_by_restart(self, name: str, path: str, engine_name: str) -> None:
-        previous = (dict(self.adapters), dict(self._engine_names))
+        previous = dict(self.adapters)
         self.adapters[name] = path
-        self._engine_names[name] = engine_name
-        if engine_name in self._launched.values():
+        if engine_name in self._launched:
             return  # the running engine has it already (unloaded, then loaded again)
         try:
             await self._restart("load adapter " + name)
         except EngineStartError as exc:
-            self.adapters, self._engine_names = previous
+            self.adapters = previous
             log.error("engine did not start with the new adapter; rolling back", extra={"adapter": name})
             await self._restart("roll back adapter " + name)
             raise InvalidRequest(
@@ -371,14 +361,13 @@ class HttpEngine(Engine):
         if self._spawned and not self.fixed_port:
             self._move_to(free_port(self.config.host))
         self._spawned = True
-        adapters = {self._engine_names[name]: path for name, path in self.adapters.items()}
-        self._launched = dict(self._engine_names)
+        adapters = {engine_adapter_name(name, path): path for name, path in self.adapters.items()}
+        self._launched = set(adapters)
         config = dataclasses.replace(self.config, adapters=adapters)
         return self.dialect.argv(config, self.executable, self.extra_args)
 
     def _move_to(self, port: int) -> None:
         self.config = dataclasses.replace(self.config, port=port)
-        self.base_url = f"http://{self.config.host}:{port}"
         self.supervisor.health_url = self.base_url + self.dialect.health_path
         if self._client is not None:
             self._client.base_url = httpx.URL(self.base_url)
@@ -406,8 +395,13 @@ class HttpEngine(Engine):
         if not self._inflight:
             self._idle.set()
 
-    def _card(self, name: str) -> ModelCard:
-        return next(card for card in self.models() if card.name == name)
+    def _engine_name(self, name: str) -> str:
+        """The engine-side name of loaded adapter `name`."""
+        return engine_adapter_name(name, self.adapters[name])
+
+    def _engine_names(self) -> set[str]:
+        """The engine-side names of the loaded adapters (names of different versions may share one)."""
+        return {engine_adapter_name(name, path) for name, path in self.adapters.items()}
 
     async def _scrape_forever(self) -> None:
         assert self.dialect.metrics_path is not None

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-from bailu.common.errors import InvalidRequest, ModelNotFound, RequestTooLarge
+from bailu.common.errors import RequestTooLarge
 from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
+from bailu.worker.engines.adapters import read_adapter_config
 from bailu.worker.engines.base import Engine
 from bailu.worker.settings import WorkerSettings
-
-ADAPTER_CONFIG = "adapter_config.json"
 
 _TEXT = [
     "white",
@@ -108,7 +105,7 @@ class SimEngine(Engine):
     async def load_adapter(self, name: str, path: str) -> ModelCard:
         self._fingerprints[name] = await asyncio.to_thread(adapter_fingerprint, path)
         self.adapters[name] = path
-        return next(card for card in self.models() if card.name == name)
+        return self._card(name)
 
     async def unload_adapter(self, name: str) -> None:
         await super().unload_adapter(name)
@@ -125,12 +122,10 @@ class SimEngine(Engine):
         n = min(self.output_tokens, self.max_new_tokens(request, prompt_tokens))
         served = request.served_model
         prefix: list[str] = []
+        # Checked again: the adapter may have been unloaded while the request waited for a slot.
+        self.check_target(request)
         if request.adapter:
-            # Looked up now: the adapter may have been unloaded while the request waited for a slot.
-            fingerprint = self._fingerprints.get(request.adapter)
-            if fingerprint is None:
-                raise ModelNotFound(f"adapter '{request.adapter}' is not loaded", param="model")
-            prefix.append(fingerprint)
+            prefix.append(self._fingerprints[request.adapter])
         # Greedy requests always get the same text; sampled ones (temperature > 0) each start further
         # into it, so that candidates differ as they would with a real model.
         offset = 0
@@ -155,14 +150,5 @@ class SimEngine(Engine):
 
 def adapter_fingerprint(path: str) -> str:
     """What the real engine checks before accepting an adapter, and the sim's stand-in for its weights."""
-    config = Path(path) / ADAPTER_CONFIG
-    if not config.is_file():
-        raise ModelNotFound(f"no LoRA adapter at '{path}' ({ADAPTER_CONFIG} missing)", param="path")
-    data = config.read_bytes()
-    try:
-        json.loads(data)
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"'{path}' is not a valid LoRA adapter: {ADAPTER_CONFIG} is not JSON", param="path"
-        ) from exc
+    data, _ = read_adapter_config(path)
     return hashlib.sha256(data).hexdigest()[:8]

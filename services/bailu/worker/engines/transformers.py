@@ -15,7 +15,6 @@ without disturbing the other rows of its batch.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import uuid
@@ -29,6 +28,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from bailu.common.errors import InvalidRequest, ModelNotFound, RequestTooLarge
 from bailu.common.logging import reclaim_logging
 from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
+from bailu.worker.engines.adapters import engine_adapter_name
 from bailu.worker.engines.base import Engine
 from bailu.worker.engines.stops import StopStringFilter
 from bailu.worker.settings import WorkerSettings
@@ -81,7 +81,6 @@ class TransformersEngine(Engine):
         self._eos_token_id = 0
         # Tags of requests still wanted: changed on the event loop only, read by ms-swift's generate thread.
         self._live: set[str] = set()
-        self._swift_adapter_names: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> TransformersEngine:
@@ -202,11 +201,13 @@ class TransformersEngine(Engine):
                 param="messages" if request.messages is not None else "prompt",
             )
         max_tokens = self.max_new_tokens(request, prompt_tokens)
+        # Checked again: the adapter may have been unloaded while the request waited for a slot.
+        self.check_target(request)
         adapter_request = None
         if request.adapter:
-            if request.adapter not in self.adapters:
-                raise ModelNotFound(f"adapter '{request.adapter}' is not loaded", param="model")
-            adapter_request = AdapterRequest(self._swift_adapter_names[request.adapter], self.adapters[request.adapter])
+            # ms-swift caches adapters by name: a new path gets a new internal name.
+            path = self.adapters[request.adapter]
+            adapter_request = AdapterRequest(engine_adapter_name(request.adapter, path), path)
         await self._gather()
         tag = uuid.uuid4().hex
         self._live.add(tag)
@@ -251,11 +252,5 @@ class TransformersEngine(Engine):
             await asyncio.to_thread(PeftConfig.from_pretrained, path)
         except (ValueError, OSError) as exc:
             raise InvalidRequest(f"'{path}' is not a valid LoRA adapter: {exc}", param="path") from exc
-        # ms-swift caches adapters by name: a new path gets a new internal name.
-        digest = hashlib.sha256(path.encode()).hexdigest()[:12]
-        self._swift_adapter_names[name] = f"{name}-{digest}"
         self.adapters[name] = path
         return self._card(name)
-
-    def _card(self, name: str) -> ModelCard:
-        return next(card for card in self.models() if card.name == name)
