@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -17,6 +17,7 @@ from bailu.common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from bailu.common.metrics import GatewayMetrics
 from bailu.common.records import DATA_FIELD, CompletionRecord, FeedbackEvent, ResponseRef
 from bailu.gateway.completion_log import CompletionLog
+from bailu.gateway.schemas import StrictBody
 
 # Atomically: if the idempotency key was seen, return what it recorded; else append the event and
 # remember the key. KEYS: stream, idempotency key (or ""). ARGV: feedback id, body hash, data, ttl, data field.
@@ -33,11 +34,7 @@ return 'new'
 """
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class ResponseRefIn(_Strict):
+class ResponseRefIn(StrictBody):
     response_id: str = Field(min_length=1, max_length=128, description="The `id` of a completion response.")
     choice_index: int = Field(0, ge=0, le=15, description="Which candidate of that response (`n` > 1).")
 
@@ -45,7 +42,7 @@ class ResponseRefIn(_Strict):
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class FeedbackRequest(_Strict):
+class FeedbackRequest(StrictBody):
     """One piece of feedback. `type` says which fields apply:
 
     - `rating`: `response_id` (+ `choice_index`) and either `thumb` ("up"/"down") or `score` (1-5);

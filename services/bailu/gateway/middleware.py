@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -14,19 +13,12 @@ from bailu.common.errors import BailuError, RequestTooLarge
 from bailu.common.logging import request_id_var
 from bailu.common.metrics import GatewayMetrics
 from bailu.gateway.auth import KeyStore
-from bailu.gateway.errors import error_body
+from bailu.gateway.errors import error_response
 
 log = logging.getLogger("bailu.gateway.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/readyz", "/metrics")
-
-
-async def send_error(send: Send, error: BailuError, request_id: str) -> None:
-    body = json.dumps(error_body(error)).encode()
-    headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
-    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class GatewayMiddleware:
@@ -64,16 +56,13 @@ class GatewayMiddleware:
                 try:
                     scope.setdefault("state", {})["key_id"] = self.keys.verify(headers.get("authorization"))
                 except BailuError as exc:
-                    await send_error(send_wrapper, exc, rid)
+                    await error_response(exc)(scope, receive, send_wrapper)
                     return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 replay = await self._buffer_body(headers, receive)
                 if replay is None:
-                    await send_error(
-                        send_wrapper,
-                        RequestTooLarge(f"the request body is larger than {self.max_body_bytes} bytes"),
-                        rid,
-                    )
+                    too_large = RequestTooLarge(f"the request body is larger than {self.max_body_bytes} bytes")
+                    await error_response(too_large)(scope, receive, send_wrapper)
                     return
                 receive = replay
                 if path.startswith("/v1/") and "json" not in headers.get("content-type", ""):

@@ -89,7 +89,7 @@ class ModelResolver:
 
     def resolve(self, requested: str) -> Target:
         """The target of a request for `requested`; raises `ModelNotFound` (404) or `Unavailable` (503)."""
-        served = {card.name: card for card in self.pool.models()}
+        served = self.pool.served
         card = served.get(requested)
         if card is not None:
             if card.kind == "adapter":
@@ -138,7 +138,7 @@ class ModelResolver:
     def listed(self) -> list[ModelCard]:
         """Registry adapter names that some ready worker can serve now (an aliased version is loaded),
         as cards whose base model is the served version's."""
-        served = {card.name: card for card in self.pool.models()}
+        served = self.pool.served
         cards: list[ModelCard] = []
         for name, entry in sorted(self.adapters.items()):
             if name in served:

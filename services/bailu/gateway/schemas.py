@@ -12,16 +12,18 @@ from bailu.common.types import MAX_STOP_SEQUENCES, ChatMessage, SamplingParams
 MAX_CANDIDATES = 8
 
 
-class _Strict(BaseModel):
+class StrictBody(BaseModel):
+    """A request body: wrong types and unknown fields are validation errors (400s naming the field)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class TextPart(_Strict):
+class TextPart(StrictBody):
     type: Literal["text"]
     text: str
 
 
-class Message(_Strict):
+class Message(StrictBody):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = None
@@ -32,14 +34,14 @@ class Message(_Strict):
         return ChatMessage("system" if self.role == "developer" else self.role, text)
 
 
-class StreamOptions(_Strict):
+class StreamOptions(StrictBody):
     include_usage: bool = False
 
 
 Stop = str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None
 
 
-class _Sampling(_Strict):
+class _Sampling(StrictBody):
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)

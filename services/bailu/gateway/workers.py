@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -34,8 +34,10 @@ _CHANNEL_OPTIONS = [
 class WorkerClient:
     """One worker: its channel, its last load report and models, and this gateway's calls in flight."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, on_unready: Callable[[], None] | None = None) -> None:
+        """`on_unready` is called when a failed call takes the worker out of service between polls."""
         self.address = address
+        self.on_unready = on_unready
         self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
         self.stub = pb_grpc.InferenceWorkerStub(self.channel)
         self.load: LoadReport | None = None
@@ -90,6 +92,8 @@ class WorkerClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.UNAVAILABLE:
                 self.load = None  # stop routing here until the next successful poll
+                if self.on_unready is not None:
+                    self.on_unready()
             raise from_status(exc.code(), exc.details(), exc.trailing_metadata()) from None
         finally:
             self.inflight -= 1
@@ -115,6 +119,9 @@ class WorkerPool:
         self.poll_interval_s = poll_interval_s
         self.discovery_interval_s = discovery_interval_s
         self.workers: dict[str, WorkerClient] = {}
+        # Every model and adapter some ready worker serves, by name (the first worker's card wins): rebuilt
+        # by `update_served` when a poll or a failed call changes what is served, read on every request.
+        self.served: dict[str, ModelCard] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Future[None]] = set()
 
@@ -129,6 +136,7 @@ class WorkerPool:
         await cancel_and_wait(self._tasks)
         await asyncio.gather(*(w.close() for w in self.workers.values()))
         self.workers.clear()
+        self.update_served()
 
     async def _resolve(self, target: str) -> list[str] | None:
         """The addresses `target` (host:port) resolves to; None if the lookup failed."""
@@ -152,7 +160,7 @@ class WorkerPool:
             complete &= found is not None
             wanted.update(found or ())
         for address in wanted - self.workers.keys():
-            self.workers[address] = WorkerClient(address)
+            self.workers[address] = WorkerClient(address, self.update_served)
             log.info("worker added", extra={"worker": address})
         if not complete:
             return  # a failed lookup removes nobody: DNS hiccups must not empty the pool
@@ -161,6 +169,7 @@ class WorkerPool:
             log.info("worker removed", extra={"worker": address})
             # Let calls in flight finish before the channel closes.
             asyncio.get_running_loop().call_later(30, self._close_later, worker)
+        self.update_served()
 
     def _close_later(self, worker: WorkerClient) -> None:
         task = asyncio.ensure_future(worker.close())
@@ -169,7 +178,10 @@ class WorkerPool:
 
     async def refresh(self) -> None:
         timeout = max(0.2, self.poll_interval_s * 2)
-        await asyncio.gather(*(w.refresh(timeout) for w in list(self.workers.values())))
+        try:
+            await asyncio.gather(*(w.refresh(timeout) for w in list(self.workers.values())))
+        finally:
+            self.update_served()
 
     async def _poll_loop(self) -> None:
         while True:
@@ -190,13 +202,17 @@ class WorkerPool:
     def ready_workers(self) -> list[WorkerClient]:
         return [w for w in self.workers.values() if w.ready]
 
-    def models(self) -> list[ModelCard]:
-        """Every model and adapter some ready worker serves, by name."""
-        cards: dict[str, ModelCard] = {}
+    def update_served(self) -> None:
+        """Rebuild `served` from the ready workers' model lists."""
+        served: dict[str, ModelCard] = {}
         for worker in self.ready_workers():
             for card in worker.models:
-                cards.setdefault(card.name, card)
-        return sorted(cards.values(), key=lambda c: (c.kind != "base", c.name))
+                served.setdefault(card.name, card)
+        self.served = served
+
+    def models(self) -> list[ModelCard]:
+        """Every model and adapter some ready worker serves, base models first, then by name."""
+        return sorted(self.served.values(), key=lambda c: (c.kind != "base", c.name))
 
     def pick(self, model: str, adapter: str, exclude: set[str], *, raw_prompt: bool = False) -> WorkerClient:
         """The least-loaded ready worker that serves the model (ties broken at random). A raw prompt

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
-from bailu.gateway.workers import WorkerPool
+from bailu.common.types import LoadReport, ModelCard
+from bailu.gateway.workers import WorkerClient, WorkerPool
 
 
 @pytest.fixture
@@ -16,3 +17,16 @@ async def pool() -> AsyncIterator[WorkerPool]:
     yield pool
     for worker in pool.workers.values():
         await worker.close()
+
+
+def put_worker(
+    pool: WorkerPool, address: str, report: LoadReport | None, models: Iterable[ModelCard], inflight: int = 0
+) -> WorkerClient:
+    """Put a worker with this load report and model list into the pool, as a poll would (no RPC is made)."""
+    worker = WorkerClient(address, pool.update_served)
+    worker.load = report
+    worker.models = list(models)
+    worker.inflight = inflight
+    pool.workers[address] = worker
+    pool.update_served()
+    return worker

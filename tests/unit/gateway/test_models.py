@@ -15,6 +15,7 @@ from bailu.common.types import LoadReport, ModelCard
 from bailu.gateway.models import ModelResolver, RegisteredAdapter
 from bailu.gateway.workers import WorkerClient, WorkerPool
 from bailu.registry.model import Aliases, Manifest
+from tests.unit.gateway.conftest import put_worker
 
 BASE = "base"
 STATIC = ModelCard("poet", "adapter", BASE, 4096)
@@ -51,11 +52,8 @@ AddWorker = Callable[..., WorkerClient]
 @pytest.fixture
 def add(pool: WorkerPool) -> AddWorker:
     def add_worker(address: str, *models: ModelCard, ready: bool = True) -> WorkerClient:
-        worker = WorkerClient(address)
-        worker.load = LoadReport(queued=0, running=0, capacity=4, max_queue=8, ready=ready)
-        worker.models = [ModelCard(BASE, "base", "", 4096), *models]
-        pool.workers[address] = worker
-        return worker
+        report = LoadReport(queued=0, running=0, capacity=4, max_queue=8, ready=ready)
+        return put_worker(pool, address, report, [ModelCard(BASE, "base", "", 4096), *models])
 
     return add_worker
 

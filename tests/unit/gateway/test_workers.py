@@ -12,6 +12,7 @@ from bailu.common.errors import Unavailable
 from bailu.common.types import EngineCapabilities, LoadReport, ModelCard
 from bailu.gateway.workers import WorkerClient, WorkerPool
 from bailu.v1 import worker_pb2 as pb
+from tests.unit.gateway.conftest import put_worker
 
 BASE = ModelCard("base", "base", "", 4096)
 POET = ModelCard("poet", "adapter", "base", 4096)
@@ -31,12 +32,7 @@ def add(pool: WorkerPool) -> AddWorker:
     def add_worker(
         address: str, report: LoadReport | None, models: tuple[ModelCard, ...] = (BASE,), inflight: int = 0
     ) -> WorkerClient:
-        worker = WorkerClient(address)
-        worker.load = report
-        worker.models = list(models)
-        worker.inflight = inflight
-        pool.workers[address] = worker
-        return worker
+        return put_worker(pool, address, report, models, inflight)
 
     return add_worker
 
