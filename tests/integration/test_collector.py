@@ -25,9 +25,8 @@ from bailu.collector.settings import CollectorSettings
 from bailu.common import redis_keys
 from bailu.common.metrics import CollectorMetrics
 from bailu.common.records import DATA_FIELD, Choice, CompletionRecord, FeedbackEvent, ResponseRef, prompt_hash
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 from tests.integration.test_gateway import CHAT, chat_body
-from tests.integration.test_worker_grpc import wait_for
 
 POEM = "White dew settles on the grass at dawn, the light is thin and gold."
 
@@ -129,7 +128,7 @@ async def test_feedback_through_the_gateway_becomes_examples_and_pairs(
                             "edited_text": "a moment's light, a moment's light, a moment's light"})  # fmt: skip
             await feedback({"type": "rating", "response_id": single["id"], "thumb": "down"})
         store = service.store
-        await wait_for(lambda: len(examples(store)) >= 6, 10)
+        await eventually(lambda: len(examples(store)) >= 6, 10)
         await asyncio.sleep(0.3)
         written = examples(store)
     finally:
@@ -313,7 +312,7 @@ async def test_sigkill_mid_batch_loses_and_duplicates_nothing(redis, redis_serve
     try:
         for threshold in (150, 500, 900):
             running = process
-            await wait_for(lambda t=threshold, p=running: len(store.batches()) * 40 >= t or p.poll() is not None, 60)
+            await eventually(lambda t=threshold, p=running: len(store.batches()) * 40 >= t or p.poll() is not None, 60)
             assert process.poll() is None, log.read_text()
             process.send_signal(signal.SIGKILL)
             process.wait()
@@ -361,11 +360,11 @@ async def test_enough_new_pairs_seal_a_version_and_start_a_training_run(redis, r
         response = await put_completion(redis, POEM)
         for i in range(2):
             await put_event(redis, "edit", target=ResponseRef(response), edited_text=f"Dew at dawn, edit {i}.")
-        await wait_for(lambda: len(service.store.batches()) >= 1, 10)
+        await eventually(lambda: len(service.store.batches()) >= 1, 10)
         await asyncio.sleep(0.5)
         assert service.store.versions() == []  # 2 pairs < 3: not due
         await put_event(redis, "edit", target=ResponseRef(response), edited_text="Dew at dawn, edit three.")
-        await wait_for(lambda: (dataset / "requested").exists(), 15)
+        await eventually(lambda: (dataset / "requested").exists(), 15)
         assert (dataset / "requested").read_text() == "v000001"
         assert service.store.manifest("v000001")["counts"] == {"sft": 3, "preference": 3}
         # Cooling down: more pairs start nothing new.

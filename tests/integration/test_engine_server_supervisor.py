@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from bailu.worker.engines.supervisor import EngineStartError, EngineState, EngineSupervisor
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 
 CHILD = Path(__file__).resolve().parents[1] / "fixtures" / "engines" / "child_server.py"
 
@@ -31,14 +29,6 @@ def alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
-
-
-async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -94,7 +84,7 @@ async def test_child_that_never_gets_healthy_times_out_and_is_killed(supervise: 
         await supervisor.start()
     pid = supervisor.pid
     assert pid is not None
-    await until(lambda: not alive(pid))
+    await eventually(lambda: not alive(pid), timeout=20)
 
 
 async def test_missing_executable_names_the_setting(supervise: Factory) -> None:
@@ -109,7 +99,7 @@ async def test_crashed_child_is_restarted(supervise: Factory) -> None:
     first = supervisor.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    await until(lambda: supervisor.ready and supervisor.pid != first)
+    await eventually(lambda: supervisor.ready and supervisor.pid != first, timeout=20)
     assert supervisor.restarts == 1
     assert supervisor.pid is not None
     assert alive(supervisor.pid)
@@ -122,8 +112,8 @@ async def test_child_that_keeps_crashing_ends_failed_and_not_ready(supervise: Fa
         pid = supervisor.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        await until(lambda p=pid: supervisor.pid != p or supervisor.state is EngineState.FAILED)  # type: ignore[misc]
-        await until(lambda: supervisor.ready or supervisor.state is EngineState.FAILED)
+        await eventually(lambda p=pid: supervisor.pid != p or supervisor.state is EngineState.FAILED, timeout=20)  # type: ignore[misc]
+        await eventually(lambda: supervisor.ready or supervisor.state is EngineState.FAILED, timeout=20)
     assert supervisor.state is EngineState.FAILED
     assert not supervisor.ready
     assert supervisor.restarts == 1
@@ -142,7 +132,7 @@ async def test_stop_kills_the_whole_process_group_even_when_sigterm_is_ignored(
     await supervisor.stop()
     assert supervisor.state is EngineState.STOPPED
     assert not alive(child)
-    await until(lambda: not alive(grandchild))
+    await eventually(lambda: not alive(grandchild), timeout=20)
 
 
 async def test_controlled_restart_runs_the_new_command(supervise: Factory) -> None:

@@ -12,9 +12,8 @@ from redis.asyncio import Redis
 
 from bailu.common import redis_keys
 from bailu.common.records import CompletionRecord, FeedbackEvent
-from tests.conftest import MODEL, OTHER_KEY
+from tests.conftest import MODEL, OTHER_KEY, eventually
 from tests.integration.test_gateway import CHAT, chat_body, sse_events
-from tests.integration.test_worker_grpc import wait_for
 
 
 @pytest.fixture
@@ -228,7 +227,7 @@ async def test_redis_down_refuses_feedback_but_serves_completions(stack, redis_s
     # Generation is unaffected; the log write failure is counted, not raised.
     assert (await complete(gateway, http))["choices"][0]["message"]["content"]
     log = gateway.app.state.completion_log
-    await wait_for(lambda: log._queue.empty(), 10)
+    await eventually(lambda: log._queue.empty(), 10)
     metrics = (await http.get(gateway.url + "/metrics")).text
     assert 'bailu_gateway_completion_log_dropped_total{reason="redis_error"} 1.0' in metrics
 

@@ -16,8 +16,7 @@ import pytest
 from bailu.common import metrics as metric_names
 from bailu.common.logging import JsonFormatter
 from bailu.worker.engines.sim import SimEngine
-from tests.conftest import MODEL, TEST_KEY
-from tests.integration.test_worker_grpc import wait_for
+from tests.conftest import MODEL, TEST_KEY, eventually
 
 CHAT = "/v1/chat/completions"
 
@@ -112,7 +111,7 @@ async def test_least_loaded_worker_is_chosen(start_worker, start_gateway, http) 
     tasks = [
         asyncio.create_task(http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)) for _ in range(2)
     ]
-    await wait_for(lambda: busy.admission.running + idle.admission.running == 2, 5.0)
+    await eventually(lambda: busy.admission.running + idle.admission.running == 2, 5.0)
     # Two requests, two workers with one slot each: one each, nobody queued.
     assert busy.admission.running == idle.admission.running == 1
     assert busy.admission.queued == idle.admission.queued == 0
@@ -134,7 +133,7 @@ async def test_client_disconnect_cancels_the_worker_stream(start_worker, start_g
                 if lines >= 5:
                     break
         assert engine.active == 1
-    await wait_for(lambda: engine.active == 0, 5.0)
+    await eventually(lambda: engine.active == 0, 5.0)
     produced = engine.tokens_generated
     await asyncio.sleep(0.2)
     assert engine.tokens_generated == produced < 5000
@@ -148,7 +147,7 @@ async def test_non_streaming_client_disconnect_cancels_too(start_worker, start_g
     async with httpx.AsyncClient(timeout=0.5) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.post(gateway.url + CHAT, json=chat_body(max_tokens=100_000), headers=gateway.headers)
-    await wait_for(lambda: engine.active == 0, 5.0)
+    await eventually(lambda: engine.active == 0, 5.0)
 
 
 async def test_deadline_gives_504(start_worker, start_gateway, http) -> None:
@@ -157,14 +156,14 @@ async def test_deadline_gives_504(start_worker, start_gateway, http) -> None:
     response = await http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)
     assert response.status_code == 504
     assert response.json()["error"]["type"] == "timeout"
-    await wait_for(lambda: worker.admission.running == 0, 2.0)
+    await eventually(lambda: worker.admission.running == 0, 2.0)
 
 
 async def test_saturated_workers_give_429_with_retry_after(start_worker, start_gateway, http) -> None:
     worker = await start_worker(sim_ttft_ms=1000, max_batch_size=1, max_queue=0)
     gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
     first = asyncio.create_task(http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers))
-    await wait_for(lambda: worker.admission.running == 1, 2.0)
+    await eventually(lambda: worker.admission.running == 1, 2.0)
     response = await http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers)
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "server_overloaded"
@@ -200,7 +199,7 @@ async def test_worker_killed_before_first_token_is_retried(worker_processes, sta
     gateway = await start_gateway([a.address, b.address])
     pool = gateway.app.state.pool
     task = asyncio.create_task(http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers))
-    await wait_for(lambda: any(w.inflight for w in pool.workers.values()), 5.0)
+    await eventually(lambda: any(w.inflight for w in pool.workers.values()), 5.0)
     chosen = next(w.address for w in pool.workers.values() if w.inflight)
     victim = a if chosen == a.address else b
     victim.popen.send_signal(signal.SIGKILL)

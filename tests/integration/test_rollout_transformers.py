@@ -4,28 +4,18 @@ real PEFT adapters published to the registry while it serves, and drops a versio
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import grpc
 import pytest
 
 from bailu.registry import Registry
 from bailu.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import MODEL, make_lora_adapter
+from tests.conftest import MODEL, eventually, make_lora_adapter
 from tests.integration.test_transformers_engine import greedy
 
 pytestmark = pytest.mark.slow
 
 NAME = "bailu-poet"
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def text(stub: pb_grpc.InferenceWorkerStub, adapter: str = "") -> str:
@@ -54,7 +44,7 @@ async def test_published_adapters_are_hot_loaded_by_the_real_engine(start_worker
         one = await asyncio.to_thread(make_lora_adapter, tiny_model, tmp_path / "one", 1)
         v1 = registry.publish("adapter", NAME, one, base_model=MODEL).version
         registry.set_alias("adapter", NAME, "production", v1)
-        await eventually(lambda: f"{NAME}@{v1}" in server.engine.adapters)
+        await eventually(lambda: f"{NAME}@{v1}" in server.engine.adapters, timeout=30)
         first = await text(stub, f"{NAME}@{v1}")
         assert first != base
         assert await text(stub) == base  # the base model is unaffected
@@ -62,11 +52,11 @@ async def test_published_adapters_are_hot_loaded_by_the_real_engine(start_worker
         two = await asyncio.to_thread(make_lora_adapter, tiny_model, tmp_path / "two", 2)
         v2 = registry.publish("adapter", NAME, two, base_model=MODEL).version
         registry.set_alias("adapter", NAME, "production", v2)
-        await eventually(lambda: f"{NAME}@{v2}" in server.engine.adapters)
+        await eventually(lambda: f"{NAME}@{v2}" in server.engine.adapters, timeout=30)
         second = await text(stub, f"{NAME}@{v2}")
         assert second not in (first, base)
         # v0001 left the aliases: after the grace it is unloaded, and requests for it are refused.
-        await eventually(lambda: f"{NAME}@{v1}" not in server.engine.adapters)
+        await eventually(lambda: f"{NAME}@{v1}" not in server.engine.adapters, timeout=30)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await text(stub, f"{NAME}@{v1}")
         assert info.value.code() is grpc.StatusCode.NOT_FOUND

@@ -25,14 +25,7 @@ from bailu.trainer.pipeline import run
 from tests.conftest import RedisServer, free_port
 from tests.integration.test_trainer_stages import ADAPTER, BASE, add_batch, settings, tree, warm_over_cold
 
-pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BAILU_"):
-            monkeypatch.delenv(name)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("clean_bailu_env")]
 
 
 def trainer(tmp_path: Path, *flags: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -27,7 +27,7 @@ from bailu.trainer.pipeline import SCRATCH, run
 from bailu.trainer.progress import Progress
 from bailu.trainer.settings import TrainerSettings
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("clean_bailu_env")]
 
 BASE = "tiny-llama"
 ADAPTER = "poet"
@@ -37,14 +37,6 @@ THINGS = ["leaf", "river", "stone", "cloud", "moon", "field", "bird", "tree", "l
 
 
 # shared helpers
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No BAILU_* variable of the developer's shell leaks into the trainer's settings."""
-    for name in list(os.environ):
-        if name.startswith("BAILU_"):
-            monkeypatch.delenv(name)
 
 
 def warm_over_cold(count: int, seed: int = 1) -> list[data.Pair]:

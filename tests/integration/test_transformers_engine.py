@@ -15,8 +15,7 @@ from bailu.common.grpc_errors import from_status
 from bailu.common.types import ChatMessage, GenerateRequest, SamplingParams
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
-from tests.conftest import MODEL, make_lora_adapter
-from tests.integration.test_worker_grpc import wait_for
+from tests.conftest import MODEL, eventually, make_lora_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -98,10 +97,10 @@ async def test_cancel_stops_generation_in_the_engine(start_worker, tiny_model) -
                 if received == 3:
                     break
             call.cancel()
-            await wait_for(lambda: server.admission.running <= 1, 5.0)
+            await eventually(lambda: server.admission.running <= 1, 5.0)
             survivor = await other
             assert survivor[-1].usage.completion_tokens > 0
-        await wait_for(lambda: server.admission.running == 0, 5.0)
+        await eventually(lambda: server.admission.running == 0, 5.0)
         await asyncio.sleep(0.3)
         settled = steps
         await asyncio.sleep(0.5)

@@ -8,7 +8,6 @@ import asyncio
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,7 +17,7 @@ from bailu.v1 import worker_pb2_grpc as pb_grpc
 from bailu.worker.engines.sim import SimEngine
 from bailu.worker.server import SERVICE_NAME, WorkerServer
 from bailu.worker.settings import WorkerSettings
-from tests.conftest import MODEL
+from tests.conftest import MODEL, eventually
 
 
 class RestartingEngine(SimEngine):
@@ -42,13 +41,6 @@ def http_status(url: str) -> int:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 async def test_health_follows_the_engine_and_a_dead_engine_stops_the_worker() -> None:
@@ -84,7 +76,7 @@ async def test_health_follows_the_engine_and_a_dead_engine_stops_the_worker() ->
             assert await asyncio.to_thread(http_status, readyz) == 200
 
             engine.gave_up = True
-            await until(server.engine_failed.is_set)
+            await eventually(server.engine_failed.is_set)
             assert await serving() == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         await server.stop(0)

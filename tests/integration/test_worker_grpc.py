@@ -18,7 +18,7 @@ from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 from bailu.worker.engines.sim import SimEngine
 from bailu.worker.server import SERVICE_NAME
-from tests.conftest import MODEL
+from tests.conftest import MODEL, eventually
 
 
 def request(max_tokens: int | None = 8, **kwargs: object) -> pb.GenerateRequest:
@@ -124,14 +124,14 @@ async def test_deadline_exceeded(start_worker, channel_to) -> None:
     assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     engine = server.engine
     assert isinstance(engine, SimEngine)
-    await wait_for(lambda: engine.active == 0, 2.0)
+    await eventually(lambda: engine.active == 0, 2.0)
 
 
 async def test_queued_past_its_deadline_is_dropped(start_worker, channel_to) -> None:
     server = await start_worker(sim_ttft_ms=1000, max_batch_size=1, max_queue=4)
     stub = channel_to(server.port)
     first = asyncio.create_task(collect(stub, request()))
-    await wait_for(lambda: server.admission.running == 1, 2.0)
+    await eventually(lambda: server.admission.running == 1, 2.0)
     late = request(deadline=time.time() + 0.2)
     error = await error_of(collect(stub, late))
     assert isinstance(error, DeadlineExceeded)
@@ -143,9 +143,9 @@ async def test_full_queue_is_resource_exhausted(start_worker, channel_to) -> Non
     server = await start_worker(sim_ttft_ms=500, max_batch_size=1, max_queue=1)
     stub = channel_to(server.port)
     running = asyncio.create_task(collect(stub, request()))
-    await wait_for(lambda: server.admission.running == 1, 2.0)
+    await eventually(lambda: server.admission.running == 1, 2.0)
     queued = asyncio.create_task(collect(stub, request()))
-    await wait_for(lambda: server.admission.queued == 1, 2.0)
+    await eventually(lambda: server.admission.queued == 1, 2.0)
     # The queue depth metric (what autoscaling reads) counts requests while they wait.
     assert server.registry.get_sample_value("bailu_worker_queued_requests") == 1
     assert server.registry.get_sample_value("bailu_worker_running_requests") == 1
@@ -171,7 +171,7 @@ async def test_client_cancel_stops_the_engine(start_worker, channel_to) -> None:
         if received == 5:
             break
     call.cancel()
-    await wait_for(lambda: engine.active == 0 and server.admission.running == 0, 2.0)
+    await eventually(lambda: engine.active == 0 and server.admission.running == 0, 2.0)
     produced = engine.tokens_generated
     await asyncio.sleep(0.2)
     assert engine.tokens_generated == produced < 1000
@@ -204,9 +204,9 @@ async def test_drain_finishes_in_flight_and_refuses_new_work(start_worker, chann
     server = await start_worker(sim_ttft_ms=300, sim_output_tokens=5)
     stub = channel_to(server.port)
     in_flight = asyncio.create_task(collect(stub, request()))
-    await wait_for(lambda: server.admission.running == 1, 2.0)
+    await eventually(lambda: server.admission.running == 1, 2.0)
     stopping = asyncio.create_task(server.stop(5))
-    await wait_for(lambda: server.admission.draining, 1.0)
+    await eventually(lambda: server.admission.draining, 1.0)
     error = await error_of(collect(stub, request()))
     assert isinstance(error, Unavailable)
     responses = await in_flight
@@ -247,11 +247,3 @@ async def test_reflection_and_adapters(start_worker, channel_to, tmp_path) -> No
     await stub.UnloadAdapter(pb.UnloadAdapterRequest(name="poet"))
     assert isinstance(await error_of(collect(stub, request(adapter="poet"))), ModelNotFound)
     assert isinstance(await error_of(stub.UnloadAdapter(pb.UnloadAdapterRequest(name="poet"))), ModelNotFound)
-
-
-async def wait_for(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.01)

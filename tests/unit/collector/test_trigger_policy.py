@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -21,12 +20,7 @@ from bailu.collector.trigger import (
 PARIS = ZoneInfo("Europe/Paris")
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No BAILU_* variable of the developer's shell leaks into these tests."""
-    for name in list(os.environ):
-        if name.startswith("BAILU_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_bailu_env")
 
 
 def policy(**overrides: object) -> TriggerPolicy:

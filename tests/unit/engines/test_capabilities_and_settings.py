@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import os
 from pathlib import Path
 
 import pydantic
@@ -21,11 +20,7 @@ from bailu.worker.settings import EngineKind, WorkerSettings
 FIELDS = [f.name for f in dataclasses.fields(EngineCapabilities)]
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BAILU_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_bailu_env")
 
 
 @pytest.mark.parametrize("values", list(itertools.product([False, True], repeat=len(FIELDS)))[::7])

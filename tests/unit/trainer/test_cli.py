@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from bailu.trainer import cli
 from bailu.trainer.errors import BadSettings
 from bailu.trainer.settings import RlhfType, TrainerSettings
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BAILU_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_bailu_env")
 
 
 def parse(*argv: str) -> dict[str, object]:

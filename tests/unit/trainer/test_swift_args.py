@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,7 @@ OUT = Path("/run/sft")
 SFT_ADAPTER = Path("/run/sft/v0/checkpoint-3")
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BAILU_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_bailu_env")
 
 
 def settings(**overrides: Any) -> TrainerSettings:

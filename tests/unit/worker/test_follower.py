@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from bailu.common.metrics import WorkerMetrics
 from bailu.registry import Registry
 from bailu.worker.engines.sim import SimEngine
 from bailu.worker.follower import RegistryFollower
+from tests.conftest import eventually
 
 BASE = "base"
 Publish = Callable[..., str]
@@ -64,14 +64,6 @@ async def follow(
     yield make
     for follower in followers:
         await follower.close()
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def count(metric: object, *labels: str) -> float:
