@@ -185,17 +185,16 @@ def change_aliases(
     registry: Registry,
     kind: Kind,
     name: str,
-    on_files: Callable[[Registry], Aliases],
-    on_index: Callable[[ModelRegistry], Awaitable[Aliases]],
+    change: Callable[[ModelRegistry], Awaitable[Aliases]],
 ) -> tuple[Aliases, Aliases, str]:
     """Apply one alias change; returns (before, after, "redis" | "files")."""
 
     async def run() -> tuple[Aliases, str]:
         redis = await connect_or_warn(settings.redis_url, FILES_ONLY)
         if redis is None:
-            return await asyncio.to_thread(on_files, registry), "files"
+            return await change(ModelRegistry(registry)), "files"
         try:
-            return await on_index(ModelRegistry(registry, RegistryIndex(redis))), "redis"
+            return await change(ModelRegistry(registry, RegistryIndex(redis))), "redis"
         except (RedisError, OSError) as exc:
             raise CliError(
                 f"the registry files may have changed, but the Redis index at {redact(settings.redis_url)} could not "
@@ -241,9 +240,7 @@ def promote(args: argparse.Namespace, settings: CliSettings) -> int:
     registry = open_registry(settings)
     kind = resolve_kind(registry, args.name, args.kind)
     name = args.name
-    change = change_aliases(
-        settings, registry, kind, name, lambda r: r.promote(kind, name), lambda m: m.promote(kind, name)
-    )
+    change = change_aliases(settings, registry, kind, name, lambda m: m.promote(kind, name))
     return report_change(args, kind, "promoted the canary to production", change)
 
 
@@ -251,9 +248,7 @@ def rollback(args: argparse.Namespace, settings: CliSettings) -> int:
     registry = open_registry(settings)
     kind = resolve_kind(registry, args.name, args.kind)
     name = args.name
-    change = change_aliases(
-        settings, registry, kind, name, lambda r: r.rollback(kind, name), lambda m: m.rollback(kind, name)
-    )
+    change = change_aliases(settings, registry, kind, name, lambda m: m.rollback(kind, name))
     before, after, _ = change
     # The registry undoes the latest rollout step: a live canary first, else the last promotion.
     action = "rolled back: dropped the canary" if before.canary else "rolled back production to the previous version"
@@ -282,7 +277,6 @@ def canary(args: argparse.Namespace, settings: CliSettings) -> int:
         registry,
         kind,
         args.name,
-        lambda r: r.set_canary(kind, args.name, version, weight),
         lambda m: m.set_canary(kind, args.name, version, weight),
     )
     return report_change(args, kind, action, change)

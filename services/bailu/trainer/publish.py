@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bailu.registry import Aliases, Manifest, ModelRegistry, Registry, RegistryIndex, Version
+from bailu.registry import Aliases, Manifest, ModelRegistry, Registry, RegistryIndex
 from bailu.registry.model import Status
 
 log = logging.getLogger(__name__)
@@ -43,22 +43,9 @@ class Published:
     indexed: bool  # whether the Redis index and events were updated
 
 
-class _Files:
-    """The file registry behind `ModelRegistry`'s async interface (no index, no events)."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    async def publish(self, kind: str, name: str, source_dir: Path, **fields: Any) -> Version:
-        return self.registry.publish(kind, name, source_dir, **fields)
-
-    async def set_canary(self, kind: str, name: str, version: str | None, weight: float) -> Aliases:
-        return self.registry.set_canary(kind, name, version, weight)
-
-
-async def _apply(target: ModelRegistry | _Files, release: Release) -> Published:
+async def _apply(target: ModelRegistry, release: Release) -> Published:
     """Adapter version (candidate + canary when accepted, else rejected), then its exports when accepted."""
-    indexed = isinstance(target, ModelRegistry)
+    indexed = target.indexed
     status: Status = "candidate" if release.accepted else "rejected"
     version = await target.publish("adapter", release.name, release.adapter_dir, status=status, **release.fields)
     if not release.accepted:
@@ -88,7 +75,7 @@ def publish(registry: Registry, redis_url: str, release: Release) -> Published:
             return asyncio.run(indexed())
         except (RedisError, OSError) as exc:
             log.warning("registry index update failed; completing on the files", extra={"error": str(exc)})
-    return asyncio.run(_apply(_Files(registry), release))
+    return asyncio.run(_apply(ModelRegistry(registry), release))
 
 
 def production(registry: Registry, name: str) -> Manifest | None:
