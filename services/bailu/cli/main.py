@@ -14,6 +14,7 @@ from bailu.cli.errors import FAILED, USAGE, CliError
 from bailu.cli.settings import CliSettings
 from bailu.cli.train import run_trainer
 from bailu.common.errors import BailuError
+from bailu.common.settings import describe_errors
 
 PROG = "bailu"
 DESCRIPTION = """Operate Bailu: the model registry (versions, canary, promotion, rollback), the collector's
@@ -100,8 +101,7 @@ def load_settings(args: argparse.Namespace) -> CliSettings:
     try:
         return CliSettings(**given)
     except pydantic.ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise CliError(f"invalid settings: {problems}", USAGE) from exc
+        raise CliError(f"invalid settings: {describe_errors(exc)}", USAGE) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from bailu.common.logging import setup_logging
+from bailu.common.settings import describe_errors
 from bailu.trainer.errors import BadSettings
 from bailu.trainer.settings import TrainerSettings
 
@@ -54,11 +55,7 @@ def load_settings(overrides: dict[str, Any]) -> TrainerSettings:
     try:
         return TrainerSettings(**overrides)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "settings"
-            problems.append(f"{field}: {error['msg']}")
-        raise BadSettings("bad settings: " + "; ".join(problems)) from None
+        raise BadSettings(f"bad settings: {describe_errors(exc)}") from None
     except SettingsError as exc:
         raise BadSettings(f"bad settings: {exc}") from None
 
