@@ -109,7 +109,7 @@ bench: $(STAMP) model ## Run the benchmarks (about 10 min); results go to bench/
 	$(PY) -m bench.transformers_engine
 	$(PY) -m bench.feedback_ingestion
 
-bench-loop: $(STAMP) model ## Does the loop learn? Train SmolLM2 on CPU on a synthetic style, before/after (~15 min)
+bench-loop: $(STAMP) model ## Does the loop learn? Train SmolLM2 on CPU on a synthetic style, before/after (~7 min)
 	$(PY) -m bench.learning_loop
 
 # Needs a Docker engine (none runs on the project's development machines: this target was not run there).

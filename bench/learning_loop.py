@@ -9,7 +9,7 @@ Measured on the held-out pairs the trainer's evaluation gate uses (prompts never
     style share           share of greedy answers to the held-out prompts that are three-line poems
     wall time             of each trainer stage (snapshot, sft, rlhf, evaluate, export, publish)
 
-    python -m bench.learning_loop            # writes bench/results/learning_loop.json (about 15 min on 2 cores)
+    python -m bench.learning_loop            # writes bench/results/learning_loop.json (about 7 min on 2 cores)
     python -m bench.learning_loop --quick    # a few steps only: checks the benchmark itself runs
 """
 
