@@ -41,9 +41,9 @@ from redis import Redis
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from bailu.collector.builder import PREFERENCE, SFT
 from bailu.common import redis_keys
 from bailu.common.records import DATA_FIELD, Choice, CompletionRecord, FeedbackEvent, ResponseRef, prompt_hash
+from bailu.datasets.format import PREFERENCE, SFT
 from bailu.gateway.auth import KeyStore, hash_key, new_key
 from bailu.gateway.feedback import _RECORD_ONCE  # the gateway's own script, for the ceiling it is measured against
 from bailu.gateway.settings import GatewaySettings

@@ -11,8 +11,8 @@ import random
 import re
 from pathlib import Path
 
-from bailu.collector.builder import PREFERENCE, SFT, Example
-from bailu.collector.dataset import DatasetStore
+from bailu.datasets.format import PREFERENCE, SFT, Example
+from bailu.datasets.store import DatasetStore
 
 SUBJECTS = [
     "autumn light", "a harbour", "winter bread", "the last train", "a paper lantern", "spring rain", "an old bicycle",

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from bailu.collector.builder import PREFERENCE, SFT, Example
-from bailu.collector.dataset import DatasetStore
+from bailu.datasets.format import PREFERENCE, SFT, Example
+from bailu.datasets.store import DatasetStore
 from bailu.registry import Registry, RegistryIndex
 from tests.conftest import RedisServer, free_port
 

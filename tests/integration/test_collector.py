@@ -18,13 +18,13 @@ import httpx
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from bailu.collector.consumer import Collector
-from bailu.collector.dataset import DatasetStore
+from bailu.collector.consumer import FeedbackConsumer
 from bailu.collector.service import CollectorService
 from bailu.collector.settings import CollectorSettings
 from bailu.common import redis_keys
 from bailu.common.metrics import CollectorMetrics
 from bailu.common.records import DATA_FIELD, Choice, CompletionRecord, FeedbackEvent, ResponseRef, prompt_hash
+from bailu.datasets.store import DatasetStore
 from tests.conftest import eventually, free_port
 from tests.integration.test_gateway import CHAT, chat_body
 
@@ -83,14 +83,14 @@ async def put_event(redis: Redis, kind: str, **fields: Any) -> str:
     return event.id
 
 
-async def drain(collector: Collector) -> None:
-    while messages := await collector.read():
-        await collector.process(messages)
+async def drain(consumer: FeedbackConsumer) -> None:
+    while messages := await consumer.read():
+        await consumer.process(messages)
 
 
-def new_collector(redis: Redis, redis_url: str, path: Path, **overrides: Any) -> Collector:
+def new_consumer(redis: Redis, redis_url: str, path: Path, **overrides: Any) -> FeedbackConsumer:
     s = settings(redis_url, path, **overrides)
-    return Collector(s, redis, DatasetStore(path), CollectorMetrics(CollectorRegistry()))
+    return FeedbackConsumer(s, redis, DatasetStore(path), CollectorMetrics(CollectorRegistry()))
 
 
 async def test_feedback_through_the_gateway_becomes_examples_and_pairs(
@@ -175,7 +175,7 @@ async def test_feedback_through_the_gateway_becomes_examples_and_pairs(
 
 
 async def test_quality_filters_and_dead_letters(redis, redis_server, tmp_path) -> None:
-    collector = new_collector(redis, redis_server.url, tmp_path, block_list=["forbidden phrase"])
+    collector = new_consumer(redis, redis_server.url, tmp_path, block_list=["forbidden phrase"])
     await collector.setup()
     good = await put_completion(redis, POEM)
     await put_event(redis, "edit", target=ResponseRef(good), edited_text="short")
@@ -198,7 +198,7 @@ async def test_quality_filters_and_dead_letters(redis, redis_server, tmp_path) -
 
 
 async def test_crash_between_files_and_commit_is_completed_on_restart(redis, redis_server, tmp_path) -> None:
-    first = new_collector(redis, redis_server.url, tmp_path)
+    first = new_consumer(redis, redis_server.url, tmp_path)
     await first.setup()
     response = await put_completion(redis, POEM)
     await put_event(redis, "edit", target=ResponseRef(response), edited_text="The grass is silver with white dew.")
@@ -208,7 +208,7 @@ async def test_crash_between_files_and_commit_is_completed_on_restart(redis, red
     # The first two steps of a commit happen, then the process dies.
     await redis.hset(first.intents, name, json.dumps(plan.intent("c1")))
     first.store.write_batch(name, plan.examples, "c1")
-    restarted = new_collector(redis, redis_server.url, tmp_path)
+    restarted = new_consumer(redis, redis_server.url, tmp_path)
     await restarted.setup()
     assert await redis.hlen(first.intents) == 0
     summary = await redis.xpending(redis_keys.FEEDBACK_STREAM, redis_keys.COLLECTOR_GROUP)
@@ -218,7 +218,7 @@ async def test_crash_between_files_and_commit_is_completed_on_restart(redis, red
 
 
 async def test_crash_before_files_redelivers(redis, redis_server, tmp_path) -> None:
-    first = new_collector(redis, redis_server.url, tmp_path)
+    first = new_consumer(redis, redis_server.url, tmp_path)
     await first.setup()
     response = await put_completion(redis, POEM)
     await put_event(redis, "edit", target=ResponseRef(response), edited_text="The grass is silver with white dew.")
@@ -226,7 +226,7 @@ async def test_crash_before_files_redelivers(redis, redis_server, tmp_path) -> N
     await redis.hset(first.intents, "0000000000001-c1-lost", json.dumps(plan.intent("c1")))
     # Died before the batch directory was renamed into place: a half-written one may be there.
     (first.store.shards / ".tmp-0000000000001-c1-lost").mkdir(parents=True)
-    restarted = new_collector(redis, redis_server.url, tmp_path, claim_idle_ms=1000)
+    restarted = new_consumer(redis, redis_server.url, tmp_path, claim_idle_ms=1000)
     await restarted.setup()
     assert await redis.hlen(first.intents) == 0
     assert not list(first.store.shards.glob(".tmp-*"))
@@ -237,7 +237,7 @@ async def test_crash_before_files_redelivers(redis, redis_server, tmp_path) -> N
 
 
 async def test_second_consumer_reclaims_pending_events_exactly_once(redis, redis_server, tmp_path) -> None:
-    dead = new_collector(redis, redis_server.url, tmp_path, consumer_name="dead")
+    dead = new_consumer(redis, redis_server.url, tmp_path, consumer_name="dead")
     await dead.setup()
     response = await put_completion(redis, POEM)
     ids = [
@@ -245,7 +245,7 @@ async def test_second_consumer_reclaims_pending_events_exactly_once(redis, redis
         for i in range(30)
     ]
     assert len(await dead.read()) == 30  # delivered to "dead", which never commits
-    alive = new_collector(redis, redis_server.url, tmp_path, consumer_name="alive")
+    alive = new_consumer(redis, redis_server.url, tmp_path, consumer_name="alive")
     await alive.setup()
     assert await alive.read() == []  # nothing new: all 30 are pending with "dead"
     assert await alive.reclaim() == 0  # not idle long enough yet
@@ -258,7 +258,7 @@ async def test_second_consumer_reclaims_pending_events_exactly_once(redis, redis
 
 
 async def test_trim_keeps_unacknowledged_events(redis, redis_server, tmp_path) -> None:
-    collector = new_collector(redis, redis_server.url, tmp_path)
+    collector = new_consumer(redis, redis_server.url, tmp_path)
     await collector.setup()
     response = await put_completion(redis, POEM)
     for i in range(10):

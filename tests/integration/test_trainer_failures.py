@@ -19,7 +19,7 @@ import torch
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from bailu.collector.dataset import DatasetStore
+from bailu.datasets.store import DatasetStore
 from bailu.registry import ModelRegistry, Registry, RegistryIndex
 from bailu.trainer.pipeline import run
 from tests.conftest import RedisServer, free_port

@@ -21,8 +21,8 @@ import torch
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from bailu.collector.dataset import DatasetStore
 from bailu.common import redis_keys
+from bailu.datasets.store import DatasetStore
 from bailu.registry import ModelRegistry, Registry, RegistryEvent, RegistryIndex, hash_dir
 from bailu.trainer import data, swift_args
 from bailu.trainer.pipeline import run

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import torch
 
-from bailu.collector.builder import PREFERENCE, Example
-from bailu.collector.dataset import DatasetStore
+from bailu.datasets.format import PREFERENCE, Example
+from bailu.datasets.store import DatasetStore
 from bailu.registry import Registry
 from bailu.trainer import data, export, swift_args, swift_runner
 from bailu.trainer.pipeline import SCRATCH, run

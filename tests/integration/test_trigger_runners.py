@@ -29,9 +29,10 @@ from kubernetes import client
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from bailu.collector.runners import KubernetesRunner, LocalRunner, RunnerError, job_name
+from bailu.collector.runners import KubernetesRunner, LocalRunner
 from bailu.collector.trigger import TRIGGER_LOCK, Trigger, TriggerPolicy, parse_peak_window
 from bailu.common import redis_keys
+from bailu.common.kube_jobs import RunnerError
 from bailu.common.metrics import TRIGGER_RUNS
 from tests.conftest import RedisServer
 from tests.kube_api import KubeApiServer
@@ -575,23 +576,3 @@ async def test_a_missing_cronjob_is_a_runner_error(
         await runner.start("v000042", tmp_path)
     assert caught.value.status == 404
     assert [r.method for r in api_server.requests] == ["GET"]
-
-
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-
-
-@pytest.mark.parametrize(
-    ("cronjob", "version"),
-    [
-        ("bailu-trainer", "v000001"),
-        ("a-release-name-that-is-quite-long-indeed-for-a-helm-release-trainer", "v000001"),
-        ("Bailu_Trainer", "2025-06-02T10:15:30Z.abc/def"),
-        ("trainer", "---"),
-    ],
-)
-def test_job_names_are_dns_labels_of_at_most_63_characters(cronjob: str, version: str) -> None:
-    name = job_name(cronjob, version, STARTED_AT)
-    assert len(name) <= 63
-    assert DNS_LABEL.fullmatch(name), name
-    assert name.endswith("-20250602101530")
-    assert name.startswith(cronjob[:10].lower().replace("_", "-"))

@@ -9,7 +9,8 @@ from typing import Any
 from bailu.cli.errors import CliError
 from bailu.cli.output import dump_json, short_value, table
 from bailu.cli.settings import CliSettings
-from bailu.collector.dataset import KINDS, DatasetStore
+from bailu.datasets.format import KINDS
+from bailu.datasets.store import DatasetStore
 
 # The manifest fields `datasets list --json` reports per version (the batch list is reduced to its length).
 SUMMARY_FIELDS = ("version", "created", "previous", "counts", "new_since_previous", "time_range", "content_sha256")

@@ -1,7 +1,7 @@
 """`bailu retrain`: a training Job from the trainer CronJob, in the kubeconfig's cluster.
 
 What `kubectl create job --from=cronjob/<release>-bailu-trainer` does, through the same code the
-collector uses (`bailu.collector.runners.build_job`): the CronJob's job template, the
+collector uses (`bailu.common.kube_jobs.build_job`): the CronJob's job template, the
 `cronjob.kubernetes.io/instantiate: manual` annotation, the CronJob as owner, and the dataset
 version in `BAILU_TRAINER_DATASET_VERSION` of every container. With no --dataset-version the
 variable is set to "" — the trainer's "newest sealed version", resolved when the Job runs —
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from bailu.cli.errors import CliError
 from bailu.cli.output import dump_json
+from bailu.common.kube_jobs import api_message, build_job
 
 if TYPE_CHECKING:
     from kubernetes.client import BatchV1Api, V1Job
@@ -84,8 +85,6 @@ def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    from bailu.collector.runners import api_message
-
     try:
         return func(*args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
     except ApiException as exc:
@@ -98,8 +97,6 @@ def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
 def create_job(api: BatchV1Api, namespace: str, cronjob: str, dataset_version: str, now: datetime) -> str:
     """Create the Job; returns its name. A CronJob without a job template is a `RunnerError` (a BailuError,
     reported as one line by `main`)."""
-    from bailu.collector.runners import build_job
-
     what = f"reading cronjob/{cronjob} in namespace {namespace}"
     template = _call(what, api.read_namespaced_cron_job, cronjob, namespace)
     job = build_job(template, dataset_version, namespace=namespace, now=now, managed_by=MANAGED_BY)

@@ -10,10 +10,10 @@ import asyncio
 import signal
 import sys
 
-from bailu.collector.dataset import DatasetStore
 from bailu.collector.service import CollectorService
 from bailu.collector.settings import CollectorSettings
 from bailu.common.logging import setup_logging
+from bailu.datasets.store import DatasetStore
 
 
 async def serve(settings: CollectorSettings) -> int:

@@ -5,46 +5,20 @@
 - comparison: a preference pair (chosen over rejected);
 - edit: the edited text is an SFT example (the gold answer) and a pair (edited over original).
 
-Examples are in ms-swift's dataset formats: `messages` for SFT, `messages` (ending with the chosen
-answer) plus `rejected_response` for preference pairs.
+Examples are in the dataset format of `bailu.datasets.format` (ms-swift's: `messages` for SFT, `messages`
+ending with the chosen answer plus `rejected_response` for preference pairs).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from bailu.collector import quality
 from bailu.common.records import CompletionRecord, FeedbackEvent, ResponseRef, content_hash
+from bailu.datasets import quality
+from bailu.datasets.format import PREFERENCE, SFT, Example
 
-SFT = "sft"
-PREFERENCE = "preference"
 THUMB_SCORES = {"up": 5, "down": 1}
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    kind: str  # SFT or PREFERENCE
-    source: str  # the feedback kind it came from ("rating", "ratings", "comparison", "edit")
-    event_id: str
-    created: float
-    prompt: list[dict[str, str]]
-    answer: str  # the (chosen) answer
-    rejected: str | None = None
-    # Identity for near-duplicate removal: the same prompt and answer(s), up to case and punctuation.
-    # Computed once: it is read several times per example on the collector's hot path.
-    hash: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        parts = [f"{m['role']}:{m['content']}" for m in self.prompt] + [self.kind, self.answer, self.rejected or ""]
-        object.__setattr__(self, "hash", content_hash(*parts))
-
-    def to_swift(self) -> dict[str, Any]:
-        record: dict[str, Any] = {"messages": [*self.prompt, {"role": "assistant", "content": self.answer}]}
-        if self.rejected is not None:
-            record["rejected_response"] = self.rejected
-        return record
 
 
 @dataclass(frozen=True, slots=True)

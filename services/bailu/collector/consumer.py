@@ -25,22 +25,19 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError, WatchError
 
-from bailu.collector import quality
-from bailu.collector.builder import Built, Example, Rating, build
-from bailu.collector.dataset import DatasetStore
+from bailu.collector.builder import Built, Rating, build
 from bailu.collector.settings import CollectorSettings
 from bailu.common import redis_keys
 from bailu.common.metrics import CollectorMetrics
 from bailu.common.records import DATA_FIELD, CompletionRecord, FeedbackEvent
+from bailu.common.redis_values import as_text
+from bailu.datasets import quality
+from bailu.datasets.format import Example
+from bailu.datasets.store import DatasetStore
 
 log = logging.getLogger(__name__)
 
 Message = tuple[bytes, dict[bytes, bytes]]
-
-
-def _text(value: Any) -> str:
-    """redis-py answers bytes (this client does not decode); names and ids as text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -65,7 +62,10 @@ class Plan:
         }
 
 
-class Collector:
+class FeedbackConsumer:
+    """One consumer of the collector's group on the feedback stream: turns batches of events into committed
+    dataset batches, exactly once (the order of writes is in the module docstring)."""
+
     def __init__(
         self, settings: CollectorSettings, redis: Redis, store: DatasetStore, metrics: CollectorMetrics
     ) -> None:
@@ -108,7 +108,7 @@ class Collector:
         key = redis_keys.intents_key(consumer)
         intents: dict[Any, Any] = await self.redis.hgetall(key)
         for name, data in intents.items():
-            batch = _text(name)
+            batch = as_text(name)
             if self.store.batch_exists(batch):
                 await self._commit(key, batch, json.loads(data))
                 log.info("completed a batch left by a crash", extra={"batch": batch, "consumer": consumer})
@@ -124,7 +124,7 @@ class Collector:
             redis_keys.FEEDBACK_STREAM, redis_keys.COLLECTOR_GROUP
         )
         for info in consumers:
-            name = _text(info["name"])
+            name = as_text(info["name"])
             if name != self.consumer and int(info["idle"]) >= idle:
                 await self.recover(name)
         await self._dead_letter_poison(idle)
@@ -158,7 +158,7 @@ class Collector:
         for entry in pending:
             if int(entry["times_delivered"]) < self.settings.max_deliveries:
                 continue
-            msg_id = _text(entry["message_id"])
+            msg_id = as_text(entry["message_id"])
             found: Any = await self.redis.xrange(redis_keys.FEEDBACK_STREAM, msg_id, msg_id)
             data = found[0][1].get(DATA_FIELD.encode(), b"").decode(errors="replace") if found else ""
             plan = Plan(ids=[msg_id], dead=[(msg_id, data, "too_many_deliveries")])
@@ -262,7 +262,7 @@ class Collector:
             stored: dict[Any, Any] = await self.redis.hgetall(key)
             for ref, data in stored.items():
                 value = json.loads(data)
-                result[key].append(Rating(_text(ref), int(value["score"]), value["text"]))
+                result[key].append(Rating(as_text(ref), int(value["score"]), value["text"]))
         return result
 
     async def _commit(self, intents_key: str | None, batch: str | None, intent: dict[str, Any]) -> bool:
@@ -299,15 +299,11 @@ class Collector:
         """Drop events the group has acknowledged from the feedback stream (never an unacknowledged one)."""
         summary = await self.redis.xpending(redis_keys.FEEDBACK_STREAM, redis_keys.COLLECTOR_GROUP)
         if summary["pending"]:
-            min_id = summary["min"].decode() if isinstance(summary["min"], bytes) else summary["min"]
+            min_id = as_text(summary["min"])
         else:
             groups = await self.redis.xinfo_groups(redis_keys.FEEDBACK_STREAM)
-            group = next(
-                g for g in groups if g["name"] in (redis_keys.COLLECTOR_GROUP, redis_keys.COLLECTOR_GROUP.encode())
-            )
-            last = group["last-delivered-id"]
-            last = last.decode() if isinstance(last, bytes) else last
-            ms, _, seq = last.partition("-")
+            group = next(g for g in groups if as_text(g["name"]) == redis_keys.COLLECTOR_GROUP)
+            ms, _, seq = as_text(group["last-delivered-id"]).partition("-")
             min_id = f"{ms}-{int(seq) + 1}"
         await self.redis.xtrim(redis_keys.FEEDBACK_STREAM, minid=min_id, approximate=False)
 
@@ -320,7 +316,7 @@ class Collector:
 
     async def _group(self) -> dict[str, Any] | None:
         groups: list[dict[str, Any]] = await self.redis.xinfo_groups(redis_keys.FEEDBACK_STREAM)
-        return next((g for g in groups if _text(g["name"]) == redis_keys.COLLECTOR_GROUP), None)
+        return next((g for g in groups if as_text(g["name"]) == redis_keys.COLLECTOR_GROUP), None)
 
     async def pairs_total(self) -> int:
         return int(await self.redis.hget(redis_keys.COUNTS_HASH, "preference") or 0)

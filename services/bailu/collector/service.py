@@ -12,13 +12,13 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bailu.collector.consumer import Collector
-from bailu.collector.dataset import DatasetStore
+from bailu.collector.consumer import FeedbackConsumer
 from bailu.collector.runners import create_runner
 from bailu.collector.settings import CollectorSettings
 from bailu.collector.trigger import Trigger, TriggerPolicy
 from bailu.common.metrics import CollectorMetrics
 from bailu.common.probes import ProbeServer
+from bailu.datasets.store import DatasetStore
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class CollectorService:
         self.registry = registry or CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
         self.store = DatasetStore(settings.dataset_dir)
-        self.collector = Collector(settings, self.redis, self.store, self.metrics)
+        self.consumer = FeedbackConsumer(settings, self.redis, self.store, self.metrics)
         if trigger is None:
             policy = TriggerPolicy.from_settings(settings)
             trigger = Trigger(
@@ -47,7 +47,7 @@ class CollectorService:
                 create_runner(settings),
                 self.redis,
                 seal=lambda: asyncio.to_thread(self.store.seal),
-                pairs_total=self.collector.pairs_total,
+                pairs_total=self.consumer.pairs_total,
                 dataset_dir=settings.dataset_dir,
                 registry=self.registry,
             ).check
@@ -58,7 +58,7 @@ class CollectorService:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; Redis outages are waited out with backoff."""
         await self.probes.start()
-        log.info("collector listening", extra={"http_port": self.probes.port, "consumer": self.collector.consumer})
+        log.info("collector listening", extra={"http_port": self.probes.port, "consumer": self.consumer.consumer})
         backoff = 0.5
         try:
             while not stop.is_set():
@@ -78,8 +78,8 @@ class CollectorService:
             await self.redis.aclose()
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        collector = self.collector
-        await collector.setup()
+        consumer = self.consumer
+        await consumer.setup()
         self.ready = True
         self.metrics.ready.set(1)
         next_reclaim = next_gauges = 0.0
@@ -87,15 +87,15 @@ class CollectorService:
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_reclaim:
-                await collector.reclaim()
+                await consumer.reclaim()
                 next_reclaim = now + self.settings.claim_idle_ms / 2000
-            messages = await collector.read()
+            messages = await consumer.read()
             if messages:
-                await collector.process(messages)
-                if collector.batches_done % self.settings.trim_every_batches == 0:
-                    await collector.trim()
+                await consumer.process(messages)
+                if consumer.batches_done % self.settings.trim_every_batches == 0:
+                    await consumer.trim()
             if now >= next_gauges:
-                await collector.update_gauges()
+                await consumer.update_gauges()
                 next_gauges = now + 5
             if now >= next_trigger:
                 next_trigger = now + self.settings.trigger_interval_s

@@ -26,6 +26,7 @@ from bailu.collector.runners import Runner
 from bailu.collector.settings import CollectorSettings
 from bailu.common import redis_keys
 from bailu.common.metrics import TriggerMetrics
+from bailu.common.redis_values import fields_text
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class TriggerState:
 
     @classmethod
     def from_redis(cls, raw: Mapping[Any, Any]) -> TriggerState:
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = fields_text(dict(raw))
         try:
             last_run_at = datetime.fromisoformat(fields["last_run_at"]) if fields.get("last_run_at") else None
             day = date.fromisoformat(fields["day"]) if fields.get("day") else None
@@ -222,10 +223,6 @@ class TriggerState:
 
     def runs_on(self, day: date) -> int:
         return self.runs_on_day if self.day == day else 0
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def utc_now() -> datetime:

@@ -2,7 +2,7 @@
 
 Each service has exactly one settings class, read from environment variables
 with the service's prefix (`BAILU_GATEWAY_`, `BAILU_WORKER_`, ...). Nothing
-else in the code reads the environment. `bailu.common.settings_doc` renders
+else in the code reads the environment. `bailu.dev.settings_doc` renders
 the README's configuration reference from these classes.
 """
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bailu.collector.dataset import DatasetStore
 from bailu.common.records import content_hash
+from bailu.datasets.store import DatasetStore
 from bailu.trainer.errors import NotEnoughData
 
 SFT_FILE = "sft.jsonl"

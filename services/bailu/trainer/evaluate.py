@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bailu.collector.quality import QualityFilter
+from bailu.datasets.quality import QualityFilter
 from bailu.trainer.data import Messages, Pair
 
 IGNORE_INDEX = -100

@@ -1,4 +1,5 @@
-"""Filters that keep low-quality text out of the training data."""
+"""Filters that keep low-quality text out of the training data (the collector applies them to feedback,
+the trainer's evaluation gate to generated samples)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Dataset shards and versions on disk: the files alone define the data.
 
-    <root>/shards/<batch>/sft.jsonl          ms-swift `messages` records
+    <root>/shards/<batch>/sft.jsonl          ms-swift `messages` records (`bailu.datasets.format`)
     <root>/shards/<batch>/preference.jsonl   ms-swift `messages` + `rejected_response` records
     <root>/shards/<batch>/meta.json          per record: kind, source, feedback event id, time, content hash
     <root>/versions/v000001/{sft,preference}.jsonl, manifest.json
@@ -23,10 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bailu.collector.builder import PREFERENCE, SFT, Example
 from bailu.common.atomic import TMP_PREFIX, fsync_dir, write_durable
-
-KINDS = (SFT, PREFERENCE)
+from bailu.datasets.format import KINDS, Example
 
 
 def _iso(ts: float) -> str:
@@ -34,6 +32,9 @@ def _iso(ts: float) -> str:
 
 
 class DatasetStore:
+    """The dataset under `root`: the collector writes batches and seals versions; readers list versions and
+    read their manifests and files."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.shards = root / "shards"

@@ -8,9 +8,9 @@ import pytest
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from bailu.common import settings_doc
 from bailu.common.settings import ServiceSettings
-from bailu.common.settings_doc import BEGIN, END, SETTINGS_CLASSES, MarkersError, render, replace_section
+from bailu.dev import settings_doc
+from bailu.dev.settings_doc import BEGIN, END, SETTINGS_CLASSES, MarkersError, render, replace_section
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 
@@ -146,9 +146,8 @@ def test_readme_is_up_to_date() -> None:
     if BEGIN not in text and END not in text:
         pytest.skip(
             f"{README.name} has no settings markers yet ({BEGIN} ... {END}); add them, then run "
-            "`python -m bailu.common.settings_doc --write README.md`"
+            "`python -m bailu.dev.settings_doc --write README.md`"
         )
     assert replace_section(text, render()) == text, (
-        "README.md's configuration reference is out of date: "
-        "run `python -m bailu.common.settings_doc --write README.md`"
+        "README.md's configuration reference is out of date: run `python -m bailu.dev.settings_doc --write README.md`"
     )

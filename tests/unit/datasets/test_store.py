@@ -1,0 +1,69 @@
+"""The dataset on disk (`bailu.datasets.store`): batches, sealed versions and their manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bailu.common.atomic import TMP_PREFIX
+from bailu.datasets.format import PREFERENCE, SFT, Example
+from bailu.datasets.store import DatasetStore
+
+PROMPT = [{"role": "user", "content": "Write a short poem about autumn light."}]
+
+
+def examples(n: int, start: int = 0) -> list[Example]:
+    return [
+        item
+        for i in range(start, start + n)
+        for item in (
+            Example(SFT, "rating", f"{i}-0", 1_750_000_000.0 + i, PROMPT, f"Answer number {i}."),
+            Example(PREFERENCE, "comparison", f"{i}-1", 1_750_000_000.0 + i, PROMPT, f"Better {i}.", f"Worse {i}."),
+        )
+    ]
+
+
+def test_a_batch_is_written_once_with_its_records_and_meta(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path)
+    batch = store.write_batch("0001-a", examples(2), "consumer-a")
+
+    assert store.batches() == ["0001-a"]
+    sft = [json.loads(line) for line in (batch / "sft.jsonl").read_text().splitlines()]
+    assert sft[0] == {"messages": [*PROMPT, {"role": "assistant", "content": "Answer number 0."}]}
+    meta = store.batch_meta("0001-a")
+    assert meta["consumer"] == "consumer-a"
+    assert [r["kind"] for r in meta["records"]] == [SFT, PREFERENCE, SFT, PREFERENCE]
+
+    store.write_batch("0001-a", examples(1, start=7), "consumer-b")  # idempotent: left as it is
+    assert store.batch_meta("0001-a")["consumer"] == "consumer-a"
+
+
+def test_versions_hold_every_batch_so_far_and_count_what_is_new(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path)
+    store.write_batch("0001-a", examples(2), "c")
+    first = store.seal()
+    assert first == "v000001"
+    assert store.seal() is None  # nothing new
+
+    store.write_batch("0002-a", examples(1, start=2), "c")
+    second = store.seal()
+    assert second == "v000002"
+    manifest = store.manifest("v000002")
+    assert manifest["previous"] == "v000001"
+    assert manifest["batches"] == ["0001-a", "0002-a"]
+    assert manifest["counts"] == {SFT: 3, PREFERENCE: 3}
+    assert manifest["new_since_previous"] == {SFT: 1, PREFERENCE: 1}
+    assert manifest["files"]["preference.jsonl"]["records"] == 3
+    assert store.versions() == ["v000001", "v000002"]
+
+
+def test_half_written_batches_and_versions_are_invisible_and_removed(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path)
+    store.ensure()
+    (store.shards / f"{TMP_PREFIX}0001-a").mkdir()
+    (store.versions_dir / f"{TMP_PREFIX}v000001-1").mkdir()
+
+    assert store.batches() == []
+    assert store.versions() == []
+    assert store.remove_stale_tmp() == 2
+    assert list(store.shards.iterdir()) == []
