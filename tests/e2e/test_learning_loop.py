@@ -136,9 +136,9 @@ def test_feedback_to_canary_to_rollback(stack: DevStack) -> None:
     assert manifest.metrics, "the trainer records its evaluation"
 
     # 3. The worker loads it without a restart; with no production version yet, the canary serves the alias.
-    served_name = f"{ADAPTER}@{first}"
-    wait_for(f"{served_name} in /v1/models", lambda: served_name in [m.id for m in client.models.list()], 120, stack)
-    assert served_versions(client, 3) == {served_name: 3}
+    first_name = f"{ADAPTER}@{first}"
+    wait_for(f"{first_name} in /v1/models", lambda: first_name in [m.id for m in client.models.list()], 120, stack)
+    assert served_versions(client, 3) == {first_name: 3}
 
     # 4. Promote it, then train again (by hand, as an operator would) for a second version: the canary.
     promoted = bailu(stack, "models", "promote", ADAPTER)
@@ -157,7 +157,7 @@ def test_feedback_to_canary_to_rollback(stack: DevStack) -> None:
     second_name = f"{ADAPTER}@{second}"
     wait_for(f"{second_name} in /v1/models", lambda: second_name in [m.id for m in client.models.list()], 120, stack)
     split = served_versions(client, 40)
-    assert set(split) == {served_name, second_name}, split
+    assert set(split) == {first_name, second_name}, split
     # Binomial(40, 0.5): 8..32 holds with probability > 0.9999.
     assert 8 <= split[second_name] <= 32, split
 
@@ -167,6 +167,6 @@ def test_feedback_to_canary_to_rollback(stack: DevStack) -> None:
     aliases = registry.aliases("adapter", ADAPTER)
     assert (aliases.production, aliases.canary) == (first, None)
     wait_for(f"{second_name} unloaded", lambda: second_name not in [m.id for m in client.models.list()], 60, stack)
-    assert served_versions(client, 10) == {served_name: 10}
+    assert served_versions(client, 10) == {first_name: 10}
     result = json.loads(trained.stdout.strip().splitlines()[-1]) if trained.stdout.strip() else {}
     assert result, "bailu train --json prints the trainer's summary"

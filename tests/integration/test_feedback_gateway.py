@@ -10,6 +10,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from bailu.common import metrics as metric_names
 from bailu.common import redis_keys
 from bailu.common.records import CompletionRecord, FeedbackEvent
 from tests.conftest import MODEL, OTHER_KEY, eventually
@@ -246,3 +247,13 @@ async def test_feedback_is_in_the_openapi_schema(stack) -> None:
     operation = schema["paths"]["/v1/feedback"]["post"]
     assert {"202", "400", "404", "409", "503"} <= set(operation["responses"])
     assert any(p["name"] == "Idempotency-Key" for p in operation["parameters"])
+
+
+async def test_feedback_requests_have_their_own_route_label(stack) -> None:
+    gateway, http, _ = stack
+    one = await complete(gateway, http)
+    assert (await post(gateway, http, {"type": "rating", "response_id": one["id"], "thumb": "up"})).status_code == 202
+    text = (await http.get(gateway.url + "/metrics")).text
+    assert f'{metric_names.GATEWAY_REQUESTS}{{route="/v1/feedback",status="202"}} 1.0' in text
+    assert f'{metric_names.GATEWAY_REQUEST_DURATION}_count{{route="/v1/feedback"}} 1.0' in text
+    assert 'route="other"' not in text

@@ -19,8 +19,8 @@ from bailu.gateway.auth import KeyStore
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.completions import COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionHandler
 from bailu.gateway.feedback import FeedbackAccepted, FeedbackHandler, FeedbackRequest, feedback_disabled
-from bailu.gateway.middleware import GatewayMiddleware
-from bailu.gateway.models import ModelResolver
+from bailu.gateway.middleware import GatewayMiddleware, RouteLabels
+from bailu.gateway.model_names import ModelResolver
 from bailu.gateway.registry_watch import RegistryWatcher
 from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
@@ -116,21 +116,20 @@ def create_app(
     app.state.metrics = metrics
     app.state.completion_log = completion_log
     errors.install(app)
-    app.add_middleware(GatewayMiddleware, keys=keys, metrics=metrics, max_body_bytes=settings.max_body_bytes)
 
     def key_id(request: Request) -> str:
         return str(request.scope.get("state", {}).get("key_id", ""))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        gen = handler.build_request(body, max_tokens=body.effective_max_tokens())
-        return await handler.respond(request, "chat", body, gen, key_id(request))
+        target, gen = handler.build_request(body, max_tokens=body.effective_max_tokens())
+        return await handler.respond(request, "chat", body, target, gen, key_id(request))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-        gen = handler.build_request(body, max_tokens=max_tokens)
-        return await handler.respond(request, "text", body, gen, key_id(request))
+        target, gen = handler.build_request(body, max_tokens=max_tokens)
+        return await handler.respond(request, "text", body, target, gen, key_id(request))
 
     @app.post(
         "/v1/feedback",
@@ -191,4 +190,12 @@ def create_app(
         metrics.workers_ready.set(len(pool.ready_workers()))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    # Added once every route exists: the request metrics get one route label per route.
+    app.add_middleware(
+        GatewayMiddleware,
+        keys=keys,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        route_labels=RouteLabels(app.routes),
+    )
     return app

@@ -16,6 +16,7 @@ from bailu.common import redis_keys
 from bailu.common.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from bailu.common.metrics import GatewayMetrics
 from bailu.common.records import DATA_FIELD, CompletionRecord, FeedbackEvent, ResponseRef
+from bailu.common.redis_values import as_text
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.schemas import StrictBody
 
@@ -91,19 +92,21 @@ class FeedbackAccepted(BaseModel):
 
 
 class FeedbackHandler:
-    def __init__(self, redis: Redis, log: CompletionLog, metrics: GatewayMetrics, *, idempotency_ttl_s: int) -> None:
+    def __init__(
+        self, redis: Redis, completion_log: CompletionLog, metrics: GatewayMetrics, *, idempotency_ttl_s: int
+    ) -> None:
         self.redis = redis
-        self.log = log
+        self.completion_log = completion_log
         self.metrics = metrics
         self.idempotency_ttl_s = idempotency_ttl_s
         self._script = redis.register_script(_RECORD_ONCE)
 
     async def _response(self, ref: ResponseRef, key_id: str, param: str) -> CompletionRecord:
-        record = await self.log.lookup(ref.response_id)
+        record = await self.completion_log.lookup(ref.response_id)
         if record is None:
             # Another gateway replica may have answered it a moment ago and not yet written its log.
             await asyncio.sleep(0.1)
-            record = await self.log.lookup(ref.response_id)
+            record = await self.completion_log.lookup(ref.response_id)
         if record is None or record.key_id != key_id:
             # Unknown, expired and someone else's look the same: nothing is revealed.
             raise NotFound(f"no response '{ref.response_id}' that this API key can give feedback on", param=param)
@@ -123,7 +126,7 @@ class FeedbackHandler:
             )
         except RedisError as exc:
             raise Unavailable(f"feedback cannot be stored right now ({type(exc).__name__})") from exc
-        result = result.decode() if isinstance(result, bytes) else str(result)
+        result = as_text(result)
         if result == "new":
             self.metrics.feedback.labels(body.type, "accepted").inc()
             return FeedbackAccepted(id=event.id)

@@ -6,7 +6,9 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterable
 
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bailu.common.errors import BailuError, RequestTooLarge
@@ -18,18 +20,42 @@ from bailu.gateway.errors import error_response
 log = logging.getLogger("bailu.gateway.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/healthz", "/readyz", "/metrics")
+OTHER_ROUTE = "other"
+
+
+class RouteLabels:
+    """The `route` label of a request path: the path template of the app's route that matches it, derived
+    from the app's routes; every other path is "other", so that the label's values stay bounded."""
+
+    def __init__(self, routes: Iterable[BaseRoute]) -> None:
+        self._routes = [(route.path_regex, route.path) for route in routes if isinstance(route, Route)]
+
+    def __call__(self, path: str) -> str:
+        for regex, label in self._routes:
+            if regex.match(path):
+                return label
+        return OTHER_ROUTE
 
 
 class GatewayMiddleware:
     """Gives every request an id (`X-Request-Id`, kept from the client when sane), buffers bodies up
-    to `max_body_bytes` (413 beyond), checks the API key on `/v1/` routes, logs and counts requests."""
+    to `max_body_bytes` (413 beyond), checks the API key on `/v1/` routes, logs and counts requests
+    (labelled by `route_labels`)."""
 
-    def __init__(self, app: ASGIApp, *, keys: KeyStore, metrics: GatewayMetrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: KeyStore,
+        metrics: GatewayMetrics,
+        max_body_bytes: int,
+        route_labels: RouteLabels,
+    ) -> None:
         self.app = app
         self.keys = keys
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.route_labels = route_labels
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,7 +66,7 @@ class GatewayMiddleware:
         rid = client_id if _SAFE_ID.match(client_id) else uuid.uuid4().hex
         token = request_id_var.set(rid)
         path: str = scope["path"]
-        route = path if path in _ROUTES else "other"
+        route = self.route_labels(path)
         start = time.monotonic()
         status = 500
 

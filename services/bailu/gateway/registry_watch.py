@@ -1,31 +1,29 @@
 """The gateway's view of the registry: aliases and manifests of every adapter name, read from the
 registry's Redis index (the gateway has no registry volume) into a `ModelResolver`.
 
-The view is read at start, again every `refresh_s` (the safety net), and one name at a time as soon as a
-change event for it arrives on `bailu:registry:events` (XREAD BLOCK, resuming after the last id seen).
-When Redis cannot be reached the last view stays in use and the watcher retries with backoff: requests
-keep being routed by the aliases the gateway last knew.
+The view is read at start, again every `refresh_s` (the safety net), in full whenever the registry's
+`EventFollower` (re)connects, and one name at a time as soon as a change event for it arrives. When Redis
+cannot be reached the last view stays in use while the follower retries: requests keep being routed by the
+aliases the gateway last knew.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-from bailu.common import redis_keys
 from bailu.common.metrics import GatewayMetrics
 from bailu.common.tasks import cancel_and_wait
-from bailu.gateway.models import ModelResolver, RegisteredAdapter
+from bailu.gateway.model_names import ModelResolver, RegisteredAdapter
+from bailu.registry.follow import EventFollower
 from bailu.registry.index import RegistryIndex
 
 log = logging.getLogger(__name__)
 
 KIND = "adapter"
-BACKOFF_MIN_S = 0.2
-BACKOFF_MAX_S = 10.0
 
 
 class RegistryWatcher:
@@ -44,9 +42,8 @@ class RegistryWatcher:
         self.resolver = resolver
         self.metrics = metrics
         self.refresh_s = refresh_s
-        self.block_ms = max(1, int(block_s * 1000))
+        self.events = EventFollower(index, on_connect=self._catch_up, block_s=block_s)
         self._clock = clock
-        self.last_event_id: str | None = None
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -113,49 +110,17 @@ class RegistryWatcher:
             await asyncio.sleep(self.refresh_s)
             await self.refresh("poll")
 
+    async def _catch_up(self) -> None:
+        """After (re)connecting to the events: what changed meanwhile is read in full."""
+        if not await self.refresh("connect"):
+            raise ConnectionError("the registry index could not be read")
+
     async def _event_loop(self) -> None:
-        backoff, warned, connected = BACKOFF_MIN_S, False, False
-        while True:
-            try:
-                if self.last_event_id is None:
-                    latest: Any = await self.index.redis.xrevrange(redis_keys.REGISTRY_EVENTS_STREAM, count=1)
-                    self.last_event_id = _text(latest[0][0]) if latest else "0-0"
-                # What changed while not following (or since the start) is read in full.
-                if not await self.refresh("connect"):
-                    raise ConnectionError("the registry index could not be read")
-                connected, backoff, warned = True, BACKOFF_MIN_S, False
-                await self._follow()
-            except Exception as exc:  # Redis down or a reply that cannot be read: keep the view, retry
-                if connected or not warned:
-                    log.warning("registry events unavailable; retrying", extra={"reason": repr(exc)})
-                    warned = True
-                connected = False
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-
-    async def _follow(self) -> None:
-        assert self.last_event_id is not None
-        while True:
-            reply: Any = await self.index.redis.xread(
-                {redis_keys.REGISTRY_EVENTS_STREAM: self.last_event_id}, block=self.block_ms, count=100
-            )
-            if not reply:
-                continue
-            entries = reply[0][1]
-            self.last_event_id = _text(entries[-1][0])
-            names: set[str] = set()
-            unclear = False
-            for _, fields in entries:
-                decoded = {_text(k): _text(v) for k, v in fields.items()}
-                if decoded.get("kind") == KIND and decoded.get("name"):
-                    names.add(decoded["name"])
-                elif not decoded.get("kind") or not decoded.get("name"):
-                    unclear = True  # an entry that does not say what changed: read everything
-            if unclear:
-                await self.refresh("event")
-            elif names:
-                await self.refresh_names(names)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        async with contextlib.aclosing(self.events.follow()) as batches:
+            async for events in batches:
+                if any(event.vague for event in events):
+                    await self.refresh("event")  # an entry that does not say what changed: read everything
+                    continue
+                names = {event.name for event in events if event.kind == KIND}
+                if names:
+                    await self.refresh_names(names)

@@ -28,7 +28,7 @@ class Router:
         last_error: BailuError | None = None
         while True:
             try:
-                worker = self.pool.pick(request.model, request.adapter, tried, raw_prompt=request.prompt is not None)
+                worker = self.pool.pick(request.model, request.adapter, tried, raw_prompt=not request.is_chat)
             except BailuError:
                 if last_error is not None:
                     raise last_error from None  # no other worker: report the worker's own error

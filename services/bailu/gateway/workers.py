@@ -120,8 +120,8 @@ class WorkerPool:
         self.discovery_interval_s = discovery_interval_s
         self.workers: dict[str, WorkerClient] = {}
         # Every model and adapter some ready worker serves, by name (the first worker's card wins): rebuilt
-        # by `update_served` when a poll or a failed call changes what is served, read on every request.
-        self.served: dict[str, ModelCard] = {}
+        # by `update_cards` when a poll or a failed call changes what is served, read on every request.
+        self.cards: dict[str, ModelCard] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Future[None]] = set()
 
@@ -136,7 +136,7 @@ class WorkerPool:
         await cancel_and_wait(self._tasks)
         await asyncio.gather(*(w.close() for w in self.workers.values()))
         self.workers.clear()
-        self.update_served()
+        self.update_cards()
 
     async def _resolve(self, target: str) -> list[str] | None:
         """The addresses `target` (host:port) resolves to; None if the lookup failed."""
@@ -160,7 +160,7 @@ class WorkerPool:
             complete &= found is not None
             wanted.update(found or ())
         for address in wanted - self.workers.keys():
-            self.workers[address] = WorkerClient(address, self.update_served)
+            self.workers[address] = WorkerClient(address, self.update_cards)
             log.info("worker added", extra={"worker": address})
         if not complete:
             return  # a failed lookup removes nobody: DNS hiccups must not empty the pool
@@ -169,7 +169,7 @@ class WorkerPool:
             log.info("worker removed", extra={"worker": address})
             # Let calls in flight finish before the channel closes.
             asyncio.get_running_loop().call_later(30, self._close_later, worker)
-        self.update_served()
+        self.update_cards()
 
     def _close_later(self, worker: WorkerClient) -> None:
         task = asyncio.ensure_future(worker.close())
@@ -181,7 +181,7 @@ class WorkerPool:
         try:
             await asyncio.gather(*(w.refresh(timeout) for w in list(self.workers.values())))
         finally:
-            self.update_served()
+            self.update_cards()
 
     async def _poll_loop(self) -> None:
         while True:
@@ -202,17 +202,17 @@ class WorkerPool:
     def ready_workers(self) -> list[WorkerClient]:
         return [w for w in self.workers.values() if w.ready]
 
-    def update_served(self) -> None:
-        """Rebuild `served` from the ready workers' model lists."""
-        served: dict[str, ModelCard] = {}
+    def update_cards(self) -> None:
+        """Rebuild `cards` from the ready workers' model lists."""
+        cards: dict[str, ModelCard] = {}
         for worker in self.ready_workers():
             for card in worker.models:
-                served.setdefault(card.name, card)
-        self.served = served
+                cards.setdefault(card.name, card)
+        self.cards = cards
 
     def models(self) -> list[ModelCard]:
         """Every model and adapter some ready worker serves, base models first, then by name."""
-        return sorted(self.served.values(), key=lambda c: (c.kind != "base", c.name))
+        return sorted(self.cards.values(), key=lambda c: (c.kind != "base", c.name))
 
     def pick(self, model: str, adapter: str, exclude: set[str], *, raw_prompt: bool = False) -> WorkerClient:
         """The least-loaded ready worker that serves the model (ties broken at random). A raw prompt

@@ -1,9 +1,11 @@
 """The model registry: versions of base models, adapters and exports on shared storage, with
 manifests, aliases and a canary weight (`Registry`), a Redis index and change events
-(`RegistryIndex`), and both together for async callers (`ModelRegistry`)."""
+(`RegistryIndex`), both together for async callers (`ModelRegistry`), and the one way to follow the
+change events (`EventFollower`)."""
 
 from bailu.registry.errors import InvalidRegistryOperation, VersionNotFound
 from bailu.registry.events import RegistryEvent
+from bailu.registry.follow import EventFollower
 from bailu.registry.hashing import hash_dir
 from bailu.registry.index import RegistryIndex
 from bailu.registry.model import Aliases, Manifest, Version
@@ -12,6 +14,7 @@ from bailu.registry.store import NameState, Registry
 
 __all__ = [
     "Aliases",
+    "EventFollower",
     "InvalidRegistryOperation",
     "Manifest",
     "ModelRegistry",

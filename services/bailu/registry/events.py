@@ -11,6 +11,9 @@ STATUS = "status"
 ALIAS = "alias"
 CANARY_WEIGHT = "canary_weight"
 
+# The fields every entry has; the others are the event's details.
+_HEAD = ("kind", "name", "version", "what")
+
 
 @dataclass(frozen=True, slots=True)
 class RegistryEvent:
@@ -28,8 +31,22 @@ class RegistryEvent:
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> RegistryEvent:
-        details = {k: v for k, v in fields.items() if k not in ("kind", "name", "version", "what")}
-        return cls(fields["kind"], fields["name"], fields["version"], fields["what"], details)
+        """Read a stream entry back; a missing `kind`, `name`, `version` or `what` reads as "" (an entry
+        written by hand or by another version still parses, and `vague` says whether it names a change)."""
+        details = {k: v for k, v in fields.items() if k not in _HEAD}
+        kind, name, version, what = (fields.get(k, "") for k in _HEAD)
+        return cls(kind, name, version, what, details)
+
+    @property
+    def vague(self) -> bool:
+        """The entry does not say which name changed (no `kind` or no `name`): a follower cannot tell what
+        it is about and treats it as being about anything."""
+        return not self.kind or not self.name
+
+    def may_concern(self, kind: str) -> bool:
+        """Whether a follower of names of `kind` must act on this event (a vague one is not trusted to be
+        irrelevant)."""
+        return self.vague or self.kind == kind
 
 
 def diff(before: NameState, after: NameState) -> list[RegistryEvent]:

@@ -1,6 +1,7 @@
 """The registry's Redis index: a mirror of the files for fast lookups, plus the change-event stream.
 
-The files are the source of truth; `rebuild` repopulates the index from them at any time.
+The files are the source of truth; `rebuild` repopulates the index from them at any time. Followers read
+the event stream through `registry.follow.EventFollower`, never by hand.
 Per name: `registry_versions_key` (version -> manifest JSON) and `registry_aliases_key`
 (production, canary, canary_weight, history as JSON, updated; "" for none).
 """
@@ -15,15 +16,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bailu.common import redis_keys
+from bailu.common.redis_values import as_text, fields_text
 from bailu.registry.events import RegistryEvent
 from bailu.registry.model import Aliases, Manifest, dumps
 from bailu.registry.store import NameState, Registry
 
 EVENTS_MAXLEN = 10_000
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class RegistryIndex:
@@ -53,13 +51,13 @@ class RegistryIndex:
 
     async def names(self) -> list[tuple[str, str]]:
         members = await self.redis.smembers(redis_keys.REGISTRY_NAMES_SET)
-        pairs = (_text(m).split("/", 1) for m in members)
+        pairs = (as_text(m).split("/", 1) for m in members)
         return sorted((kind, name) for kind, name in pairs)
 
     async def manifests(self, kind: str, name: str) -> list[Manifest]:
         """Every version of a name, oldest first."""
         raw = await self.redis.hgetall(redis_keys.registry_versions_key(kind, name))
-        manifests = [Manifest.from_json(_text(v)) for v in raw.values()]
+        manifests = [Manifest.from_json(as_text(v)) for v in raw.values()]
         return sorted(manifests, key=lambda m: (len(m.version), m.version))
 
     async def manifest(self, kind: str, name: str, ref: str) -> Manifest | None:
@@ -70,11 +68,11 @@ class RegistryIndex:
         if version is None:
             return None
         raw = await self.redis.hget(redis_keys.registry_versions_key(kind, name), version)
-        return None if raw is None else Manifest.from_json(_text(raw))
+        return None if raw is None else Manifest.from_json(as_text(raw))
 
     async def aliases(self, kind: str, name: str) -> Aliases:
-        raw = await self.redis.hgetall(redis_keys.registry_aliases_key(kind, name))
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        raw: Any = await self.redis.hgetall(redis_keys.registry_aliases_key(kind, name))
+        fields = fields_text(raw)
         return Aliases(
             production=fields.get("production") or None,
             canary=fields.get("canary") or None,
@@ -86,7 +84,19 @@ class RegistryIndex:
     async def events(self, after: str = "0-0", count: int | None = None) -> list[tuple[str, RegistryEvent]]:
         """Events after stream id `after`, oldest first, with their ids (for a follower to resume from)."""
         entries: Any = await self.redis.xrange(redis_keys.REGISTRY_EVENTS_STREAM, min=f"({after}", count=count)
-        return [(_text(i), RegistryEvent.from_fields({_text(k): _text(v) for k, v in f.items()})) for i, f in entries]
+        return _parsed(entries)
+
+    async def wait_events(self, after: str, *, block_s: float, count: int) -> list[tuple[str, RegistryEvent]]:
+        """Like `events`, but waits up to `block_s` for the first one (XREAD BLOCK); [] when none came.
+        `block_s` must stay below the Redis client's socket timeout."""
+        stream = redis_keys.REGISTRY_EVENTS_STREAM
+        reply: Any = await self.redis.xread({stream: after}, block=max(1, int(block_s * 1000)), count=count)
+        return _parsed(reply[0][1]) if reply else []
+
+    async def last_event_id(self) -> str:
+        """The id of the newest event, "0-0" when there is none (to follow only what comes next)."""
+        latest: Any = await self.redis.xrevrange(redis_keys.REGISTRY_EVENTS_STREAM, count=1)
+        return as_text(latest[0][0]) if latest else "0-0"
 
     async def snapshot(self) -> dict[str, Any]:
         """The whole index as plain data (to compare an index with a rebuilt one)."""
@@ -116,3 +126,14 @@ class RegistryIndex:
                 "updated": a.updated or "",
             },
         )
+
+
+def _parsed(entries: Any) -> list[tuple[str, RegistryEvent]]:
+    parsed = []
+    for entry_id, fields in entries:
+        try:
+            event = RegistryEvent.from_fields(fields_text(fields))
+        except UnicodeDecodeError:  # an entry that cannot be read says nothing about what changed
+            event = RegistryEvent("", "", "", "")
+        parsed.append((as_text(entry_id), event))
+    return parsed

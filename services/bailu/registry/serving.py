@@ -23,8 +23,9 @@ from bailu.registry.store import NameState, Registry
 SEPARATOR = "@"
 
 
-def served_name(name: str, version: str) -> str:
-    """The name a worker serves an adapter version under."""
+def version_name(name: str, version: str) -> str:
+    """`<name>@<version>`: the name a registry version is served under (workers load the adapter under
+    it, clients may ask for it, responses and the completion log report it)."""
     return f"{name}{SEPARATOR}{version}"
 
 
@@ -41,7 +42,7 @@ class ModelRef:
         return cls(name, version if sep and version else None)
 
     def __str__(self) -> str:
-        return served_name(self.name, self.version) if self.version else self.name
+        return version_name(self.name, self.version) if self.version else self.name
 
 
 def aliased_versions(aliases: Aliases) -> list[str]:
@@ -62,7 +63,7 @@ def pick_version(aliases: Aliases, draw: float) -> str:
 
 
 def wanted_adapters(registry: Registry, base_model: str, states: Iterable[NameState] | None = None) -> dict[str, Path]:
-    """What a worker serving `base_model` should have loaded: served name -> adapter directory in its own
+    """What a worker serving `base_model` should have loaded: version name -> adapter directory in its own
     mount of the registry (`states` default to a scan of the files)."""
     wanted: dict[str, Path] = {}
     for state in registry.scan() if states is None else states:
@@ -72,5 +73,5 @@ def wanted_adapters(registry: Registry, base_model: str, states: Iterable[NameSt
         for version in aliased_versions(state.aliases):
             manifest = by_version.get(version)
             if manifest is not None and manifest.base_model == base_model:
-                wanted[served_name(state.name, version)] = registry.version_dir("adapter", state.name, version)
+                wanted[version_name(state.name, version)] = registry.version_dir("adapter", state.name, version)
     return wanted

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bailu.registry.serving import served_name
+from bailu.registry.serving import version_name
 
 Outcome = Literal["published", "rejected", "already_built", "failed"]
 
@@ -45,7 +45,7 @@ class Result:
         return path
 
     def final_line(self) -> str:
-        name = served_name(self.adapter_name, self.version) if self.version else self.adapter_name
+        name = version_name(self.adapter_name, self.version) if self.version else self.adapter_name
         if self.outcome == "published":
             canary = f"canary with weight {self.canary_weight:g}"
             exports = "".join(f", {n}@{v}" for n, v in sorted(self.exports.items()))

@@ -6,8 +6,8 @@ trigger does the same thing, a full comparison with the files (`reconcile`):
 
 - at start, before the worker reports ready, so that a restarted worker serves the current versions at once;
 - on each change event in the Redis stream `bailu:registry:events` (when a Redis URL is given), so that a
-  new version loads within a second; the stream is read with XREAD BLOCK, resuming after the last id seen,
-  and reconnected with backoff when Redis goes away (the worker keeps serving meanwhile);
+  new version loads within a second, and whenever the registry's `EventFollower` (re)connects to it (it
+  reconnects with backoff when Redis goes away; the worker keeps serving meanwhile);
 - every `poll_s`, as a safety net for missed events, Redis outages and hand-edited files.
 
 A version that fails to load is logged with the reason and tried again at the next reconcile; it never
@@ -20,15 +20,18 @@ hand are left alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection
-from typing import Any
 
-from bailu.common import redis_keys
+from redis.asyncio import Redis
+
 from bailu.common.errors import BailuError, ModelNotFound
 from bailu.common.metrics import WorkerMetrics
 from bailu.common.tasks import cancel_and_wait
+from bailu.registry.follow import EventFollower
+from bailu.registry.index import RegistryIndex
 from bailu.registry.serving import wanted_adapters
 from bailu.registry.store import Registry
 from bailu.worker.engines.base import Engine
@@ -37,8 +40,6 @@ log = logging.getLogger(__name__)
 
 # How long one XREAD waits for events before it asks again (the socket timeout is longer).
 EVENTS_BLOCK_S = 5.0
-BACKOFF_MIN_S = 0.2
-BACKOFF_MAX_S = 10.0
 
 
 def _outcome(exc: BaseException) -> str:
@@ -68,15 +69,24 @@ class RegistryFollower:
         self.poll_s = poll_s
         self.unload_grace_s = unload_grace_s
         self._clock = clock
-        # Served name -> adapter directory, for the versions this follower loaded.
+        # Version name -> adapter directory, for the versions this follower loaded.
         self.owned: dict[str, str] = {}
-        # Served name -> why its last load failed, for wanted versions that are not loaded.
+        # Version name -> why its last load failed, for wanted versions that are not loaded.
         self.failed: dict[str, str] = {}
-        self.last_event_id: str | None = None
-        self.events_connected = False
+        # Follows the registry's change events while started with a Redis URL.
+        self.events: EventFollower | None = None
         self._retiring: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def events_connected(self) -> bool:
+        return self.events is not None and self.events.connected
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id of the last registry event read (None before the first connection)."""
+        return None if self.events is None else self.events.last_id
 
     @property
     def retiring(self) -> set[str]:
@@ -180,57 +190,19 @@ class RegistryFollower:
             await self.reconcile("poll")
 
     async def _event_loop(self) -> None:
-        from redis.asyncio import Redis
-
-        client: Any = Redis.from_url(
-            self.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=2.0,
-            socket_timeout=EVENTS_BLOCK_S + 5.0,
+        client = Redis.from_url(self.redis_url, socket_connect_timeout=2.0, socket_timeout=EVENTS_BLOCK_S + 5.0)
+        self.events = EventFollower(
+            RegistryIndex(client),
+            # Whatever changed while not connected (or since the start) is in the files.
+            on_connect=lambda: self.reconcile("connect"),
+            on_connection=lambda connected: self.metrics.registry_events_connected.set(1 if connected else 0),
+            block_s=EVENTS_BLOCK_S,
         )
-        backoff, warned = BACKOFF_MIN_S, False
         try:
-            while True:
-                try:
-                    await self._follow(client)
-                except Exception as exc:  # Redis down, or a reply that cannot be read: retry, keep serving
-                    if self.events_connected:
-                        backoff, warned = BACKOFF_MIN_S, False
-                    self._set_connected(False)
-                    if not warned:
-                        log.warning(
-                            "registry events unavailable; following the files only until Redis is back",
-                            extra={"reason": repr(exc), "poll_s": self.poll_s},
-                        )
-                        warned = True
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+            async with contextlib.aclosing(self.events.follow()) as batches:
+                async for events in batches:
+                    # Only adapters are served; a vague event is not trusted to be irrelevant.
+                    if any(event.may_concern("adapter") for event in events):
+                        await self.reconcile("event")
         finally:
-            self._set_connected(False)
             await client.aclose()
-
-    def _set_connected(self, connected: bool) -> None:
-        self.events_connected = connected
-        self.metrics.registry_events_connected.set(1 if connected else 0)
-
-    async def _follow(self, client: Any) -> None:
-        if self.last_event_id is None:
-            latest = await client.xrevrange(redis_keys.REGISTRY_EVENTS_STREAM, count=1)
-            self.last_event_id = str(latest[0][0]) if latest else "0-0"
-        else:
-            await client.ping()
-        self._set_connected(True)
-        log.info("following registry events", extra={"after": self.last_event_id})
-        # Whatever changed while not connected (or since the start) is in the files.
-        await self.reconcile("connect")
-        while True:
-            reply = await client.xread(
-                {redis_keys.REGISTRY_EVENTS_STREAM: self.last_event_id}, block=int(EVENTS_BLOCK_S * 1000), count=100
-            )
-            if not reply:
-                continue
-            entries = reply[0][1]
-            self.last_event_id = str(entries[-1][0])
-            # Only adapters are served; an event without a kind is not trusted to be irrelevant.
-            if any(fields.get("kind", "adapter") == "adapter" for _, fields in entries):
-                await self.reconcile("event")

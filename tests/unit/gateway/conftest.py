@@ -23,10 +23,10 @@ def put_worker(
     pool: WorkerPool, address: str, report: LoadReport | None, models: Iterable[ModelCard], inflight: int = 0
 ) -> WorkerClient:
     """Put a worker with this load report and model list into the pool, as a poll would (no RPC is made)."""
-    worker = WorkerClient(address, pool.update_served)
+    worker = WorkerClient(address, pool.update_cards)
     worker.load = report
     worker.models = list(models)
     worker.inflight = inflight
     pool.workers[address] = worker
-    pool.update_served()
+    pool.update_cards()
     return worker

@@ -1,5 +1,5 @@
 """WorkerPool's routing logic, with load reports and model lists set by hand (no worker is contacted).
-What model names mean is tested in test_models.py."""
+What model names mean is tested in test_model_names.py."""
 
 from __future__ import annotations
 

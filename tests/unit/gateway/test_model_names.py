@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from bailu.common.errors import ModelNotFound, Unavailable
 from bailu.common.metrics import GatewayMetrics
 from bailu.common.types import LoadReport, ModelCard
-from bailu.gateway.models import ModelResolver, RegisteredAdapter
+from bailu.gateway.model_names import ModelResolver, RegisteredAdapter
 from bailu.gateway.workers import WorkerClient, WorkerPool
 from bailu.registry.model import Aliases, Manifest
 from tests.unit.gateway.conftest import put_worker
@@ -80,9 +80,9 @@ def fallbacks(metrics: GatewayMetrics, alias: str) -> float:
 async def test_base_model_and_static_adapter_resolve_as_workers_serve_them(resolver, add) -> None:
     add("w1:1", STATIC)
     base = resolver.resolve(BASE)
-    assert (base.model, base.adapter, base.served) == (BASE, "", BASE)
+    assert (base.model, base.adapter, base.resolved) == (BASE, "", BASE)
     static = resolver.resolve("poet")
-    assert (static.model, static.adapter, static.served) == (BASE, "poet", "poet")
+    assert (static.model, static.adapter, static.resolved) == (BASE, "poet", "poet")
 
 
 async def test_alias_goes_to_production_or_canary_by_the_draw(resolver, add, draws) -> None:
@@ -92,9 +92,9 @@ async def test_alias_goes_to_production_or_canary_by_the_draw(resolver, add, dra
     canary = resolver.resolve("bailu-poet")
     assert (canary.requested, canary.model, canary.adapter) == ("bailu-poet", BASE, "bailu-poet@v0002")
     draws.value = 0.3
-    assert resolver.resolve("bailu-poet").served == "bailu-poet@v0001"
+    assert resolver.resolve("bailu-poet").resolved == "bailu-poet@v0001"
     draws.value = 0.99
-    assert resolver.resolve("bailu-poet").served == "bailu-poet@v0001"
+    assert resolver.resolve("bailu-poet").resolved == "bailu-poet@v0001"
     assert resolver.resolve("bailu-poet").fallback_from is None
 
 
@@ -112,7 +112,7 @@ async def test_canary_not_served_yet_falls_back_to_production(resolver, add, dra
     resolver.replace_view({"bailu-poet": registered("v0001", "v0002", 0.5)})
     draws.value = 0.1  # chooses the canary
     target = resolver.resolve("bailu-poet")
-    assert target.served == "bailu-poet@v0001"
+    assert target.resolved == "bailu-poet@v0001"
     assert target.fallback_from == "canary"
     assert fallbacks(metrics, "canary") == 1
     draws.value = 0.9  # chooses production: no fallback
@@ -124,7 +124,7 @@ async def test_production_not_served_falls_back_to_canary(resolver, add, draws, 
     add("w1:1", card("bailu-poet@v0002"))
     resolver.replace_view({"bailu-poet": registered("v0003", "v0002", 0.1)})
     draws.value = 0.9
-    assert resolver.resolve("bailu-poet").served == "bailu-poet@v0002"
+    assert resolver.resolve("bailu-poet").resolved == "bailu-poet@v0002"
     assert fallbacks(metrics, "production") == 1
 
 
@@ -194,7 +194,7 @@ async def test_models_of_workers_that_are_not_ready_do_not_resolve(resolver, add
         resolver.resolve("other")
 
 
-async def test_a_worker_served_name_wins_over_a_registry_name(resolver, add) -> None:
+async def test_a_name_a_worker_serves_wins_over_a_registry_name(resolver, add) -> None:
     add("w1:1", ModelCard("bailu-poet", "adapter", BASE, 4096), card("bailu-poet@v0001"))
     resolver.replace_view({"bailu-poet": registered("v0001")})
     assert resolver.resolve("bailu-poet").adapter == "bailu-poet"
@@ -216,7 +216,7 @@ async def test_update_view_replaces_or_drops_one_name(resolver, add) -> None:
     add("w1:1", card("bailu-poet@v0001"), card("bailu-poet@v0002"))
     resolver.replace_view({"bailu-poet": registered("v0001")})
     resolver.update_view("bailu-poet", registered("v0002"))
-    assert resolver.resolve("bailu-poet").served == "bailu-poet@v0002"
+    assert resolver.resolve("bailu-poet").resolved == "bailu-poet@v0002"
     resolver.update_view("bailu-poet", None)
     with pytest.raises(ModelNotFound):
         resolver.resolve("bailu-poet")

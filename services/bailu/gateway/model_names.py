@@ -3,7 +3,7 @@
 Resolution order (the first that applies wins):
 
 1. a name some ready worker serves as it is: a base model, a static adapter, or a registry version's
-   served name `<name>@<version>` (workers load those under that name);
+   name `<name>@<version>` (`version_name`: workers load versions under it);
 2. `<name>@<version>` of a version the registry knows but no ready worker serves: 503 when it is aliased
    (production or canary: workers are loading it, a retry will succeed) and 404 when it is not (no worker
    will load it: only aliased versions are served);
@@ -28,7 +28,7 @@ from bailu.common.types import ModelCard
 from bailu.gateway.workers import WorkerPool
 from bailu.registry.errors import VersionNotFound
 from bailu.registry.model import Aliases, Manifest
-from bailu.registry.serving import SEPARATOR, ModelRef, aliased_versions, pick_version, served_name
+from bailu.registry.serving import SEPARATOR, ModelRef, aliased_versions, pick_version, version_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +51,10 @@ class Target:
     fallback_from: str | None = None
 
     @property
-    def served(self) -> str:
-        """The name reported to the client and in the completion log (e.g. `bailu-poet@v0003`)."""
+    def resolved(self) -> str:
+        """What `requested` resolved to: the adapter workers are asked for, else the base model (e.g.
+        `bailu-poet@v0003` for `bailu-poet`). Responses report it as their `model`, and the completion log
+        as its `resolved_model`."""
         return self.adapter or self.model
 
 
@@ -89,8 +91,8 @@ class ModelResolver:
 
     def resolve(self, requested: str) -> Target:
         """The target of a request for `requested`; raises `ModelNotFound` (404) or `Unavailable` (503)."""
-        served = self.pool.served
-        card = served.get(requested)
+        cards = self.pool.cards
+        card = cards.get(requested)
         if card is not None:
             if card.kind == "adapter":
                 return Target(requested, card.base_model, card.name)
@@ -101,7 +103,7 @@ class ModelResolver:
             raise _unknown(requested, self.pool)
         if ref.version is not None:
             raise self._not_loaded(entry, ref.version, requested)
-        return self._pick(entry, served, requested)
+        return self._pick(entry, cards, requested)
 
     def _not_loaded(self, entry: RegisteredAdapter, version: str, requested: str) -> Exception:
         if version not in entry.manifests:
@@ -116,36 +118,36 @@ class ModelResolver:
             param="model",
         )
 
-    def _pick(self, entry: RegisteredAdapter, served: Mapping[str, ModelCard], requested: str) -> Target:
+    def _pick(self, entry: RegisteredAdapter, cards: Mapping[str, ModelCard], requested: str) -> Target:
         try:
             chosen = pick_version(entry.aliases, self.draw())
         except VersionNotFound:
             raise ModelNotFound(f"the model '{requested}' has no production or canary version", param="model") from None
-        card = served.get(served_name(entry.name, chosen))
+        card = cards.get(version_name(entry.name, chosen))
         if card is not None:
             return Target(requested, card.base_model, card.name)
         alias = "production" if chosen == entry.aliases.production else "canary"
         for other in aliased_versions(entry.aliases):
-            card = served.get(served_name(entry.name, other))
+            card = cards.get(version_name(entry.name, other))
             if other != chosen and card is not None:
                 self.metrics.version_fallbacks.labels(entry.name, alias).inc()
                 return Target(requested, card.base_model, card.name, fallback_from=alias)
         if not self.pool.ready_workers():
             raise Unavailable("no inference worker is ready")
-        versions = ", ".join(served_name(entry.name, v) for v in aliased_versions(entry.aliases))
+        versions = ", ".join(version_name(entry.name, v) for v in aliased_versions(entry.aliases))
         raise Unavailable(f"no ready worker serves the model '{requested}' yet ({versions}); retry shortly")
 
     def listed(self) -> list[ModelCard]:
         """Registry adapter names that some ready worker can serve now (an aliased version is loaded),
         as cards whose base model is the served version's."""
-        served = self.pool.served
-        cards: list[ModelCard] = []
+        cards = self.pool.cards
+        listed: list[ModelCard] = []
         for name, entry in sorted(self.adapters.items()):
-            if name in served:
+            if name in cards:
                 continue  # a worker serves something under this very name: it wins (rule 1)
             for version in aliased_versions(entry.aliases):
-                card = served.get(served_name(name, version))
+                card = cards.get(version_name(name, version))
                 if card is not None:
-                    cards.append(ModelCard(name, "adapter", card.base_model, card.max_model_len))
+                    listed.append(ModelCard(name, "adapter", card.base_model, card.max_model_len))
                     break
-        return cards
+        return listed
