@@ -49,10 +49,10 @@ $(HELM): deploy/install_helm.py | $(STAMP)
 setup: $(STAMP) system-deps $(HELM) ## Create the virtual environment and install everything, helm included (idempotent)
 
 $(MODEL_DIR)/config.json: | $(STAMP)
-	$(PY) -m bailu.worker.models smollm2 --out $(MODEL_DIR)
+	$(PY) -m bailu.dev.models smollm2 --out $(MODEL_DIR)
 
 $(TINY_DIR)/config.json: | $(STAMP)
-	$(PY) -m bailu.worker.models tiny --out $(TINY_DIR)
+	$(PY) -m bailu.dev.models tiny --out $(TINY_DIR)
 
 model: $(MODEL_DIR)/config.json ## Convert SmolLM2-135M-Instruct from its GGUF file (once)
 
@@ -90,7 +90,7 @@ typecheck: $(STAMP) ## mypy
 	$(VENV)/bin/mypy
 
 docs: $(STAMP) ## Regenerate the README's configuration reference from the settings classes
-	$(PY) -m bailu.common.settings_doc --write README.md
+	$(PY) -m bailu.dev.settings_doc --write README.md
 
 proto: $(STAMP) ## Regenerate the Python stubs from proto/ (commit the result)
 	$(PY) -m grpc_tools.protoc -I proto --python_out=services --pyi_out=services --grpc_python_out=services \

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The Bailu inference worker on LmDeploy: the engine's official image at the version Bailu's lmdeploy
-# dialect is written against (services/bailu/worker/engines/versions.py, the one place it is pinned; a
+# dialect is written against (services/bailu/worker/engines/server/versions.py, the one place it is pinned; a
 # unit test keeps the ARG below equal to it), plus the worker, which starts `lmdeploy serve api_server` as its
 # child process on localhost and serves gRPC in front of it.
 #

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The Bailu inference worker on vLLM: the engine's official image at the version Bailu's vllm
-# dialect is written against (services/bailu/worker/engines/versions.py, the one place it is pinned; a
+# dialect is written against (services/bailu/worker/engines/server/versions.py, the one place it is pinned; a
 # unit test keeps the ARG below equal to it), plus the worker, which starts `vllm serve` as its
 # child process on localhost and serves gRPC in front of it.
 #

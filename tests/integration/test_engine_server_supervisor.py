@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bailu.worker.engines.supervisor import EngineStartError, EngineState, EngineSupervisor
+from bailu.worker.engines.server.supervisor import EngineStartError, EngineState, EngineSupervisor
 from tests.conftest import eventually, free_port
 
 CHILD = Path(__file__).resolve().parents[1] / "fixtures" / "engines" / "child_server.py"

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from bailu.common.errors import BailuError, ModelNotFound, RequestTooLarge, Unavailable
 from bailu.common.types import ChatMessage, FinishReason, GenerateChunk, GenerateRequest, SamplingParams
-from bailu.worker.engines.http import HttpEngine
+from bailu.worker.engines.server.http import HttpEngine
 from bailu.worker.settings import WorkerSettings
 from tests.conftest import MODEL, make_lora_adapter
 
@@ -139,7 +139,7 @@ async def test_cancelled_stream_frees_the_request(engine: HttpEngine) -> None:
     first = await anext(stream)  # type: ignore[call-overload]
     assert first.text or first.token_count
     await stream.aclose()  # type: ignore[attr-defined]
-    assert engine._inflight == 0
+    assert engine.server.inflight == 0
     # The engine is free for the next request (nothing is left holding a slot).
     chunks = await asyncio.wait_for(collect(engine, chat(max_tokens=4)), 60)
     assert chunks[-1].finish_reason is not None
@@ -156,28 +156,28 @@ async def test_worker_metrics_report_the_engine(engine: HttpEngine) -> None:
 
 
 async def test_bad_adapter_path_is_refused_without_a_restart(engine: HttpEngine, tmp_path: Path) -> None:
-    pid = engine.supervisor.pid
+    pid = engine.server.supervisor.pid
     with pytest.raises(ModelNotFound, match=r"adapter_config\.json"):
         await engine.load_adapter("ghost", str(tmp_path / "missing"))
-    assert engine.supervisor.pid == pid
+    assert engine.server.supervisor.pid == pid
     assert "ghost" not in engine.adapters
 
 
 async def test_loading_an_adapter_restarts_the_engine_with_it(engine: HttpEngine, adapter: Path) -> None:
     assert engine.capabilities.adapter_load_restarts_engine
-    pid = engine.supervisor.pid
+    pid = engine.server.supervisor.pid
     expected = text_of(await collect(engine, chat(adapter="poet")))
     card = await engine.load_adapter("poet2", str(adapter))
     assert (card.name, card.kind, card.base_model) == ("poet2", "adapter", MODEL)
-    assert engine.supervisor.pid != pid
-    assert engine.supervisor.restarts == 0  # a controlled restart, not a crash
+    assert engine.server.supervisor.pid != pid
+    assert engine.server.supervisor.restarts == 0  # a controlled restart, not a crash
     # The same weights under the new name give the same text; the first adapter is still there.
     assert text_of(await collect(engine, chat(adapter="poet2"))) == expected
     assert text_of(await collect(engine, chat(adapter="poet"))) == expected
     # Loading it again is a no-op.
-    pid = engine.supervisor.pid
+    pid = engine.server.supervisor.pid
     await engine.load_adapter("poet2", str(adapter))
-    assert engine.supervisor.pid == pid
+    assert engine.server.supervisor.pid == pid
     await engine.unload_adapter("poet2")
     with pytest.raises(ModelNotFound):
         await collect(engine, chat(adapter="poet2"))
@@ -186,7 +186,7 @@ async def test_loading_an_adapter_restarts_the_engine_with_it(engine: HttpEngine
 async def test_engine_dying_mid_stream_is_a_clear_error_then_it_is_restarted(engine: HttpEngine) -> None:
     stream = engine.generate(chat(max_tokens=480))
     await anext(stream)  # type: ignore[call-overload]
-    pid = engine.supervisor.pid
+    pid = engine.server.supervisor.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     started = time.monotonic()
@@ -198,8 +198,8 @@ async def test_engine_dying_mid_stream_is_a_clear_error_then_it_is_restarted(eng
     # The supervisor restarts it; requests wait for it instead of failing.
     chunks = await asyncio.wait_for(collect(engine, chat(max_tokens=4)), 240)
     assert chunks[-1].finish_reason is not None
-    assert engine.supervisor.restarts == 1
-    assert engine.supervisor.pid != pid
+    assert engine.server.supervisor.restarts == 1
+    assert engine.server.supervisor.pid != pid
 
 
 async def collect_rest(stream: AsyncIterator[GenerateChunk]) -> None:

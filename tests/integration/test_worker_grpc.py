@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 import pytest
@@ -13,11 +14,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from bailu.common import wire
 from bailu.common.errors import DeadlineExceeded, InvalidRequest, ModelNotFound, Overloaded, Unavailable
 from bailu.common.grpc_errors import from_status
-from bailu.common.types import ChatMessage, GenerateRequest, SamplingParams
+from bailu.common.types import ChatMessage, GenerateChunk, GenerateRequest, ModelCard, SamplingParams
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 from bailu.worker.engines.sim import SimEngine
-from bailu.worker.server import SERVICE_NAME
+from bailu.worker.server import SERVICE_NAME, WorkerServer
+from bailu.worker.settings import WorkerSettings
 from tests.conftest import MODEL, eventually
 
 
@@ -247,3 +249,69 @@ async def test_reflection_and_adapters(start_worker, channel_to, tmp_path) -> No
     await stub.UnloadAdapter(pb.UnloadAdapterRequest(name="poet"))
     assert isinstance(await error_of(collect(stub, request(adapter="poet"))), ModelNotFound)
     assert isinstance(await error_of(stub.UnloadAdapter(pb.UnloadAdapterRequest(name="poet"))), ModelNotFound)
+
+
+class FailingEngine(SimEngine):
+    """The sim engine, failing on purpose once `failure` is set: `fail_after` chunks into a stream, and on
+    every adapter load."""
+
+    fail_after = 0
+    failure: Exception | None = None
+
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
+        sent = 0
+        async for chunk in super().generate(request):
+            if self.failure is not None and sent == self.fail_after:
+                raise self.failure
+            sent += 1
+            yield chunk
+
+    async def load_adapter(self, name: str, path: str) -> ModelCard:
+        if self.failure is not None:
+            raise self.failure
+        return await super().load_adapter(name, path)
+
+
+@pytest.fixture
+async def failing_worker() -> AsyncIterator[tuple[WorkerServer, FailingEngine]]:
+    settings = WorkerSettings(host="127.0.0.1", port=0, http_port=0, engine="sim", model_name=MODEL, sim_ttft_ms=1)
+    engine = FailingEngine.from_settings(settings)
+    server = WorkerServer(settings, engine=engine)
+    await server.start()
+    await server.wait_ready(30)
+    yield server, engine
+    await server.stop(0)
+
+
+async def test_unexpected_error_is_internal_and_not_leaked(failing_worker, channel_to, caplog) -> None:
+    server, engine = failing_worker
+    engine.failure = RuntimeError("secret engine internals")
+    stub = channel_to(server.port)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await collect(stub, request(), metadata=(("x-request-id", "rid-7"),))
+    assert info.value.code() is grpc.StatusCode.INTERNAL
+    assert "secret" not in (info.value.details() or "")
+    logged = [r for r in caplog.records if r.getMessage() == "rpc failed unexpectedly"]
+    assert logged
+    assert logged[0].exc_info is not None
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.LoadAdapter(pb.LoadAdapterRequest(name="poet", path="/adapters/poet"))
+    assert info.value.code() is grpc.StatusCode.INTERNAL
+    assert "secret" not in (info.value.details() or "")
+
+
+async def test_error_in_the_middle_of_a_stream_ends_it_with_its_status(failing_worker, channel_to) -> None:
+    server, engine = failing_worker
+    engine.fail_after, engine.failure = 2, Unavailable("the engine went away")
+    received: list[pb.GenerateResponse] = []
+
+    async def consume() -> None:
+        async for response in channel_to(server.port).Generate(request()):
+            received.append(response)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await consume()
+    assert len(received) == 2
+    error = from_status(info.value.code(), info.value.details(), info.value.trailing_metadata())
+    assert isinstance(error, Unavailable)
+    assert error.message == "the engine went away"

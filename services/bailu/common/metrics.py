@@ -237,7 +237,7 @@ class TriggerMetrics:
 
 
 # worker: engine servers (vllm, sglang, lmdeploy, swift), labelled engine="<kind>". Exported by
-# bailu.worker.engines.engine_metrics.EngineMetricsCollector, read at scrape time; the load values are the
+# bailu.worker.engines.server.engine_metrics.EngineMetricsCollector, read at scrape time; the load values are the
 # engine's own /metrics, normalised, so dashboards never depend on the engine.
 WORKER_ENGINE_UP = "bailu_worker_engine_up"
 WORKER_ENGINE_RESTARTS = "bailu_worker_engine_restarts_total"

@@ -71,7 +71,7 @@ def _check_range(name: str, value: float | None, low: float, high: float, *, low
 
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
-    """One completion to generate: chat messages or a raw prompt, never both."""
+    """One completion to generate: chat messages or a raw prompt, never both (`is_chat` says which)."""
 
     request_id: str
     model: str
@@ -100,7 +100,26 @@ class GenerateRequest:
         self.sampling.validate()
 
     @property
-    def served_model(self) -> str:
+    def is_chat(self) -> bool:
+        """Whether the request carries chat messages (/v1/chat/completions) rather than a raw prompt."""
+        return self.messages is not None
+
+    @property
+    def input_param(self) -> str:
+        """The name of the request's input, for errors about it: "messages" or "prompt"."""
+        return "messages" if self.is_chat else "prompt"
+
+    def as_messages(self) -> tuple[ChatMessage, ...]:
+        """The chat turns to render: the messages, or a raw prompt as one user turn (as ms-swift's own
+        server serves /v1/completions)."""
+        if self.messages is not None:
+            return self.messages
+        return (ChatMessage("user", self.prompt or ""),)
+
+    @property
+    def reported_model(self) -> str:
+        """The name engines report (`GenerateChunk.served_model`) for the model and adapter this request runs
+        on: "<model>:<adapter>", or the model alone."""
         return f"{self.model}:{self.adapter}" if self.adapter else self.model
 
 

@@ -42,9 +42,9 @@ def request_to_pb(req: GenerateRequest) -> pb.GenerateRequest:
         sampling=sampling,
         deadline_unix_ms=int(req.deadline * 1000) if req.deadline else 0,
     )
-    if req.messages is not None:
-        msg.chat.messages.extend(pb.ChatMessage(role=m.role, content=m.content) for m in req.messages)
-    elif req.prompt is not None:
+    if req.is_chat:
+        msg.chat.messages.extend(pb.ChatMessage(role=m.role, content=m.content) for m in req.as_messages())
+    elif req.prompt is not None:  # neither: the oneof stays unset, for the worker's validation to refuse
         msg.prompt = req.prompt
     return msg
 

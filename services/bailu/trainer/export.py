@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from bailu.common.checkpoint import is_checkpoint
 from bailu.trainer import swift_args, swift_runner
 from bailu.trainer.errors import StageFailed
 from bailu.trainer.settings import QuantMethod, TrainerSettings
@@ -35,7 +36,7 @@ def merged(settings: TrainerSettings, model_dir: Path, adapter_dir: Path, out_di
     """Base weights with the adapter merged in (`swift export --merge_lora true`)."""
     pipelines = swift_runner.import_swift()
     swift_runner.call("export", pipelines.export_main, swift_args.merge_args(settings, model_dir, adapter_dir, out_dir))
-    if not (out_dir / "config.json").is_file():
+    if not is_checkpoint(out_dir):
         raise StageFailed("export", f"ms-swift wrote no merged checkpoint to {out_dir}")
     return out_dir
 
@@ -47,7 +48,7 @@ def quantized(settings: TrainerSettings, model_dir: Path, adapter_dir: Path, cal
     pipelines = swift_runner.import_swift()
     argv = swift_args.quantize_args(settings, model_dir, adapter_dir, calibration, out_dir)
     swift_runner.call("export", pipelines.export_main, argv)
-    if not (out_dir / "config.json").is_file():
+    if not is_checkpoint(out_dir):
         raise StageFailed("export", f"ms-swift wrote no quantised checkpoint to {out_dir}")
     return out_dir
 

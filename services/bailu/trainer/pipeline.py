@@ -27,9 +27,10 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
+from bailu.common.checkpoint import is_checkpoint
 from bailu.registry import Manifest, Registry, hash_dir
 from bailu.registry.model import MANIFEST
-from bailu.registry.serving import served_name
+from bailu.registry.serving import version_name
 from bailu.trainer import data, evaluate, export, gate, publish, swift_args, swift_runner
 from bailu.trainer.errors import BadSettings, StageFailed, TrainerError
 from bailu.trainer.progress import Progress
@@ -191,7 +192,7 @@ class _Job:
                 raise BadSettings(f"model_path is not set and the registry has no base model {s.base_model!r}")
             chosen = self.registry.aliases("base", s.base_model).production or versions[-1]
             model_dir = self.registry.version_dir("base", s.base_model, chosen)
-        if not (model_dir / "config.json").is_file():
+        if not is_checkpoint(model_dir):
             raise BadSettings(f"no Hugging Face checkpoint at {model_dir} (config.json missing)")
         return model_dir
 
@@ -278,7 +279,7 @@ class _Job:
         baseline = "base"
         if parent is not None and parent.base_model == s.base_model:
             baseline_dir = self.registry.version_dir("adapter", s.adapter_name, parent.version)
-            baseline = served_name(s.adapter_name, parent.version)
+            baseline = version_name(s.adapter_name, parent.version)
 
         def load(adapter_dir: Path | None) -> evaluate.Evaluator:
             return evaluate.Evaluator(

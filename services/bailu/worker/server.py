@@ -18,6 +18,7 @@ from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 from bailu.worker.admission import Admission
 from bailu.worker.engines import Engine, create_engine
+from bailu.worker.interceptors import ErrorInterceptor
 from bailu.worker.servicer import InferenceWorkerServicer
 from bailu.worker.settings import WorkerSettings
 
@@ -54,7 +55,8 @@ class WorkerServer:
         self.follower = self._follower(settings)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+            interceptors=[ErrorInterceptor()],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
         )
         pb_grpc.add_InferenceWorkerServicer_to_server(
             InferenceWorkerServicer(self.engine, self.admission, self.metrics), self.server

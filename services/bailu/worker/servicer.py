@@ -1,4 +1,8 @@
-"""The gRPC servicer: protobuf at the edge, admission control, error mapping."""
+"""The gRPC servicer: protobuf at the edge, admission control, per-request metrics and logs.
+
+Errors are not handled here: a `BailuError` (or any other exception) raised by an RPC reaches
+`ErrorInterceptor` (`interceptors.py`), which reports it as the matching gRPC status.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ import grpc
 
 from bailu.common import wire
 from bailu.common.errors import BailuError, Cancelled, InternalError, InvalidRequest
-from bailu.common.grpc_errors import to_status
 from bailu.common.logging import request_id_var
 from bailu.common.metrics import WorkerMetrics
 from bailu.v1 import worker_pb2 as pb
@@ -23,12 +26,14 @@ from bailu.worker.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_KEY = "x-request-id"
 
-
-async def _abort(context: grpc.aio.ServicerContext, error: BailuError) -> None:
-    code, details, metadata = to_status(error)
-    await context.abort(code, details, metadata)
+def _outcome(exc: BaseException) -> tuple[str, str]:
+    """The outcome label and reason a failed generation is counted and logged with."""
+    if isinstance(exc, BailuError):
+        return exc.name, exc.message
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return Cancelled.__name__, ""
+    return InternalError.__name__, ""
 
 
 class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
@@ -40,8 +45,8 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        metadata = dict(context.invocation_metadata() or ())
-        rid = request.request_id or str(metadata.get(REQUEST_ID_KEY, "")) or uuid.uuid4().hex
+        # The interceptor has set the caller's request id (x-request-id); the request's own one wins.
+        rid = request.request_id or request_id_var.get() or uuid.uuid4().hex
         token = request_id_var.set(rid)
         outcome, reason = "ok", ""
         start = time.monotonic()
@@ -62,17 +67,10 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
                         self.metrics.tokens.inc(chunk.token_count)
                         yield wire.chunk_to_pb(chunk)
                 finally:
-                    await stream.aclose()  # type: ignore[attr-defined]
-        except BailuError as exc:
-            outcome, reason = exc.name, exc.message
-            await _abort(context, exc)
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = Cancelled.__name__
+                    await stream.aclose()
+        except BaseException as exc:
+            outcome, reason = _outcome(exc)
             raise
-        except Exception:
-            outcome = InternalError.__name__
-            log.exception("generate failed unexpectedly")
-            await _abort(context, InternalError("the engine failed; see the worker's log"))
         finally:
             self.metrics.requests.labels(outcome).inc()
             log.info(
@@ -99,22 +97,16 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
     async def LoadAdapter(
         self, request: pb.LoadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> pb.LoadAdapterResponse:
-        try:
-            if not request.name or not request.path:
-                raise InvalidRequest("name and path are required", param="name" if not request.name else "path")
-            card = await self.engine.load_adapter(request.name, request.path)
-        except BailuError as exc:
-            await _abort(context, exc)
+        if not request.name or not request.path:
+            raise InvalidRequest("name and path are required", param="name" if not request.name else "path")
+        card = await self.engine.load_adapter(request.name, request.path)
         log.info("adapter loaded", extra={"adapter": request.name, "path": request.path})
         return pb.LoadAdapterResponse(model=wire.card_to_pb(card))
 
     async def UnloadAdapter(
         self, request: pb.UnloadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> pb.UnloadAdapterResponse:
-        try:
-            await self.engine.unload_adapter(request.name)
-        except BailuError as exc:
-            await _abort(context, exc)
+        await self.engine.unload_adapter(request.name)
         return pb.UnloadAdapterResponse()
 
     async def GetLoad(self, request: pb.GetLoadRequest, context: grpc.aio.ServicerContext) -> pb.LoadReport:

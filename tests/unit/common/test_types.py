@@ -147,9 +147,20 @@ def test_request_validation_checks_sampling() -> None:
     assert info.value.param == "top_p"
 
 
-def test_served_model_names_the_adapter() -> None:
-    assert _request(prompt="x").served_model == "m"
-    assert _request(prompt="x", adapter="poet").served_model == "m:poet"
+def test_request_says_whether_it_is_chat() -> None:
+    chat = _request(messages=(ChatMessage("user", "hi"),))
+    raw = _request(prompt="Once upon")
+    assert chat.is_chat
+    assert chat.input_param == "messages"
+    assert chat.as_messages() == (ChatMessage("user", "hi"),)
+    assert not raw.is_chat
+    assert raw.input_param == "prompt"
+    assert raw.as_messages() == (ChatMessage("user", "Once upon"),)  # a raw prompt is one user turn
+
+
+def test_reported_model_names_the_adapter() -> None:
+    assert _request(prompt="x").reported_model == "m"
+    assert _request(prompt="x", adapter="poet").reported_model == "m:poet"
 
 
 def test_usage_total_and_free_slots() -> None:

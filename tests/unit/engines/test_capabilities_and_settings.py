@@ -1,4 +1,4 @@
-"""Capabilities over the wire, the engine registry, and the engine-server settings."""
+"""Capabilities over the wire, the engine factory, and the engine-server settings."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from bailu.common import wire
 from bailu.common.types import EngineCapabilities
 from bailu.v1 import worker_pb2 as pb
 from bailu.worker.engines import create_engine
-from bailu.worker.engines.http import HttpEngine
+from bailu.worker.engines.factory import FACTORIES
+from bailu.worker.engines.server.http import HttpEngine
 from bailu.worker.engines.sim import SimEngine
 from bailu.worker.settings import EngineKind, WorkerSettings
 
@@ -44,11 +45,15 @@ def test_in_process_engines_keep_the_default_capabilities() -> None:
 
 
 @pytest.mark.parametrize("kind", ["vllm", "sglang", "lmdeploy", "swift"])
-def test_registry_builds_an_engine_server_for_each_kind(kind: str, tmp_path: Path) -> None:
+def test_factory_builds_an_engine_server_for_each_kind(kind: str, tmp_path: Path) -> None:
     engine = create_engine(WorkerSettings(engine=kind, model_path=tmp_path))
     assert isinstance(engine, HttpEngine)
     assert engine.kind == kind
     assert not engine.ready  # nothing started yet
+
+
+def test_factory_knows_every_engine() -> None:
+    assert set(FACTORIES) == set(EngineKind)
 
 
 def test_engine_server_needs_a_model_path() -> None:

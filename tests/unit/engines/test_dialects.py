@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from bailu.common.errors import InvalidRequest, ModelNotFound
-from bailu.worker.engines import openai_http as oai
-from bailu.worker.engines.adapters import check_adapter, engine_adapter_name
-from bailu.worker.engines.dialects import DIALECTS, LMDEPLOY, SGLANG, SWIFT, VLLM, Dialect, LaunchConfig
-from bailu.worker.engines.http import HttpEngine
+from bailu.worker.engines.adapters import engine_adapter_name
+from bailu.worker.engines.server import openai_http as oai
+from bailu.worker.engines.server.adapters import check_adapter
+from bailu.worker.engines.server.dialects import DIALECTS, LMDEPLOY, SGLANG, SWIFT, VLLM, Dialect, LaunchConfig
+from bailu.worker.engines.server.http import HttpEngine
 from bailu.worker.settings import EngineKind, WorkerSettings
 from tests.unit.engines.conftest import sample_json
 
@@ -177,7 +178,7 @@ def test_engine_built_from_worker_settings(tmp_path: Path) -> None:
         max_batch_size=8,
     )
     engine = HttpEngine.from_settings(settings)
-    argv = engine._argv()
+    argv = engine.server.argv()
     assert argv[:3] == ["/venv/bin/vllm", "serve", str(tmp_path)]
     assert argv[-3:] == ["--enforce-eager", "--dtype", "bfloat16"]
     assert flag(argv, "--port") == str(engine.config.port)
@@ -187,7 +188,7 @@ def test_engine_built_from_worker_settings(tmp_path: Path) -> None:
     assert [card.name for card in engine.models()] == ["qwen", "poet"]
     assert engine.kind == "vllm"
     assert engine.capacity == 8
-    assert engine.supervisor.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert engine.server.supervisor.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
 
 
 def test_without_loras_the_engine_reports_no_adapters(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bailu.worker.engines.dialects import DIALECTS, LMDEPLOY, SGLANG, VLLM
-from bailu.worker.engines.engine_metrics import EngineLoad, EngineMetricsCollector, parse_engine_metrics
+from bailu.worker.engines.server.dialects import DIALECTS, LMDEPLOY, SGLANG, VLLM
+from bailu.worker.engines.server.engine_metrics import EngineLoad, EngineMetricsCollector, parse_engine_metrics
 from tests.unit.engines.conftest import expected, sample
 
 CASES = [

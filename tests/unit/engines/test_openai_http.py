@@ -9,7 +9,7 @@ import pytest
 
 from bailu.common import errors
 from bailu.common.types import ChatMessage, FinishReason, GenerateChunk, GenerateRequest, SamplingParams
-from bailu.worker.engines import openai_http as oai
+from bailu.worker.engines.server import openai_http as oai
 from tests.unit.engines.conftest import expected, sample, sample_json
 
 STREAMS = [

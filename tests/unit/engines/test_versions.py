@@ -1,4 +1,4 @@
-"""The engine pins (engines/versions.py) are the ones the Dockerfiles and docs/engines.md use."""
+"""The engine pins (engines/server/versions.py) are the ones the Dockerfiles and docs/engines.md use."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bailu.worker.engines.dialects import DIALECTS
-from bailu.worker.engines.versions import PINS
+from bailu.worker.engines.server.dialects import DIALECTS
+from bailu.worker.engines.server.versions import PINS
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -1,6 +1,7 @@
-"""Generation engines behind the worker, and the registry that builds them."""
+"""Generation engines behind the worker: the interface, the in-process engines (`sim`, `transformers`),
+the engine servers (`server/`), and the factory that builds one by name."""
 
 from bailu.worker.engines.base import Engine
-from bailu.worker.engines.registry import create_engine
+from bailu.worker.engines.factory import create_engine
 
 __all__ = ["Engine", "create_engine"]

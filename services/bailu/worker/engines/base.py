@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from prometheus_client import CollectorRegistry
 
@@ -29,7 +29,7 @@ class Engine(abc.ABC):
     work belongs in threads.
 
     Streaming contract of `generate()`:
-    - It is an async iterator of `GenerateChunk`s in output order. Every chunk
+    - It is an async generator of `GenerateChunk`s in output order. Every chunk
       but the last has `finish_reason=None`; the last has `finish_reason` and
       `usage` set, and nothing follows it.
     - Errors about the request itself (unknown adapter: `ModelNotFound`; a
@@ -88,7 +88,7 @@ class Engine(abc.ABC):
         """Load the model; raises if it cannot be loaded."""
 
     @abc.abstractmethod
-    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
         """Stream the completion of one validated request (see the class docstring)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook

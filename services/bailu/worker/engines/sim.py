@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from bailu.common.errors import RequestTooLarge
 from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
@@ -111,16 +111,16 @@ class SimEngine(Engine):
         await super().unload_adapter(name)
         self._fingerprints.pop(name, None)
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
-        text = request.prompt if request.prompt is not None else " ".join(m.content for m in request.messages or ())
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
+        text = " ".join(m.content for m in request.as_messages())
         prompt_tokens = max(1, len(text.split()))
         if prompt_tokens >= self.max_model_len:
             raise RequestTooLarge(
                 f"the prompt has {prompt_tokens} tokens; this model accepts at most {self.max_model_len - 1}",
-                param="messages" if request.messages is not None else "prompt",
+                param=request.input_param,
             )
         n = min(self.output_tokens, self.max_new_tokens(request, prompt_tokens))
-        served = request.served_model
+        served = request.reported_model
         prefix: list[str] = []
         # Checked again: the adapter may have been unloaded while the request waited for a slot.
         self.check_target(request)

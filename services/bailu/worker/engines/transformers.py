@@ -18,13 +18,14 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from bailu.common.checkpoint import require_checkpoint
 from bailu.common.errors import InvalidRequest, ModelNotFound, RequestTooLarge
 from bailu.common.logging import reclaim_logging
 from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
@@ -106,8 +107,7 @@ class TransformersEngine(Engine):
         await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
-        if not (self.model_path / "config.json").is_file():
-            raise FileNotFoundError(f"no Hugging Face checkpoint at {self.model_path} (config.json missing)")
+        require_checkpoint(self.model_path)
         # Local files only: the hubs are never contacted.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("USE_HF", "1")
@@ -132,11 +132,7 @@ class TransformersEngine(Engine):
     def _infer_request(self, request: GenerateRequest, tag: str) -> Any:
         from swift.infer_engine import InferRequest
 
-        if request.messages is not None:
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        else:
-            # As ms-swift's own server does for /v1/completions: the prompt is one user turn.
-            messages = [{"role": "user", "content": request.prompt or ""}]
+        messages = [{"role": m.role, "content": m.content} for m in request.as_messages()]
         return InferRequest(messages=messages, objects={_ROW_TAG: [tag]})
 
     def _count_prompt_tokens(self, request: GenerateRequest) -> int:
@@ -147,7 +143,7 @@ class TransformersEngine(Engine):
         except MaxLengthError as exc:
             raise RequestTooLarge(
                 f"the prompt is longer than this model's context of {self.max_model_len} tokens",
-                param="messages" if request.messages is not None else "prompt",
+                param=request.input_param,
             ) from exc
         return len(encoded["input_ids"])
 
@@ -191,14 +187,14 @@ class TransformersEngine(Engine):
             window.set()
         await window.wait()
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
         from swift.infer_engine import AdapterRequest
 
         prompt_tokens = await asyncio.to_thread(self._count_prompt_tokens, request)
         if prompt_tokens >= self.max_model_len:
             raise RequestTooLarge(
                 f"the prompt has {prompt_tokens} tokens; this model's context is {self.max_model_len}",
-                param="messages" if request.messages is not None else "prompt",
+                param=request.input_param,
             )
         max_tokens = self.max_new_tokens(request, prompt_tokens)
         # Checked again: the adapter may have been unloaded while the request waited for a slot.
@@ -212,7 +208,7 @@ class TransformersEngine(Engine):
         tag = uuid.uuid4().hex
         self._live.add(tag)
         stops = StopStringFilter(request.sampling.stop)
-        served = request.served_model
+        served = request.reported_model
         completion_tokens = 0
         try:
             stream = await self._swift.infer_async(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bailu.common.types import EngineCapabilities
-from bailu.worker.engines.engine_metrics import MetricNames
+from bailu.worker.engines.server.engine_metrics import MetricNames
 
 PYTHON = "{python}"  # replaced by the worker's own interpreter in a dialect's command
 

@@ -53,8 +53,8 @@ def request_body(
         "stream_options": {"include_usage": True, **stream_options},
         "max_tokens": s.max_tokens or default_max_tokens,
     }
-    if request.messages is not None:
-        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+    if request.is_chat:
+        body["messages"] = [{"role": m.role, "content": m.content} for m in request.as_messages()]
     else:
         body["prompt"] = request.prompt or ""
     optional = {
@@ -73,7 +73,7 @@ def request_body(
 
 
 def endpoint(request: GenerateRequest) -> str:
-    return "/v1/chat/completions" if request.messages is not None else "/v1/completions"
+    return "/v1/chat/completions" if request.is_chat else "/v1/completions"
 
 
 async def sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:

