@@ -7,6 +7,7 @@ skip elsewhere; without the CRDs folder, CRD validation fails when BAILU_REQUIRE
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -83,6 +84,26 @@ def example(name: str) -> Path:
     return path
 
 
+# The top-level keys of the worker's values before chart 0.5.0 (deprecated, still accepted) → their place under
+# `worker`.
+OLD_WORKER_KEYS = {
+    "workerDefaults": "defaults",
+    "workerServiceAccount": "serviceAccount",
+    "workerService": "service",
+    "workerEngineImages": "engineImages",
+    "workers": "pools",
+}
+
+
+def with_old_worker_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """The same values with `worker`'s keys written as the deprecated top-level keys."""
+    new_to_old = {new: old for old, new in OLD_WORKER_KEYS.items()}
+    converted = copy.deepcopy({key: value for key, value in values.items() if key != "worker"})
+    for key, value in values.get("worker", {}).items():
+        converted[new_to_old[key]] = copy.deepcopy(value)
+    return converted
+
+
 # Values that switch on every optional object and feature of the chart.
 FULL_VALUES: dict[str, Any] = {
     "imageRegistry": "registry.example.com/bailu",
@@ -108,32 +129,34 @@ FULL_VALUES: dict[str, Any] = {
         ],
         "priorityClassName": "bailu-high",
     },
-    "workerDefaults": {"settings": {"warmup": True, "max_queue": 16}, "drainGraceSeconds": 45.5},
-    "workers": [
-        {
-            "name": "gpu",
-            "engine": "transformers",
-            "replicas": 0,
-            "gpus": 2,
-            "model": {
-                "name": "big",
-                "source": "modelStore",
-                "path": "base/big",
-                "type": "qwen2",
-                "template": "qwen2_5",
+    "worker": {
+        "defaults": {"settings": {"warmup": True, "max_queue": 16}, "drainGraceSeconds": 45.5},
+        "pools": [
+            {
+                "name": "gpu",
+                "engine": "transformers",
+                "replicas": 0,
+                "gpus": 2,
+                "model": {
+                    "name": "big",
+                    "source": "modelStore",
+                    "path": "base/big",
+                    "type": "qwen2",
+                    "template": "qwen2_5",
+                },
+                "adapters": {"poet": "adapters/poet/v3", "legal": "/opt/adapters/legal"},
+                "settings": {"warmup": False},
+                "runtimeClassName": "nvidia",
+                "podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"},
             },
-            "adapters": {"poet": "adapters/poet/v3", "legal": "/opt/adapters/legal"},
-            "settings": {"warmup": False},
-            "runtimeClassName": "nvidia",
-            "podDisruptionBudget": {"enabled": True, "maxUnavailable": "50%"},
-        },
-        {
-            "name": "sim",
-            "engine": "sim",
-            "model": {"name": "bailu-sim", "source": "none"},
-            "extraEnv": [{"name": "OMP_NUM_THREADS", "value": "1"}],
-        },
-    ],
+            {
+                "name": "sim",
+                "engine": "sim",
+                "model": {"name": "bailu-sim", "source": "none"},
+                "extraEnv": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+            },
+        ],
+    },
     "collector": {
         "replicas": 2,
         "startTrainingRuns": True,
@@ -204,53 +227,55 @@ EXISTING_VALUES: dict[str, Any] = {
 # an operator would write them: the GPU engines with GPUs and no image of their own, each with other engine knobs.
 _STORE_MODEL = {"name": "qwen", "source": "modelStore", "path": "base/Qwen2.5-7B-Instruct"}
 ENGINE_VALUES: dict[str, Any] = {
-    "workers": [
-        {"name": "transformers", "engine": "transformers", "model": _STORE_MODEL},
-        {"name": "sim", "engine": "sim", "model": {"name": "bailu-sim", "source": "none"}},
-        {
-            "name": "vllm",
-            "engine": "vllm",
-            "gpus": 2,  # tensor parallel over both: tensorParallelSize is unset
-            "model": _STORE_MODEL,
-            "adapters": {"poet": "adapters/poet/v1"},
-            "shmSizeLimit": "8Gi",
-            "settings": {
-                "gpu_memory_utilization": 0.85,
-                "max_loras": 8,
-                "max_lora_rank": 32,
-                "engine_args": "--enable-prefix-caching --dtype bfloat16",
+    "worker": {
+        "pools": [
+            {"name": "transformers", "engine": "transformers", "model": _STORE_MODEL},
+            {"name": "sim", "engine": "sim", "model": {"name": "bailu-sim", "source": "none"}},
+            {
+                "name": "vllm",
+                "engine": "vllm",
+                "gpus": 2,  # tensor parallel over both: tensorParallelSize is unset
+                "model": _STORE_MODEL,
+                "adapters": {"poet": "adapters/poet/v1"},
+                "shmSizeLimit": "8Gi",
+                "settings": {
+                    "gpu_memory_utilization": 0.85,
+                    "max_loras": 8,
+                    "max_lora_rank": 32,
+                    "engine_args": "--enable-prefix-caching --dtype bfloat16",
+                },
             },
-        },
-        {
-            "name": "sglang",
-            "engine": "sglang",
-            "gpus": 4,
-            "tensorParallelSize": 2,  # data parallel over the rest, through engine_args
-            "engineStopGraceSeconds": 45.5,
-            "model": _STORE_MODEL,
-            "settings": {"engine_port": 30000, "engine_args": "--dp-size 2", "engine_restart_limit": 5},
-        },
-        {
-            "name": "lmdeploy",
-            "engine": "lmdeploy",
-            "gpus": 1,
-            "gpuResourceName": "nvidia.com/mig-3g.40gb",
-            "model": _STORE_MODEL,
-            # A slow model store: 60 s + 15 s x 160 = 41 minutes to load.
-            "startupProbe": {
-                "httpGet": {"path": "/readyz", "port": "http-metrics"},
-                "initialDelaySeconds": 60,
-                "periodSeconds": 15,
-                "failureThreshold": 160,
+            {
+                "name": "sglang",
+                "engine": "sglang",
+                "gpus": 4,
+                "tensorParallelSize": 2,  # data parallel over the rest, through engine_args
+                "engineStopGraceSeconds": 45.5,
+                "model": _STORE_MODEL,
+                "settings": {"engine_port": 30000, "engine_args": "--dp-size 2", "engine_restart_limit": 5},
             },
-        },
-        {
-            "name": "swift",
-            "engine": "swift",
-            "model": {**_STORE_MODEL, "type": "qwen2", "template": "qwen2_5"},
-            "settings": {"max_loras": 0},
-        },
-    ],
+            {
+                "name": "lmdeploy",
+                "engine": "lmdeploy",
+                "gpus": 1,
+                "gpuResourceName": "nvidia.com/mig-3g.40gb",
+                "model": _STORE_MODEL,
+                # A slow model store: 60 s + 15 s x 160 = 41 minutes to load.
+                "startupProbe": {
+                    "httpGet": {"path": "/readyz", "port": "http-metrics"},
+                    "initialDelaySeconds": 60,
+                    "periodSeconds": 15,
+                    "failureThreshold": 160,
+                },
+            },
+            {
+                "name": "swift",
+                "engine": "swift",
+                "model": {**_STORE_MODEL, "type": "qwen2", "template": "qwen2_5"},
+                "settings": {"max_loras": 0},
+            },
+        ],
+    },
 }
 
 

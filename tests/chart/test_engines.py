@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bailu.worker.engines.dialects import DIALECTS
-from bailu.worker.engines.http import HttpEngine
+from bailu.worker.engines.server.dialects import DIALECTS
+from bailu.worker.engines.server.http import HttpEngine
 from bailu.worker.settings import EngineKind, WorkerSettings
 from tests.chart.conftest import ENGINE_VALUES, Render
 from tests.chart.helm import (
@@ -37,7 +37,7 @@ from tests.chart.kube import claimed_versions, validation_error
 
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
 APP_VERSION = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
-POOLS: dict[str, dict[str, Any]] = {pool["name"]: pool for pool in ENGINE_VALUES["workers"]}
+POOLS: dict[str, dict[str, Any]] = {pool["name"]: pool for pool in ENGINE_VALUES["worker"]["pools"]}
 # Engines that come in an image of their own: docker/worker-<engine>.Dockerfile (worker-cpu is the plain worker's).
 ENGINE_DOCKERFILES = {
     path.name.removeprefix("worker-").removesuffix(".Dockerfile"): path
@@ -53,8 +53,8 @@ ENGINE_SERVER_ENV = {
 
 
 def pool_value(pool: dict[str, Any], key: str) -> Any:
-    """A pool's value as the chart resolves it: the entry's, else workerDefaults'."""
-    return pool.get(key, DEFAULTS["workerDefaults"][key])
+    """A pool's value as the chart resolves it: the entry's, else worker.defaults'."""
+    return pool.get(key, DEFAULTS["worker"]["defaults"][key])
 
 
 def worker(manifests: list[Manifest], pool: str) -> tuple[Manifest, dict[str, Any]]:
@@ -82,12 +82,12 @@ def test_the_test_values_have_a_pool_per_engine() -> None:
 
 
 def test_engine_images_are_the_images_make_builds() -> None:
-    """workerEngineImages names exactly the engines with a Dockerfile of their own, each an engine the worker
+    """worker.engineImages names exactly the engines with a Dockerfile of their own, each an engine the worker
     knows, in the image that Dockerfile's ENV says and that `make images` builds from it."""
-    images = DEFAULTS["workerEngineImages"]
+    images = DEFAULTS["worker"]["engineImages"]
     assert set(images) == set(ENGINE_DOCKERFILES)
     schema = json.loads((CHART / "values.schema.json").read_text())
-    assert set(schema["properties"]["workerEngineImages"]["properties"]) == set(images)
+    assert set(schema["definitions"]["engineImages"]["properties"]) == set(images)
     assert set(images) <= {kind.value for kind in EngineKind}
     makefile = (REPO / "Makefile").read_text()
     for engine, dockerfile in ENGINE_DOCKERFILES.items():
@@ -104,16 +104,16 @@ def test_each_pool_runs_its_engine(engine_manifests: list[Manifest], name: str) 
     env = env_values(c)
     assert env["BAILU_WORKER_ENGINE"] == engine
     assert deployment["metadata"]["labels"]["bailu/engine"] == engine
-    # The engine's own image unless the pool names one; the tag and pull policy of workerDefaults.image.
-    if engine in DEFAULTS["workerEngineImages"]:
+    # The engine's own image unless the pool names one; the tag and pull policy of worker.defaults.image.
+    if engine in DEFAULTS["worker"]["engineImages"]:
         assert c["image"] == f"bailu/worker-{engine}:{APP_VERSION}"
         # The engine image's ENTRYPOINT starts the worker.
         assert "args" not in c
         assert "command" not in c
     else:
-        assert c["image"] == f"{DEFAULTS['workerDefaults']['image']['repository']}:{APP_VERSION}"
+        assert c["image"] == f"{DEFAULTS['worker']['defaults']['image']['repository']}:{APP_VERSION}"
         assert c["args"] == ["python", "-m", "bailu.worker"]
-    assert c["imagePullPolicy"] == DEFAULTS["workerDefaults"]["image"]["pullPolicy"]
+    assert c["imagePullPolicy"] == DEFAULTS["worker"]["defaults"]["image"]["pullPolicy"]
     # Only the worker's ports: the engine server listens on localhost, unreachable from outside the pod.
     assert {(p["name"], p["containerPort"]) for p in c["ports"]} == {("grpc", 50051), ("http-metrics", 9091)}
     # Shared memory for the engine's processes, sized by the pool's value.
@@ -192,12 +192,12 @@ def test_the_worker_starts_the_engine_the_values_describe(
     _, c = worker(engine_manifests, name)
     settings = worker_settings(c, monkeypatch)
     engine = HttpEngine.from_settings(settings)
-    argv = " ".join(engine.dialect.argv(engine.config, engine.executable, engine.extra_args))
+    argv = " ".join(engine.dialect.argv(engine.config, engine.server.executable, engine.server.extra_args))
     assert "/models/base/Qwen2.5-7B-Instruct" in argv, "the checkpoint in the model store"
     for part in expected:
         assert part in argv, argv
-    assert engine.supervisor.start_timeout_s == startup_budget(c["startupProbe"])
-    assert engine.stop_grace_s == pool_value(POOLS[name], "engineStopGraceSeconds")
+    assert engine.server.supervisor.start_timeout_s == startup_budget(c["startupProbe"])
+    assert engine.server.supervisor.stop_grace_s == pool_value(POOLS[name], "engineStopGraceSeconds")
     for key, value in POOLS[name].get("settings", {}).items():
         assert getattr(settings, key) == value, key
 
@@ -224,14 +224,19 @@ def test_engine_pools_validate(render: Render, kube_version: str) -> None:
 def test_engine_images_follow_the_registry_and_tag(render: Render) -> None:
     values = {
         "imageRegistry": "registry.example.com/mirror/",
-        "workerDefaults": {"image": {"repository": "bailu/worker", "tag": "0.2.0-rc1", "pullPolicy": "Always"}},
-        "workerEngineImages": {"sglang": "team/sglang-worker"},
-        "workers": [
-            {**POOLS["vllm"]},
-            {**POOLS["sglang"]},
-            {**POOLS["lmdeploy"], "image": {"repository": "team/lmdeploy-custom", "tag": "7", "pullPolicy": "Never"}},
-            {**POOLS["swift"]},
-        ],
+        "worker": {
+            "defaults": {"image": {"repository": "bailu/worker", "tag": "0.2.0-rc1", "pullPolicy": "Always"}},
+            "engineImages": {"sglang": "team/sglang-worker"},
+            "pools": [
+                {**POOLS["vllm"]},
+                {**POOLS["sglang"]},
+                {
+                    **POOLS["lmdeploy"],
+                    "image": {"repository": "team/lmdeploy-custom", "tag": "7", "pullPolicy": "Never"},
+                },
+                {**POOLS["swift"]},
+            ],
+        },
     }
     manifests = render(values=values)
     images = {name: worker(manifests, name)[1] for name in ("vllm", "sglang", "lmdeploy", "swift")}
@@ -252,6 +257,6 @@ def test_notes_name_each_pools_image(helm: Helm) -> None:
 
 def test_engine_stop_grace_defaults_to_the_workers_default() -> None:
     assert (
-        DEFAULTS["workerDefaults"]["engineStopGraceSeconds"]
+        DEFAULTS["worker"]["defaults"]["engineStopGraceSeconds"]
         == WorkerSettings.model_fields["engine_stop_grace_s"].default
     )

@@ -14,6 +14,7 @@ from bailu.collector.settings import CollectorSettings
 from bailu.gateway.settings import GatewaySettings
 from bailu.trainer.settings import QuantMethod, RlhfType, TrainerSettings
 from bailu.worker.settings import EngineKind, WorkerSettings
+from tests.chart.conftest import OLD_WORKER_KEYS, with_old_worker_keys
 from tests.chart.helm import CHART, Helm, HelmError
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
@@ -86,175 +87,206 @@ def pool(**fields: Any) -> dict[str, Any]:
     return {key: value for key, value in entry.items() if value is not None}
 
 
+# Values the schema refuses, each with what the error says (the path of the bad value).
+BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
+    ({"worker": {"pools": [pool(engine=None)]}}, ["at '/worker/pools/0': missing property 'engine'"]),
+    (
+        {"worker": {"pools": [pool(engine="tensorrt")]}},
+        ["at '/worker/pools/0/engine': value must be one of " + ", ".join(repr(kind.value) for kind in EngineKind)],
+    ),
+    ({"worker": {"pools": [pool(replicas=-1)]}}, ["at '/worker/pools/0/replicas': minimum: got -1, want 0"]),
+    ({"gateway": {"replicas": -2}}, ["at '/gateway/replicas': minimum: got -2, want 0"]),
+    ({"worker": {"pools": [pool(gpus=-1)]}}, ["at '/worker/pools/0/gpus': minimum: got -1, want 0"]),
+    (
+        {"worker": {"pools": [pool(engine="transformers", model={"name": "m"})]}},
+        ["at '/worker/pools/0/model': missing properties 'source', 'path'"],
+    ),
+    ({"worker": {"pools": [pool(name="GPU_pool")]}}, ["at '/worker/pools/0/name'", "does not match pattern"]),
+    ({"worker": {"pools": [pool(gpu=1)]}}, ["invalid propertyName 'gpu'"]),
+    (
+        {"worker": {"pools": [pool(image={"tag": "1"})]}},
+        ["at '/worker/pools/0/image'", "missing property 'repository'"],
+    ),
+    ({"worker": {"defaults": {"engine": "sim"}}}, ["invalid propertyName 'engine'"]),
+    ({"worker": {"pools": [pool(settings={"max_batch": 2})]}}, ["invalid propertyName 'max_batch'"]),
+    ({"worker": {"pools": [pool(settings={"model_path": "/m"})]}}, ["invalid propertyName 'model_path'"]),
+    ({"gateway": {"settings": {"port": 9000}}}, ["invalid propertyName 'port'"]),
+    ({"gateway": {"apiKeys": {"extraHashes": ["my-plain-key"]}}}, ["at '/gateway/apiKeys/extraHashes/0'"]),
+    ({"redis": {"external": {"url": "redis://:secret@host:6379"}}}, ["at '/redis/external/url'"]),
+    ({"gateway": {"httpRoute": {"enabled": True}}}, ["at '/gateway/httpRoute/parentRefs'"]),
+    ({"gateway": {"image": {"repository": "bailu/gateway", "tag": 1.0}}}, ["at '/gateway/image/tag'"]),
+    ({"collector": {"replicas": -1}}, ["at '/collector/replicas': minimum: got -1, want 0"]),
+    ({"collector": {"trigger": {"peakWindow": "6:00-9:30"}}}, ["at '/collector/trigger/peakWindow'"]),
+    ({"collector": {"trigger": {"peakWindow": "06:00-25:00"}}}, ["at '/collector/trigger/peakWindow'"]),
+    ({"collector": {"trigger": {"peakWindow": "24:00-06:00"}}}, ["at '/collector/trigger/peakWindow'"]),
+    ({"collector": {"trigger": {"peakWindow": "06:00-24:30"}}}, ["at '/collector/trigger/peakWindow'"]),
+    ({"collector": {"trigger": {"peakWindow": "mornings"}}}, ["at '/collector/trigger/peakWindow'"]),
+    ({"collector": {"trigger": {"timezone": ""}}}, ["at '/collector/trigger/timezone'"]),
+    ({"collector": {"trigger": {"timezone": "UTC+2 hours"}}}, ["at '/collector/trigger/timezone'"]),
+    ({"collector": {"trigger": {"minNewPairs": 0}}}, ["at '/collector/trigger/minNewPairs': minimum: got 0"]),
+    ({"collector": {"trigger": {"dailyCap": -1}}}, ["at '/collector/trigger/dailyCap': minimum: got -1"]),
+    ({"collector": {"trigger": {"cooldownSeconds": -5}}}, ["at '/collector/trigger/cooldownSeconds'"]),
+    ({"collector": {"trigger": {"intervalSeconds": 0}}}, ["at '/collector/trigger/intervalSeconds'"]),
+    ({"collector": {"trigger": {"peakHours": "06:00-09:00"}}}, ["additional properties 'peakHours'"]),
+    ({"collector": {"trainerCronJob": "Trainer_1"}}, ["at '/collector/trainerCronJob'"]),
+    ({"collector": {"startTrainingRuns": "yes"}}, ["at '/collector/startTrainingRuns'"]),
+    ({"collector": {"settings": {"batch": 10}}}, ["invalid propertyName 'batch'"]),
+    ({"collector": {"settings": {"redis_url": "redis://r:6379/0"}}}, ["invalid propertyName 'redis_url'"]),
+    ({"collector": {"settings": {"trigger_daily_cap": 3}}}, ["invalid propertyName 'trigger_daily_cap'"]),
+    ({"networkPolicy": {"kubernetesApi": {"cidrs": ["api.example.com"]}}}, ["at '/networkPolicy/kubernetesApi"]),
+    ({"networkPolicy": {"kubernetesApi": {"ports": [70000]}}}, ["at '/networkPolicy/kubernetesApi/ports/0'"]),
+    ({"trainer": {"gpus": -1}}, ["at '/trainer/gpus': minimum: got -1, want 0"]),
+    (
+        {"trainer": {"rlhfType": "ppo"}},
+        ["at '/trainer/rlhfType': value must be one of 'orpo', 'dpo', 'simpo', 'kto', 'none'"],
+    ),
+    ({"trainer": {"adapterName": "poet@v2"}}, ["at '/trainer/adapterName'", "does not match pattern"]),
+    ({"trainer": {"workerPool": "GPU"}}, ["at '/trainer/workerPool'"]),
+    ({"trainer": {"schedule": "daily"}}, ["at '/trainer/schedule'"]),
+    ({"trainer": {"timeZone": "UTC+2 hours"}}, ["at '/trainer/timeZone'"]),
+    ({"trainer": {"backoffLimit": -1}}, ["at '/trainer/backoffLimit': minimum: got -1, want 0"]),
+    ({"trainer": {"suspend": "yes"}}, ["at '/trainer/suspend'"]),
+    ({"trainer": {"scratchSizeLimit": "lots"}}, ["at '/trainer/scratchSizeLimit'"]),
+    ({"trainer": {"epochs": 2}}, ["additional properties 'epochs'"]),
+    ({"trainer": {"settings": {"epoch": 2}}}, ["invalid propertyName 'epoch'"]),
+    ({"trainer": {"settings": {"base_model": "m"}}}, ["invalid propertyName 'base_model'"]),
+    ({"trainer": {"settings": {"dataset_version": "v000001"}}}, ["invalid propertyName 'dataset_version'"]),
+    ({"trainer": {"settings": {"rlhf_type": "dpo"}}}, ["invalid propertyName 'rlhf_type'"]),
+    (
+        {"trainer": {"settings": {"quant_bits": 8}}},
+        ["at '/trainer/settings/quant_bits': value must be one of 0, 4"],
+    ),
+    ({"trainer": {"settings": {"lora_rank": 0}}}, ["at '/trainer/settings/lora_rank': minimum: got 0, want 1"]),
+    ({"trainer": {"settings": {"canary_weight": 1.5}}}, ["at '/trainer/settings/canary_weight': maximum"]),
+    ({"trainer": {"settings": {"eval_fraction": 1}}}, ["at '/trainer/settings/eval_fraction'"]),
+    ({"trainer": {"settings": {"quantize": "int8"}}}, ["at '/trainer/settings/quantize'"]),
+    ({"trainer": {"settings": {"extra_sft_args": ["--a", "1"]}}}, ["at '/trainer/settings/extra_sft_args'"]),
+    ({"registry": {"path": "/models/registry"}}, ["at '/registry/path'"]),
+    (
+        {"worker": {"pools": [pool(settings={"gpu_memory_utilization": 1.5})]}},
+        ["at '/worker/pools/0/settings/gpu_memory_utilization': maximum: got 1.5, want 1"],
+    ),
+    (
+        {"worker": {"pools": [pool(settings={"gpu_memory_utilization": 0})]}},
+        ["at '/worker/pools/0/settings/gpu_memory_utilization': exclusiveMinimum"],
+    ),
+    (
+        {"worker": {"pools": [pool(tensorParallelSize=-1)]}},
+        ["at '/worker/pools/0/tensorParallelSize': minimum: got -1, want 0"],
+    ),
+    ({"worker": {"pools": [pool(tensorParallelSize=1.5)]}}, ["at '/worker/pools/0/tensorParallelSize'"]),
+    (
+        {"worker": {"defaults": {"settings": {"max_loras": -1}}}},
+        ["at '/worker/defaults/settings/max_loras': minimum"],
+    ),
+    (
+        {"worker": {"pools": [pool(settings={"max_lora_rank": 0})]}},
+        ["at '/worker/pools/0/settings/max_lora_rank': minimum"],
+    ),
+    (
+        {"worker": {"pools": [pool(settings={"engine_port": 70000})]}},
+        ["at '/worker/pools/0/settings/engine_port': maximum"],
+    ),
+    (
+        {"worker": {"pools": [pool(settings={"engine_args": ["--enforce-eager"]})]}},
+        ["at '/worker/pools/0/settings/engine_args'"],
+    ),
+    ({"worker": {"pools": [pool(settings={"engine_host": "0.0.0.0"})]}}, ["invalid propertyName 'engine_host'"]),
+    (
+        {"worker": {"pools": [pool(settings={"tensor_parallel_size": 2})]}},
+        ["invalid propertyName 'tensor_parallel_size'"],
+    ),
+    (
+        {"worker": {"pools": [pool(settings={"engine_start_timeout_s": 60})]}},
+        ["invalid propertyName 'engine_start_timeout_s'"],
+    ),
+    (
+        {"worker": {"pools": [pool(engineStopGraceSeconds=-1)]}},
+        ["at '/worker/pools/0/engineStopGraceSeconds': minimum"],
+    ),
+    ({"worker": {"engineImages": {"tensorrt": "bailu/worker-trt"}}}, ["additional properties 'tensorrt'"]),
+    ({"worker": {"engineImages": {"vllm": ""}}}, ["at '/worker/engineImages/vllm'"]),
+]
+BAD_VALUE_IDS = [
+    "worker-without-engine",
+    "unknown-engine",
+    "negative-worker-replicas",
+    "negative-gateway-replicas",
+    "negative-gpus",
+    "model-without-path",
+    "bad-pool-name",
+    "unknown-pool-key",
+    "pool-image-without-repository",
+    "engine-in-defaults",
+    "unknown-setting",
+    "chart-managed-setting",
+    "chart-managed-gateway-setting",
+    "plain-key-as-hash",
+    "password-in-redis-url",
+    "route-without-parent",
+    "numeric-image-tag",
+    "negative-collector-replicas",
+    "peak-window-one-digit-hour",
+    "peak-window-hour-25",
+    "peak-window-starts-at-24",
+    "peak-window-ends-after-24",
+    "peak-window-words",
+    "empty-timezone",
+    "bad-timezone",
+    "zero-min-new-pairs",
+    "negative-daily-cap",
+    "negative-cooldown",
+    "zero-interval",
+    "unknown-trigger-key",
+    "bad-cronjob-name",
+    "non-boolean-runs",
+    "unknown-collector-setting",
+    "chart-managed-collector-setting",
+    "trigger-setting-in-settings",
+    "api-cidr-not-a-cidr",
+    "api-port-out-of-range",
+    "negative-trainer-gpus",
+    "unknown-rlhf-type",
+    "adapter-name-with-at",
+    "bad-worker-pool-name",
+    "bad-schedule",
+    "bad-schedule-timezone",
+    "negative-backoff-limit",
+    "non-boolean-suspend",
+    "bad-scratch-size",
+    "unknown-trainer-key",
+    "unknown-trainer-setting",
+    "chart-managed-trainer-setting",
+    "dataset-version-in-settings",
+    "rlhf-type-in-settings",
+    "quant-bits-8",
+    "zero-lora-rank",
+    "canary-weight-above-1",
+    "eval-fraction-1",
+    "unknown-quantize",
+    "extra-args-as-list",
+    "absolute-registry-path",
+    "gpu-memory-above-1",
+    "gpu-memory-0",
+    "negative-tensor-parallel",
+    "fractional-tensor-parallel",
+    "negative-max-loras",
+    "zero-lora-rank",
+    "engine-port-out-of-range",
+    "engine-args-as-list",
+    "engine-host-in-settings",
+    "tensor-parallel-in-settings",
+    "start-timeout-in-settings",
+    "negative-stop-grace",
+    "unknown-engine-image",
+    "empty-engine-image",
+]
+
+
 @pytest.mark.parametrize(
     ("values", "messages"),
-    [
-        ({"workers": [pool(engine=None)]}, ["at '/workers/0': missing property 'engine'"]),
-        (
-            {"workers": [pool(engine="tensorrt")]},
-            ["at '/workers/0/engine': value must be one of " + ", ".join(repr(kind.value) for kind in EngineKind)],
-        ),
-        ({"workers": [pool(replicas=-1)]}, ["at '/workers/0/replicas': minimum: got -1, want 0"]),
-        ({"gateway": {"replicas": -2}}, ["at '/gateway/replicas': minimum: got -2, want 0"]),
-        ({"workers": [pool(gpus=-1)]}, ["at '/workers/0/gpus': minimum: got -1, want 0"]),
-        (
-            {"workers": [pool(engine="transformers", model={"name": "m"})]},
-            ["at '/workers/0/model': missing properties 'source', 'path'"],
-        ),
-        ({"workers": [pool(name="GPU_pool")]}, ["at '/workers/0/name'", "does not match pattern"]),
-        ({"workers": [pool(gpu=1)]}, ["invalid propertyName 'gpu'"]),
-        ({"workerDefaults": {"engine": "sim"}}, ["invalid propertyName 'engine'"]),
-        ({"workers": [pool(settings={"max_batch": 2})]}, ["invalid propertyName 'max_batch'"]),
-        ({"workers": [pool(settings={"model_path": "/m"})]}, ["invalid propertyName 'model_path'"]),
-        ({"gateway": {"settings": {"port": 9000}}}, ["invalid propertyName 'port'"]),
-        ({"gateway": {"apiKeys": {"extraHashes": ["my-plain-key"]}}}, ["at '/gateway/apiKeys/extraHashes/0'"]),
-        ({"redis": {"external": {"url": "redis://:secret@host:6379"}}}, ["at '/redis/external/url'"]),
-        ({"gateway": {"httpRoute": {"enabled": True}}}, ["at '/gateway/httpRoute/parentRefs'"]),
-        ({"gateway": {"image": {"repository": "bailu/gateway", "tag": 1.0}}}, ["at '/gateway/image/tag'"]),
-        ({"collector": {"replicas": -1}}, ["at '/collector/replicas': minimum: got -1, want 0"]),
-        ({"collector": {"trigger": {"peakWindow": "6:00-9:30"}}}, ["at '/collector/trigger/peakWindow'"]),
-        ({"collector": {"trigger": {"peakWindow": "06:00-25:00"}}}, ["at '/collector/trigger/peakWindow'"]),
-        ({"collector": {"trigger": {"peakWindow": "24:00-06:00"}}}, ["at '/collector/trigger/peakWindow'"]),
-        ({"collector": {"trigger": {"peakWindow": "06:00-24:30"}}}, ["at '/collector/trigger/peakWindow'"]),
-        ({"collector": {"trigger": {"peakWindow": "mornings"}}}, ["at '/collector/trigger/peakWindow'"]),
-        ({"collector": {"trigger": {"timezone": ""}}}, ["at '/collector/trigger/timezone'"]),
-        ({"collector": {"trigger": {"timezone": "UTC+2 hours"}}}, ["at '/collector/trigger/timezone'"]),
-        ({"collector": {"trigger": {"minNewPairs": 0}}}, ["at '/collector/trigger/minNewPairs': minimum: got 0"]),
-        ({"collector": {"trigger": {"dailyCap": -1}}}, ["at '/collector/trigger/dailyCap': minimum: got -1"]),
-        ({"collector": {"trigger": {"cooldownSeconds": -5}}}, ["at '/collector/trigger/cooldownSeconds'"]),
-        ({"collector": {"trigger": {"intervalSeconds": 0}}}, ["at '/collector/trigger/intervalSeconds'"]),
-        ({"collector": {"trigger": {"peakHours": "06:00-09:00"}}}, ["additional properties 'peakHours'"]),
-        ({"collector": {"trainerCronJob": "Trainer_1"}}, ["at '/collector/trainerCronJob'"]),
-        ({"collector": {"startTrainingRuns": "yes"}}, ["at '/collector/startTrainingRuns'"]),
-        ({"collector": {"settings": {"batch": 10}}}, ["invalid propertyName 'batch'"]),
-        ({"collector": {"settings": {"redis_url": "redis://r:6379/0"}}}, ["invalid propertyName 'redis_url'"]),
-        ({"collector": {"settings": {"trigger_daily_cap": 3}}}, ["invalid propertyName 'trigger_daily_cap'"]),
-        ({"networkPolicy": {"kubernetesApi": {"cidrs": ["api.example.com"]}}}, ["at '/networkPolicy/kubernetesApi"]),
-        ({"networkPolicy": {"kubernetesApi": {"ports": [70000]}}}, ["at '/networkPolicy/kubernetesApi/ports/0'"]),
-        ({"trainer": {"gpus": -1}}, ["at '/trainer/gpus': minimum: got -1, want 0"]),
-        (
-            {"trainer": {"rlhfType": "ppo"}},
-            ["at '/trainer/rlhfType': value must be one of 'orpo', 'dpo', 'simpo', 'kto', 'none'"],
-        ),
-        ({"trainer": {"adapterName": "poet@v2"}}, ["at '/trainer/adapterName'", "does not match pattern"]),
-        ({"trainer": {"workerPool": "GPU"}}, ["at '/trainer/workerPool'"]),
-        ({"trainer": {"schedule": "daily"}}, ["at '/trainer/schedule'"]),
-        ({"trainer": {"timeZone": "UTC+2 hours"}}, ["at '/trainer/timeZone'"]),
-        ({"trainer": {"backoffLimit": -1}}, ["at '/trainer/backoffLimit': minimum: got -1, want 0"]),
-        ({"trainer": {"suspend": "yes"}}, ["at '/trainer/suspend'"]),
-        ({"trainer": {"scratchSizeLimit": "lots"}}, ["at '/trainer/scratchSizeLimit'"]),
-        ({"trainer": {"epochs": 2}}, ["additional properties 'epochs'"]),
-        ({"trainer": {"settings": {"epoch": 2}}}, ["invalid propertyName 'epoch'"]),
-        ({"trainer": {"settings": {"base_model": "m"}}}, ["invalid propertyName 'base_model'"]),
-        ({"trainer": {"settings": {"dataset_version": "v000001"}}}, ["invalid propertyName 'dataset_version'"]),
-        ({"trainer": {"settings": {"rlhf_type": "dpo"}}}, ["invalid propertyName 'rlhf_type'"]),
-        (
-            {"trainer": {"settings": {"quant_bits": 8}}},
-            ["at '/trainer/settings/quant_bits': value must be one of 0, 4"],
-        ),
-        ({"trainer": {"settings": {"lora_rank": 0}}}, ["at '/trainer/settings/lora_rank': minimum: got 0, want 1"]),
-        ({"trainer": {"settings": {"canary_weight": 1.5}}}, ["at '/trainer/settings/canary_weight': maximum"]),
-        ({"trainer": {"settings": {"eval_fraction": 1}}}, ["at '/trainer/settings/eval_fraction'"]),
-        ({"trainer": {"settings": {"quantize": "int8"}}}, ["at '/trainer/settings/quantize'"]),
-        ({"trainer": {"settings": {"extra_sft_args": ["--a", "1"]}}}, ["at '/trainer/settings/extra_sft_args'"]),
-        ({"registry": {"path": "/models/registry"}}, ["at '/registry/path'"]),
-        (
-            {"workers": [pool(settings={"gpu_memory_utilization": 1.5})]},
-            ["at '/workers/0/settings/gpu_memory_utilization': maximum: got 1.5, want 1"],
-        ),
-        (
-            {"workers": [pool(settings={"gpu_memory_utilization": 0})]},
-            ["at '/workers/0/settings/gpu_memory_utilization': exclusiveMinimum"],
-        ),
-        ({"workers": [pool(tensorParallelSize=-1)]}, ["at '/workers/0/tensorParallelSize': minimum: got -1, want 0"]),
-        ({"workers": [pool(tensorParallelSize=1.5)]}, ["at '/workers/0/tensorParallelSize'"]),
-        ({"workerDefaults": {"settings": {"max_loras": -1}}}, ["at '/workerDefaults/settings/max_loras': minimum"]),
-        ({"workers": [pool(settings={"max_lora_rank": 0})]}, ["at '/workers/0/settings/max_lora_rank': minimum"]),
-        ({"workers": [pool(settings={"engine_port": 70000})]}, ["at '/workers/0/settings/engine_port': maximum"]),
-        ({"workers": [pool(settings={"engine_args": ["--enforce-eager"]})]}, ["at '/workers/0/settings/engine_args'"]),
-        ({"workers": [pool(settings={"engine_host": "0.0.0.0"})]}, ["invalid propertyName 'engine_host'"]),
-        ({"workers": [pool(settings={"tensor_parallel_size": 2})]}, ["invalid propertyName 'tensor_parallel_size'"]),
-        (
-            {"workers": [pool(settings={"engine_start_timeout_s": 60})]},
-            ["invalid propertyName 'engine_start_timeout_s'"],
-        ),
-        ({"workers": [pool(engineStopGraceSeconds=-1)]}, ["at '/workers/0/engineStopGraceSeconds': minimum"]),
-        ({"workerEngineImages": {"tensorrt": "bailu/worker-trt"}}, ["additional properties 'tensorrt'"]),
-        ({"workerEngineImages": {"vllm": ""}}, ["at '/workerEngineImages/vllm'"]),
-    ],
-    ids=[
-        "worker-without-engine",
-        "unknown-engine",
-        "negative-worker-replicas",
-        "negative-gateway-replicas",
-        "negative-gpus",
-        "model-without-path",
-        "bad-pool-name",
-        "unknown-pool-key",
-        "engine-in-defaults",
-        "unknown-setting",
-        "chart-managed-setting",
-        "chart-managed-gateway-setting",
-        "plain-key-as-hash",
-        "password-in-redis-url",
-        "route-without-parent",
-        "numeric-image-tag",
-        "negative-collector-replicas",
-        "peak-window-one-digit-hour",
-        "peak-window-hour-25",
-        "peak-window-starts-at-24",
-        "peak-window-ends-after-24",
-        "peak-window-words",
-        "empty-timezone",
-        "bad-timezone",
-        "zero-min-new-pairs",
-        "negative-daily-cap",
-        "negative-cooldown",
-        "zero-interval",
-        "unknown-trigger-key",
-        "bad-cronjob-name",
-        "non-boolean-runs",
-        "unknown-collector-setting",
-        "chart-managed-collector-setting",
-        "trigger-setting-in-settings",
-        "api-cidr-not-a-cidr",
-        "api-port-out-of-range",
-        "negative-trainer-gpus",
-        "unknown-rlhf-type",
-        "adapter-name-with-at",
-        "bad-worker-pool-name",
-        "bad-schedule",
-        "bad-schedule-timezone",
-        "negative-backoff-limit",
-        "non-boolean-suspend",
-        "bad-scratch-size",
-        "unknown-trainer-key",
-        "unknown-trainer-setting",
-        "chart-managed-trainer-setting",
-        "dataset-version-in-settings",
-        "rlhf-type-in-settings",
-        "quant-bits-8",
-        "zero-lora-rank",
-        "canary-weight-above-1",
-        "eval-fraction-1",
-        "unknown-quantize",
-        "extra-args-as-list",
-        "absolute-registry-path",
-        "gpu-memory-above-1",
-        "gpu-memory-0",
-        "negative-tensor-parallel",
-        "fractional-tensor-parallel",
-        "negative-max-loras",
-        "zero-lora-rank",
-        "engine-port-out-of-range",
-        "engine-args-as-list",
-        "engine-host-in-settings",
-        "tensor-parallel-in-settings",
-        "start-timeout-in-settings",
-        "negative-stop-grace",
-        "unknown-engine-image",
-        "empty-engine-image",
-    ],
+    BAD_VALUES,
+    ids=BAD_VALUE_IDS,
 )
 def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, Any], messages: list[str]) -> None:
     with pytest.raises(HelmError) as failure:
@@ -265,70 +297,81 @@ def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, A
         assert message in text, text
 
 
-@pytest.mark.parametrize(
-    ("values", "message"),
-    [
-        ({"workers": [pool(name="a"), pool(name="a")]}, 'the pool name "a" is used twice'),
-        (
-            {
-                "storage": {"modelStore": {"enabled": False}},
-                "workers": [pool(engine="transformers", model={"name": "m", "source": "modelStore", "path": "x"})],
+# Values the templates refuse (checks across values that the schema cannot express), each with the message.
+CROSS_CHECKS: list[tuple[dict[str, Any], str]] = [
+    ({"worker": {"pools": [pool(name="a"), pool(name="a")]}}, 'the pool name "a" is used twice'),
+    (
+        {
+            "storage": {"modelStore": {"enabled": False}},
+            "worker": {
+                "pools": [pool(engine="transformers", model={"name": "m", "source": "modelStore", "path": "x"})]
             },
-            "model.source is modelStore but storage.modelStore.enabled is false",
-        ),
-        (
-            {"storage": {"modelStore": {"enabled": False}}, "workers": [pool(adapters={"poet": "adapters/poet"})]},
-            'adapter "poet" has a path relative to the model store',
-        ),
-        ({"gateway": {"apiKeys": {"plainKeyKey": "keys", "hashesKey": "keys"}}}, "must differ"),
-        (
-            {"storage": {"datasets": {"enabled": False}}, "trainer": {"enabled": False}},
-            "collector.enabled is true but storage.datasets.enabled is false",
-        ),
-        ({"redis": {"enabled": False}}, "collector.enabled is true but there is no Redis"),
-        (
-            {"collector": {"trigger": {"peakWindow": "06:00-06:00"}}},
-            'collector.trigger.peakWindow "06:00-06:00": start and end are equal',
-        ),
-        (
-            {"collector": {"trigger": {"peakWindow": "00:00-24:00"}}},
-            'collector.trigger.peakWindow "00:00-24:00": start and end are equal',
-        ),
-        (
-            {"collector": {"startTrainingRuns": True, "serviceAccount": {"create": False}}},
-            "would bind the collector's Role to the namespace's \"default\" ServiceAccount",
-        ),
-        (
-            {"storage": {"modelStore": {"enabled": False}}, "workers": [pool()]},
-            "trainer.enabled is true but storage.modelStore.enabled is false",
-        ),
-        (
-            {"storage": {"datasets": {"enabled": False}}, "collector": {"enabled": False}},
-            "trainer.enabled is true but storage.datasets.enabled is false",
-        ),
-        ({"trainer": {"workerPool": "gpu"}}, 'trainer.workerPool "gpu" is not the name of a pool in workers'),
-        (
-            {
-                "workers": [
+        },
+        "model.source is modelStore but storage.modelStore.enabled is false",
+    ),
+    (
+        {
+            "storage": {"modelStore": {"enabled": False}},
+            "worker": {"pools": [pool(adapters={"poet": "adapters/poet"})]},
+        },
+        'adapter "poet" has a path relative to the model store',
+    ),
+    ({"gateway": {"apiKeys": {"plainKeyKey": "keys", "hashesKey": "keys"}}}, "must differ"),
+    (
+        {"storage": {"datasets": {"enabled": False}}, "trainer": {"enabled": False}},
+        "collector.enabled is true but storage.datasets.enabled is false",
+    ),
+    ({"redis": {"enabled": False}}, "collector.enabled is true but there is no Redis"),
+    (
+        {"collector": {"trigger": {"peakWindow": "06:00-06:00"}}},
+        'collector.trigger.peakWindow "06:00-06:00": start and end are equal',
+    ),
+    (
+        {"collector": {"trigger": {"peakWindow": "00:00-24:00"}}},
+        'collector.trigger.peakWindow "00:00-24:00": start and end are equal',
+    ),
+    (
+        {"collector": {"startTrainingRuns": True, "serviceAccount": {"create": False}}},
+        "would bind the collector's Role to the namespace's \"default\" ServiceAccount",
+    ),
+    (
+        {"storage": {"modelStore": {"enabled": False}}, "worker": {"pools": [pool()]}},
+        "trainer.enabled is true but storage.modelStore.enabled is false",
+    ),
+    (
+        {"storage": {"datasets": {"enabled": False}}, "collector": {"enabled": False}},
+        "trainer.enabled is true but storage.datasets.enabled is false",
+    ),
+    ({"trainer": {"workerPool": "gpu"}}, 'trainer.workerPool "gpu" is not the name of a pool in worker.pools'),
+    (
+        {
+            "worker": {
+                "pools": [
                     pool(name="cpu", engine="transformers", model={"name": "m", "source": "image", "path": "/m"}),
                     pool(name="sim"),
-                ],
-                "trainer": {"workerPool": "sim"},
+                ]
             },
-            'trainer.workerPool "sim" serves no model (model.source none)',
-        ),
-        ({"workers": [pool(name="sim")]}, "no worker pool serves a model (source image or modelStore)"),
-        (
-            {"collector": {"startTrainingRuns": True}, "trainer": {"enabled": False}},
-            "collector.startTrainingRuns is true but there is no trainer CronJob to start runs from",
-        ),
-        (
-            {"workers": [pool(name="v", engine="vllm", model={"name": "m", "source": "modelStore", "path": "m"})]},
-            "workers[v]: the vllm engine runs on GPUs: set gpus (1 or more)",
-        ),
-        (
-            {
-                "workers": [
+            "trainer": {"workerPool": "sim"},
+        },
+        'trainer.workerPool "sim" serves no model (model.source none)',
+    ),
+    ({"worker": {"pools": [pool(name="sim")]}}, "no worker pool serves a model (source image or modelStore)"),
+    (
+        {"collector": {"startTrainingRuns": True}, "trainer": {"enabled": False}},
+        "collector.startTrainingRuns is true but there is no trainer CronJob to start runs from",
+    ),
+    (
+        {
+            "worker": {
+                "pools": [pool(name="v", engine="vllm", model={"name": "m", "source": "modelStore", "path": "m"})]
+            }
+        },
+        "worker.pools[v]: the vllm engine runs on GPUs: set gpus (1 or more)",
+    ),
+    (
+        {
+            "worker": {
+                "pools": [
                     pool(
                         engine="sglang",
                         gpus=2,
@@ -336,51 +379,97 @@ def test_bad_values_fail_with_the_schema_message(helm: Helm, values: dict[str, A
                         model={"name": "m", "source": "modelStore", "path": "m"},
                     )
                 ]
-            },
-            "workers[p]: tensorParallelSize 4 is more than the pool's gpus (2)",
-        ),
-        (
-            {"workerDefaults": {"settings": {"engine_port": 50051}}},
-            "workers[cpu]: settings.engine_port 50051 is the worker's gRPC port",
-        ),
-        (
-            {
-                "workers": [
+            }
+        },
+        "worker.pools[p]: tensorParallelSize 4 is more than the pool's gpus (2)",
+    ),
+    (
+        {"worker": {"defaults": {"settings": {"engine_port": 50051}}}},
+        "worker.pools[cpu]: settings.engine_port 50051 is the worker's gRPC port",
+    ),
+    (
+        {
+            "worker": {
+                "pools": [
                     pool(
                         engine="swift",
                         settings={"engine_port": 9091},
                         model={"name": "m", "source": "modelStore", "path": "m"},
                     )
                 ]
-            },
-            "workers[p]: settings.engine_port 9091 is the worker's HTTP (probes and metrics) port",
-        ),
-    ],
-    ids=[
-        "duplicate-pool",
-        "model-store-disabled",
-        "adapter-without-store",
-        "same-secret-keys",
-        "collector-without-datasets",
-        "collector-without-redis",
-        "empty-peak-window",
-        "whole-day-peak-window",
-        "role-on-default-account",
-        "trainer-without-model-store",
-        "trainer-without-datasets",
-        "trainer-unknown-pool",
-        "trainer-pool-without-model",
-        "trainer-without-a-model",
-        "runs-without-cronjob",
-        "gpu-engine-without-gpus",
-        "tensor-parallel-over-gpus",
-        "engine-port-is-grpc",
-        "engine-port-is-http",
-    ],
+            }
+        },
+        "worker.pools[p]: settings.engine_port 9091 is the worker's HTTP (probes and metrics) port",
+    ),
+]
+CROSS_CHECK_IDS = [
+    "duplicate-pool",
+    "model-store-disabled",
+    "adapter-without-store",
+    "same-secret-keys",
+    "collector-without-datasets",
+    "collector-without-redis",
+    "empty-peak-window",
+    "whole-day-peak-window",
+    "role-on-default-account",
+    "trainer-without-model-store",
+    "trainer-without-datasets",
+    "trainer-unknown-pool",
+    "trainer-pool-without-model",
+    "trainer-without-a-model",
+    "runs-without-cronjob",
+    "gpu-engine-without-gpus",
+    "tensor-parallel-over-gpus",
+    "engine-port-is-grpc",
+    "engine-port-is-http",
+]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    CROSS_CHECKS,
+    ids=CROSS_CHECK_IDS,
 )
 def test_cross_checks_fail_with_a_message(helm: Helm, values: dict[str, Any], message: str) -> None:
     with pytest.raises(HelmError, match=re.escape(message)):
         helm.template(values=values)
+
+
+def _worker_cases(cases: list[tuple[dict[str, Any], Any]], ids: list[str]) -> list[Any]:
+    """The cases whose values are under `worker`, to be tried again under the deprecated top-level keys."""
+    return [
+        pytest.param(values, expected, id=id_)
+        for (values, expected), id_ in zip(cases, ids, strict=True)
+        if "worker" in values
+    ]
+
+
+def _old_path(message: str) -> str:
+    """A schema message about a value under `worker` as it reads when the value is under its deprecated key."""
+    for old, new in OLD_WORKER_KEYS.items():
+        message = message.replace(f"'/worker/{new}", f"'/{old}")
+    return message
+
+
+@pytest.mark.parametrize(("values", "messages"), _worker_cases(BAD_VALUES, BAD_VALUE_IDS))
+def test_the_deprecated_worker_keys_refuse_the_same_bad_values(
+    helm: Helm, values: dict[str, Any], messages: list[str]
+) -> None:
+    """Under workerDefaults, workers, ... (charts before 0.5.0) the schema refuses what it refuses under `worker`."""
+    with pytest.raises(HelmError) as failure:
+        helm.template(values=with_old_worker_keys(values))
+    text = str(failure.value)
+    assert "values don't meet the specifications of the schema" in text
+    for message in messages:
+        assert _old_path(message) in text, text
+
+
+@pytest.mark.parametrize(("values", "message"), _worker_cases(CROSS_CHECKS, CROSS_CHECK_IDS))
+def test_the_deprecated_worker_keys_fail_the_same_cross_checks(
+    helm: Helm, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(HelmError, match=re.escape(message)):
+        helm.template(values=with_old_worker_keys(values))
 
 
 def test_the_engine_list_is_the_workers_engine_list() -> None:
@@ -498,10 +587,30 @@ def test_trigger_values_default_to_the_settings_defaults() -> None:
 
 def test_pool_keys_agree_between_defaults_entries_and_schema() -> None:
     pool_fields = set(SCHEMA["definitions"]["poolFields"]["properties"])
-    assert set(DEFAULTS["workerDefaults"]) == pool_fields
-    assert set(SCHEMA["properties"]["workerDefaults"]["propertyNames"]["enum"]) == pool_fields
-    entry_keys = set(SCHEMA["properties"]["workers"]["items"]["propertyNames"]["enum"])
+    assert set(DEFAULTS["worker"]["defaults"]) == pool_fields
+    assert set(SCHEMA["definitions"]["workerDefaultKeys"]["propertyNames"]["enum"]) == pool_fields
+    entry_keys = set(SCHEMA["definitions"]["workerPool"]["propertyNames"]["enum"])
     assert entry_keys == pool_fields | POOL_ONLY_KEYS
+
+
+def test_each_deprecated_worker_key_has_the_schema_of_its_new_place() -> None:
+    """The deprecated top-level keys are checked by the very definitions of their places under `worker`, and
+    values.yaml has none of them (the templates take an old key that is present as set by the user)."""
+    worker = SCHEMA["properties"]["worker"]["properties"]
+    assert set(worker) == set(OLD_WORKER_KEYS.values()) == set(DEFAULTS["worker"])
+    for old, new in OLD_WORKER_KEYS.items():
+        entry = SCHEMA["properties"][old]
+        if old == "workerDefaults":
+            # Less one rule: its image may leave out the repository, which worker.defaults.image's gives.
+            strict = SCHEMA["definitions"]["workerDefaults"]
+            assert worker[new] == {"$ref": "#/definitions/workerDefaults"}
+            assert entry["allOf"] == strict["allOf"]
+            assert strict["properties"] == {"image": {"$ref": "#/definitions/image"}}
+        else:
+            assert entry["allOf"] == [worker[new]], old
+        assert entry["deprecated"] is True
+        assert f"use worker.{new} " in entry["description"], old
+    assert not set(OLD_WORKER_KEYS) & set(DEFAULTS)
 
 
 def test_every_value_is_commented() -> None:

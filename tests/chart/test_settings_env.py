@@ -132,16 +132,16 @@ def test_bailu_variables_are_settings_fields(
     ("values", "expected"),
     [
         (
-            {"workerDefaults": {"extraEnv": [{"name": "BAILU_WORKER_MAX_TOKENS", "value": "9"}]}},
+            {"worker": {"defaults": {"extraEnv": [{"name": "BAILU_WORKER_MAX_TOKENS", "value": "9"}]}}},
             "BAILU_WORKER_MAX_TOKENS is not a field of WorkerSettings",
         ),
         (
             {"gateway": {"extraEnv": [{"name": "BAILU_WORKER_PORT", "value": "1"}]}},
             "BAILU_WORKER_PORT is not a field of GatewaySettings",
         ),
-        # (The schema refuses a bad value in workerDefaults.settings; extraEnv bypasses it.)
+        # (The schema refuses a bad value in worker.defaults.settings; extraEnv bypasses it.)
         (
-            {"workerDefaults": {"extraEnv": [{"name": "BAILU_WORKER_MAX_QUEUE", "value": "lots"}]}},
+            {"worker": {"defaults": {"extraEnv": [{"name": "BAILU_WORKER_MAX_QUEUE", "value": "lots"}]}}},
             "WorkerSettings refuses the chart's values",
         ),
         (

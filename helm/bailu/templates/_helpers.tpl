@@ -131,7 +131,9 @@ component's object name when the chart creates it, else "default".
 {{- end -}}
 
 {{- define "bailu.worker.serviceAccountName" -}}
-{{- include "bailu.serviceAccountName" (dict "serviceAccount" .Values.workerServiceAccount "default" (include "bailu.worker.serviceName" .)) -}}
+{{- $worker := dict -}}
+{{- include "bailu.worker.values" (dict "root" . "out" $worker) -}}
+{{- include "bailu.serviceAccountName" (dict "serviceAccount" $worker.serviceAccount "default" (include "bailu.worker.serviceName" .)) -}}
 {{- end -}}
 
 {{- define "bailu.collector.serviceAccountName" -}}

@@ -3,13 +3,15 @@ The trainer: which worker pool's base model it adapts, and the checks the schema
 */}}
 
 {{/*
-The worker pool whose base model the trainer trains adapters for (merged over workerDefaults, as JSON):
+The worker pool whose base model the trainer trains adapters for (merged over worker.defaults, as JSON):
 trainer.workerPool, or the first pool that serves a model (source image or modelStore). "{}" when none.
 */}}
 {{- define "bailu.trainer.poolJson" -}}
 {{- $wanted := .Values.trainer.workerPool -}}
 {{- $found := dict -}}
-{{- range .Values.workers -}}
+{{- $worker := dict -}}
+{{- include "bailu.worker.values" (dict "root" . "out" $worker) -}}
+{{- range $worker.pools -}}
 {{- $source := (.model | default dict).source | default "none" -}}
 {{- if and (not (hasKey $found "name")) (or (eq .name $wanted) (and (not $wanted) (ne $source "none"))) -}}
 {{- include "bailu.worker.pool" (dict "root" $ "pool" . "out" $found) -}}
@@ -34,7 +36,7 @@ trainer.workerPool, or the first pool that serves a model (source image or model
 {{- $pool := include "bailu.trainer.poolJson" . | fromJson -}}
 {{- if not $pool.name -}}
 {{- if $t.workerPool -}}
-{{- fail (printf "trainer.workerPool %q is not the name of a pool in workers" $t.workerPool) -}}
+{{- fail (printf "trainer.workerPool %q is not the name of a pool in worker.pools" $t.workerPool) -}}
 {{- else -}}
 {{- fail "trainer.enabled is true but no worker pool serves a model (source image or modelStore) to train an adapter for: add one, name it in trainer.workerPool, or set trainer.enabled=false" -}}
 {{- end -}}

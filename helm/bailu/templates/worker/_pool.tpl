@@ -1,5 +1,5 @@
 {{/*
-Worker pools: each entry of .Values.workers over .Values.workerDefaults.
+Worker pools: each entry of worker.pools over worker.defaults (see bailu.worker.values).
 
 bailu.worker.pool fills "out" (a dict) with one pool: (dict "root" $ "pool" $entry "out" (dict)).
 A key given in the entry replaces the default's, except the maps listed in $merged, which are
@@ -8,7 +8,9 @@ entry's false and 0 (e.g. replicas: 0).
 */}}
 {{- define "bailu.worker.pool" -}}
 {{- $merged := list "settings" "nodeSelector" "podLabels" "podAnnotations" -}}
-{{- $defaults := deepCopy .root.Values.workerDefaults -}}
+{{- $worker := dict -}}
+{{- include "bailu.worker.values" (dict "root" .root "out" $worker) -}}
+{{- $defaults := deepCopy $worker.defaults -}}
 {{- range $key, $value := $defaults -}}
 {{- $_ := set $.out $key $value -}}
 {{- end -}}
@@ -23,9 +25,9 @@ entry's false and 0 (e.g. replicas: 0).
 {{- $_ := set $.out $key (deepCopy $value) -}}
 {{- end -}}
 {{- end -}}
-{{- /* A pool without an image of its own whose engine has an image (workerEngineImages) runs that
-repository, with workerDefaults.image's tag and pull policy. */ -}}
-{{- $engineImages := .root.Values.workerEngineImages | default dict -}}
+{{- /* A pool without an image of its own whose engine has an image (worker.engineImages) runs that
+repository, with worker.defaults.image's tag and pull policy. */ -}}
+{{- $engineImages := $worker.engineImages | default dict -}}
 {{- $engine := .pool.engine | default "" -}}
 {{- if and (not (hasKey .pool "image")) (hasKey $engineImages $engine) -}}
 {{- $image := deepCopy $defaults.image -}}
@@ -64,34 +66,36 @@ failureThreshold, with Kubernetes' defaults for what is not given): (dict "probe
 {{/* Checks across pools and sections that the schema cannot express; fails with a message. */}}
 {{- define "bailu.worker.validate" -}}
 {{- $names := list -}}
-{{- range .Values.workers -}}
+{{- $worker := dict -}}
+{{- include "bailu.worker.values" (dict "root" . "out" $worker) -}}
+{{- range $worker.pools -}}
 {{- if has .name $names -}}
-{{- fail (printf "workers: the pool name %q is used twice" .name) -}}
+{{- fail (printf "worker.pools: the pool name %q is used twice" .name) -}}
 {{- end -}}
 {{- $names = append $names .name -}}
 {{- $model := .model | default dict -}}
 {{- if and (eq ($model.source | default "") "modelStore") (not $.Values.storage.modelStore.enabled) -}}
-{{- fail (printf "workers[%s]: model.source is modelStore but storage.modelStore.enabled is false" .name) -}}
+{{- fail (printf "worker.pools[%s]: model.source is modelStore but storage.modelStore.enabled is false" .name) -}}
 {{- end -}}
 {{- range $adapter, $path := .adapters | default dict -}}
 {{- if and (not (hasPrefix "/" $path)) (not $.Values.storage.modelStore.enabled) -}}
-{{- fail (printf "workers: adapter %q has a path relative to the model store, but storage.modelStore.enabled is false" $adapter) -}}
+{{- fail (printf "worker.pools: adapter %q has a path relative to the model store, but storage.modelStore.enabled is false" $adapter) -}}
 {{- end -}}
 {{- end -}}
 {{- $pool := dict -}}
 {{- include "bailu.worker.pool" (dict "root" $ "pool" . "out" $pool) -}}
 {{- if has $pool.engine (splitList " " (include "bailu.worker.gpuEngines" $)) -}}
 {{- if lt (int $pool.gpus) 1 -}}
-{{- fail (printf "workers[%s]: the %s engine runs on GPUs: set gpus (1 or more)" $pool.name $pool.engine) -}}
+{{- fail (printf "worker.pools[%s]: the %s engine runs on GPUs: set gpus (1 or more)" $pool.name $pool.engine) -}}
 {{- end -}}
 {{- if gt (int ($pool.tensorParallelSize | default 0)) (int $pool.gpus) -}}
-{{- fail (printf "workers[%s]: tensorParallelSize %d is more than the pool's gpus (%d): the engine shards the model over the GPUs of its own pod" $pool.name (int $pool.tensorParallelSize) (int $pool.gpus)) -}}
+{{- fail (printf "worker.pools[%s]: tensorParallelSize %d is more than the pool's gpus (%d): the engine shards the model over the GPUs of its own pod" $pool.name (int $pool.tensorParallelSize) (int $pool.gpus)) -}}
 {{- end -}}
 {{- end -}}
 {{- $enginePort := int (dig "engine_port" 0 ($pool.settings | default dict)) -}}
 {{- range $what, $port := dict "gRPC" (include "bailu.worker.grpcPort" $) "HTTP (probes and metrics)" (include "bailu.worker.httpPort" $) -}}
 {{- if eq $enginePort (int $port) -}}
-{{- fail (printf "workers[%s]: settings.engine_port %d is the worker's %s port: the engine server needs a port of its own in the pod (or 0: a free one)" $pool.name $enginePort $what) -}}
+{{- fail (printf "worker.pools[%s]: settings.engine_port %d is the worker's %s port: the engine server needs a port of its own in the pod (or 0: a free one)" $pool.name $enginePort $what) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
