@@ -116,7 +116,7 @@ def replica(redis: Redis, runner: RecordingRunner | None, dataset: Dataset, cloc
         pairs_total=dataset.pairs_total,
         dataset_dir=tmp_path / "datasets",
         clock=clock,
-        registry=registry,
+        metrics_registry=registry,
     )
     return Replica(trigger, registry)
 

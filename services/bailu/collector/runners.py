@@ -25,7 +25,7 @@ from bailu.common.kube_jobs import DATASET_VERSION_ENV, RunnerError, api_message
 if TYPE_CHECKING:
     from kubernetes.client import BatchV1Api
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # The managed-by label of the Jobs the collector starts (`bailu retrain` writes its own).
@@ -79,7 +79,7 @@ class LocalRunner:
         log_path = dataset_dir / "runs" / f"{run_id}.log"
         process = await asyncio.to_thread(self._spawn, argv, log_path, dataset_version)
         self._processes[run_id] = process
-        logger.info(
+        log.info(
             "local training run started",
             extra={"run_id": run_id, "pid": process.pid, "argv": argv, "log": str(log_path)},
         )
@@ -106,7 +106,7 @@ class LocalRunner:
             code = process.poll()
             if code is not None:
                 del self._processes[run_id]
-                logger.info("local training run finished", extra={"run_id": run_id, "exit_code": code})
+                log.info("local training run finished", extra={"run_id": run_id, "exit_code": code})
 
 
 # --------------------------------------------------------------------------- kubernetes
@@ -184,7 +184,7 @@ class KubernetesRunner:
             _request_timeout=self.request_timeout_s,
         )
         name = created.metadata.name if created.metadata is not None and created.metadata.name else job.metadata.name
-        logger.info(
+        log.info(
             "training Job created",
             extra={
                 "job": name,

@@ -31,13 +31,13 @@ class CollectorService:
         settings: CollectorSettings,
         *,
         redis: Redis | None = None,
-        registry: CollectorRegistry | None = None,
+        metrics_registry: CollectorRegistry | None = None,
         trigger: TriggerCheck | None = None,  # default: the retraining trigger the settings describe
     ) -> None:
         self.settings = settings
         self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=max(5.0, settings.block_ms / 1000 + 5))
-        self.registry = registry or CollectorRegistry()
-        self.metrics = CollectorMetrics(self.registry)
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = CollectorMetrics(self.metrics_registry)
         self.store = DatasetStore(settings.dataset_dir)
         self.consumer = FeedbackConsumer(settings, self.redis, self.store, self.metrics)
         if trigger is None:
@@ -49,11 +49,11 @@ class CollectorService:
                 seal=lambda: asyncio.to_thread(self.store.seal),
                 pairs_total=self.consumer.pairs_total,
                 dataset_dir=settings.dataset_dir,
-                registry=self.registry,
+                metrics_registry=self.metrics_registry,
             ).check
         self.trigger = trigger
         self.ready = False
-        self.probes = ProbeServer(settings.host, settings.http_port, lambda: self.ready, self.registry)
+        self.probes = ProbeServer(settings.host, settings.http_port, lambda: self.ready, self.metrics_registry)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; Redis outages are waited out with backoff."""

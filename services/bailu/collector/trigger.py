@@ -28,7 +28,7 @@ from bailu.common import redis_keys
 from bailu.common.metrics import TriggerMetrics
 from bailu.common.redis_values import fields_text
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 TRIGGER_LOCK = redis_keys.TRIGGER_LOCK
 
@@ -249,7 +249,7 @@ class Trigger:
         pairs_total: Callable[[], Awaitable[int]],
         dataset_dir: Path,
         clock: Callable[[], datetime] = utc_now,
-        registry: CollectorRegistry | None = None,
+        metrics_registry: CollectorRegistry | None = None,
         lock_ttl_s: float = 120.0,
     ) -> None:
         self.policy = policy
@@ -259,7 +259,7 @@ class Trigger:
         self.pairs_total = pairs_total
         self.dataset_dir = dataset_dir
         self.clock = clock
-        self.metrics = TriggerMetrics(registry if registry is not None else CollectorRegistry())
+        self.metrics = TriggerMetrics(metrics_registry if metrics_registry is not None else CollectorRegistry())
         self.lock_ttl_s = lock_ttl_s
         self._release = redis.register_script(_RELEASE_LOCK)
         self._last_code: DecisionCode | None = None
@@ -281,7 +281,7 @@ class Trigger:
             return None
         token = secrets.token_hex(16)
         if not await self.redis.set(TRIGGER_LOCK, token, nx=True, px=max(1, int(self.lock_ttl_s * 1000))):
-            logger.debug("another replica is starting a training run", extra={"decision": decision.code.value})
+            log.debug("another replica is starting a training run", extra={"decision": decision.code.value})
             return None
         try:
             return await self._start(now, self.runner)
@@ -300,7 +300,7 @@ class Trigger:
         if state.last_run_at is not None:
             self.metrics.last_run.set(state.last_run_at.timestamp())
         if decision.code != self._last_code:
-            logger.info(
+            log.info(
                 "retraining decision: %s",
                 decision.reason,
                 extra={
@@ -320,7 +320,7 @@ class Trigger:
         pairs_total = await self.pairs_total()
         decision, _, _ = self._decide(now, state, pairs_total)
         if not decision.run:
-            logger.info(
+            log.info(
                 "another replica started a training run meanwhile: %s",
                 decision.reason,
                 extra={"decision": decision.code.value, "last_run_id": state.last_run_id},
@@ -328,7 +328,7 @@ class Trigger:
             return None
         version = await self.seal() or state.sealed_version
         if version is None:
-            logger.warning(
+            log.warning(
                 "retraining is due but sealing found no new data",
                 extra={"pairs_total": pairs_total, "pairs_at_last_run": state.pairs_at_last_run},
             )
@@ -339,7 +339,7 @@ class Trigger:
             run_id = await runner.start(version, self.dataset_dir)
         except Exception:
             self.metrics.runs.labels("failed").inc()
-            logger.exception(
+            log.exception(
                 "could not start a training run; the next check retries",
                 extra={"dataset_version": version, "runner": type(runner).__name__},
             )
@@ -361,7 +361,7 @@ class Trigger:
             await pipe.execute()
         self.metrics.runs.labels("started").inc()
         self.metrics.last_run.set(now.timestamp())
-        logger.info(
+        log.info(
             "training run started",
             extra={
                 "run_id": run_id,

@@ -1,7 +1,7 @@
 """Every Prometheus metric Bailu exports, defined once.
 
 Dashboards, alerts, autoscaling triggers and tests refer to these names.
-Each service creates its metrics on its own registry (no global state).
+Each service creates its metrics on its own Prometheus registry, called `metrics_registry` (no global state).
 """
 
 from __future__ import annotations
@@ -44,125 +44,125 @@ WORKER_REGISTRY_EVENTS_CONNECTED = "bailu_worker_registry_events_connected"
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics_registry: CollectorRegistry) -> None:
         self.requests = Counter(
             GATEWAY_REQUESTS,
             "HTTP API requests by route and status code",
             ["route", "status"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.request_duration = Histogram(
             GATEWAY_REQUEST_DURATION,
             "Time from request to the end of the response",
             ["route"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=metrics_registry,
         )
         self.ttft = Histogram(
             GATEWAY_TTFT,
             "Time from request to the first generated token, as seen by the gateway",
             ["model"],
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=metrics_registry,
         )
-        self.tokens = Counter(GATEWAY_TOKENS, "Completion tokens sent to clients", ["model"], registry=registry)
-        self.inflight = Gauge(GATEWAY_INFLIGHT, "Completions in progress", registry=registry)
+        self.tokens = Counter(GATEWAY_TOKENS, "Completion tokens sent to clients", ["model"], registry=metrics_registry)
+        self.inflight = Gauge(GATEWAY_INFLIGHT, "Completions in progress", registry=metrics_registry)
         self.retries = Counter(
-            GATEWAY_RETRIES, "Requests retried on another worker before the first token", registry=registry
+            GATEWAY_RETRIES, "Requests retried on another worker before the first token", registry=metrics_registry
         )
-        self.workers_ready = Gauge(GATEWAY_WORKERS_READY, "Workers reporting ready", registry=registry)
+        self.workers_ready = Gauge(GATEWAY_WORKERS_READY, "Workers reporting ready", registry=metrics_registry)
         self.completion_log_written = Counter(
-            GATEWAY_COMPLETION_LOG_WRITTEN, "Completion records written to Redis", registry=registry
+            GATEWAY_COMPLETION_LOG_WRITTEN, "Completion records written to Redis", registry=metrics_registry
         )
         self.completion_log_dropped = Counter(
             GATEWAY_COMPLETION_LOG_DROPPED,
             "Completion records not written, by reason (queue_full, redis_error)",
             ["reason"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.feedback = Counter(
             GATEWAY_FEEDBACK,
             "Feedback posts by kind and outcome (accepted, duplicate, or the error name)",
             ["kind", "outcome"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.model_requests = Counter(
             GATEWAY_MODEL_REQUESTS,
             "Completions by the model name the client asked for and the served name it resolved to "
             "(a registry adapter name resolves to one of its versions, `<name>@<version>`)",
             ["requested", "served"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.version_fallbacks = Counter(
             GATEWAY_VERSION_FALLBACKS,
             "Requests to a registry adapter name whose chosen alias (production or canary) no ready worker "
             "served, sent to the other aliased version instead",
             ["model", "alias"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.registry_refreshes = Counter(
             GATEWAY_REGISTRY_REFRESHES,
             "Reads of the registry index, by trigger (start, connect, event, poll) and outcome (ok, error)",
             ["trigger", "outcome"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.registry_last_refresh = Gauge(
             GATEWAY_REGISTRY_LAST_REFRESH,
             "Unix time the gateway's view of the registry aliases was last read successfully",
-            registry=registry,
+            registry=metrics_registry,
         )
 
 
 class WorkerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics_registry: CollectorRegistry) -> None:
         self.requests = Counter(
             WORKER_REQUESTS,
             "Generate calls by outcome (ok or the error name)",
             ["outcome"],
-            registry=registry,
+            registry=metrics_registry,
         )
-        self.queued = Gauge(WORKER_QUEUED, "Requests waiting for an engine slot", registry=registry)
-        self.running = Gauge(WORKER_RUNNING, "Requests being generated", registry=registry)
-        self.capacity = Gauge(WORKER_CAPACITY, "Requests the engine runs at once", registry=registry)
-        self.ready = Gauge(WORKER_READY, "1 once the model is loaded and warmed up", registry=registry)
+        self.queued = Gauge(WORKER_QUEUED, "Requests waiting for an engine slot", registry=metrics_registry)
+        self.running = Gauge(WORKER_RUNNING, "Requests being generated", registry=metrics_registry)
+        self.capacity = Gauge(WORKER_CAPACITY, "Requests the engine runs at once", registry=metrics_registry)
+        self.ready = Gauge(WORKER_READY, "1 once the model is loaded and warmed up", registry=metrics_registry)
         self.ttft = Histogram(
             WORKER_TTFT,
             "Time from receiving a request to its first token, queue wait included",
             buckets=LATENCY_BUCKETS,
-            registry=registry,
+            registry=metrics_registry,
         )
-        self.tokens = Counter(WORKER_TOKENS, "Tokens generated", registry=registry)
+        self.tokens = Counter(WORKER_TOKENS, "Tokens generated", registry=metrics_registry)
         self.adapters_loaded = Gauge(
-            WORKER_ADAPTERS_LOADED, "LoRA adapters loaded (static and registry versions)", registry=registry
+            WORKER_ADAPTERS_LOADED, "LoRA adapters loaded (static and registry versions)", registry=metrics_registry
         )
         self.adapter_loads = Counter(
             WORKER_ADAPTER_LOADS,
             "Registry adapter versions loaded by the registry follower, by outcome (ok or the error name)",
             ["outcome"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.adapter_unloads = Counter(
             WORKER_ADAPTER_UNLOADS,
             "Registry adapter versions unloaded after they left the aliases, by outcome (ok or the error name)",
             ["outcome"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.registry_reconciles = Counter(
             WORKER_REGISTRY_RECONCILES,
             "Comparisons of the loaded adapters with the registry, by trigger (start, connect, event, poll) and "
             "outcome (ok: every wanted version is loaded; partial: some failed to load; error: registry unreadable)",
             ["trigger", "outcome"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.registry_last_reconcile = Gauge(
             WORKER_REGISTRY_LAST_RECONCILE,
             "Unix time the registry follower last read the registry files successfully",
-            registry=registry,
+            registry=metrics_registry,
         )
         self.registry_events_connected = Gauge(
             WORKER_REGISTRY_EVENTS_CONNECTED,
             "1 while the registry follower is connected to the registry's change-event stream in Redis",
-            registry=registry,
+            registry=metrics_registry,
         )
 
 
@@ -183,57 +183,67 @@ TRIGGER_LAST_RUN = "bailu_collector_trigger_last_run_timestamp_seconds"
 
 
 class CollectorMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics_registry: CollectorRegistry) -> None:
         self.events = Counter(
             COLLECTOR_EVENTS,
             "Feedback events consumed, by outcome (committed, deadlettered)",
             ["outcome"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.examples = Counter(
             COLLECTOR_EXAMPLES,
             "Examples written to dataset shards, by kind (sft, preference)",
             ["kind"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.rejected = Counter(
             COLLECTOR_REJECTED,
             "Examples not written, by reason (quality filters, duplicate)",
             ["reason"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.deadlettered = Counter(
-            COLLECTOR_DEADLETTERED, "Events sent to the dead-letter stream, by reason", ["reason"], registry=registry
+            COLLECTOR_DEADLETTERED,
+            "Events sent to the dead-letter stream, by reason",
+            ["reason"],
+            registry=metrics_registry,
         )
         self.reclaimed = Counter(
-            COLLECTOR_RECLAIMED, "Events reclaimed from consumers that stopped answering", registry=registry
+            COLLECTOR_RECLAIMED, "Events reclaimed from consumers that stopped answering", registry=metrics_registry
         )
-        self.pending = Gauge(COLLECTOR_PENDING, "Events delivered but not yet acknowledged", registry=registry)
-        self.lag = Gauge(COLLECTOR_LAG, "Events in the stream not yet delivered to the group", registry=registry)
+        self.pending = Gauge(COLLECTOR_PENDING, "Events delivered but not yet acknowledged", registry=metrics_registry)
+        self.lag = Gauge(
+            COLLECTOR_LAG, "Events in the stream not yet delivered to the group", registry=metrics_registry
+        )
         self.batch_seconds = Histogram(
-            COLLECTOR_BATCH_SECONDS, "Time to process and commit one batch", buckets=LATENCY_BUCKETS, registry=registry
+            COLLECTOR_BATCH_SECONDS,
+            "Time to process and commit one batch",
+            buckets=LATENCY_BUCKETS,
+            registry=metrics_registry,
         )
         self.ready = Gauge(
-            COLLECTOR_READY, "1 while connected to Redis with the consumer group in place", registry=registry
+            COLLECTOR_READY, "1 while connected to Redis with the consumer group in place", registry=metrics_registry
         )
 
 
 class TriggerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics_registry: CollectorRegistry) -> None:
         self.decisions = Counter(
             TRIGGER_DECISIONS,
             "Retraining policy evaluations by decision (due, not_enough_pairs, cooling_down, daily_cap, peak_window)",
             ["decision"],
-            registry=registry,
+            registry=metrics_registry,
         )
         self.runs = Counter(
             TRIGGER_RUNS,
             "Training runs by outcome (started, failed: the runner could not start it)",
             ["outcome"],
-            registry=registry,
+            registry=metrics_registry,
         )
-        self.new_pairs = Gauge(TRIGGER_NEW_PAIRS, "Preference pairs written since the last run", registry=registry)
-        self.last_run = Gauge(TRIGGER_LAST_RUN, "Unix time the last training run started", registry=registry)
+        self.new_pairs = Gauge(
+            TRIGGER_NEW_PAIRS, "Preference pairs written since the last run", registry=metrics_registry
+        )
+        self.last_run = Gauge(TRIGGER_LAST_RUN, "Unix time the last training run started", registry=metrics_registry)
 
 
 # worker: engine servers (vllm, sglang, lmdeploy, swift), labelled engine="<kind>". Exported by

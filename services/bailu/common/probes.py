@@ -10,11 +10,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 
 class ProbeServer:
-    def __init__(self, host: str, port: int, is_ready: Callable[[], bool], registry: CollectorRegistry) -> None:
+    def __init__(self, host: str, port: int, is_ready: Callable[[], bool], metrics_registry: CollectorRegistry) -> None:
         self.host = host
         self.port = port
         self.is_ready = is_ready
-        self.registry = registry
+        self.metrics_registry = metrics_registry
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -35,7 +35,7 @@ class ProbeServer:
         if path == "/readyz":
             return (200, "text/plain", b"ready\n") if self.is_ready() else (503, "text/plain", b"not ready\n")
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics_registry)
         return 404, "text/plain", b"not found\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -20,6 +20,15 @@ PREFERENCE = "preference"
 KINDS = (SFT, PREFERENCE)
 
 
+def file_name(kind: str) -> str:
+    """The JSONL file a kind of record is stored in, in shards and versions alike (`sft.jsonl`)."""
+    return f"{kind}.jsonl"
+
+
+SFT_FILE = file_name(SFT)
+PREFERENCE_FILE = file_name(PREFERENCE)
+
+
 @dataclass(frozen=True, slots=True)
 class Example:
     kind: str  # SFT or PREFERENCE

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bailu.common.atomic import TMP_PREFIX, fsync_dir, write_durable
-from bailu.datasets.format import KINDS, Example
+from bailu.datasets.format import KINDS, PREFERENCE_FILE, SFT_FILE, Example, file_name
 
 
 def _iso(ts: float) -> str:
@@ -67,7 +67,7 @@ class DatasetStore:
         for kind in KINDS:
             lines = [json.dumps(e.to_swift(), ensure_ascii=False) for e in examples if e.kind == kind]
             if lines:
-                write_durable(tmp / f"{kind}.jsonl", ("\n".join(lines) + "\n").encode())
+                write_durable(tmp / file_name(kind), ("\n".join(lines) + "\n").encode())
         meta = {
             "batch": name,
             "consumer": consumer,
@@ -148,9 +148,9 @@ class DatasetStore:
         for kind in KINDS:
             digest = hashlib.sha256()
             records = 0
-            with (folder / f"{kind}.jsonl").open("wb") as out:
+            with (folder / file_name(kind)).open("wb") as out:
                 for batch in batches:
-                    shard = self.shards / batch / f"{kind}.jsonl"
+                    shard = self.shards / batch / file_name(kind)
                     if shard.is_file():
                         data = shard.read_bytes()
                         out.write(data)
@@ -158,7 +158,7 @@ class DatasetStore:
                         records += data.count(b"\n")
                 out.flush()
                 os.fsync(out.fileno())
-            files[f"{kind}.jsonl"] = {"records": records, "sha256": digest.hexdigest()}
+            files[file_name(kind)] = {"records": records, "sha256": digest.hexdigest()}
         for batch in batches:
             for record in self.batch_meta(batch)["records"]:
                 counts[record["kind"]] += 1
@@ -170,7 +170,7 @@ class DatasetStore:
             "version": version,
             "created": _iso(time.time()),
             "previous": previous["version"] if previous else None,
-            "formats": {"sft.jsonl": "ms-swift messages", "preference.jsonl": "ms-swift messages + rejected_response"},
+            "formats": {SFT_FILE: "ms-swift messages", PREFERENCE_FILE: "ms-swift messages + rejected_response"},
             "files": files,
             "counts": {kind: counts[kind] for kind in KINDS},
             "new_since_previous": {kind: counts[kind] - int(before.get(kind, 0)) for kind in KINDS},

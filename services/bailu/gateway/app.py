@@ -36,7 +36,7 @@ def create_app(
     *,
     pool: WorkerPool | None = None,
     keys: KeyStore | None = None,
-    registry: CollectorRegistry | None = None,
+    metrics_registry: CollectorRegistry | None = None,
     redis: Redis | None = None,
 ) -> FastAPI:
     """The gateway app. The pool starts polling workers, the completion log its writer, and the registry
@@ -45,8 +45,8 @@ def create_app(
     Without Redis (`BAILU_GATEWAY_REDIS_URL` empty and no client given) completions are served but not
     logged, feedback is refused with 503, and registry adapter names do not resolve (workers' own model
     names, `<name>@<version>` included, still do)."""
-    registry = registry or CollectorRegistry()
-    metrics = GatewayMetrics(registry)
+    metrics_registry = metrics_registry or CollectorRegistry()
+    metrics = GatewayMetrics(metrics_registry)
     keys = keys or KeyStore.load(settings.api_keys_file, settings.api_key_hashes)
     pool = pool or WorkerPool(
         settings.workers,
@@ -188,7 +188,7 @@ def create_app(
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
         metrics.workers_ready.set(len(pool.ready_workers()))
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     # Added once every route exists: the request metrics get one route label per route.
     app.add_middleware(

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from bailu.common.records import content_hash
+from bailu.datasets.format import PREFERENCE_FILE, SFT_FILE
 from bailu.datasets.store import DatasetStore
 from bailu.trainer.errors import NotEnoughData
 
-SFT_FILE = "sft.jsonl"
-PREFERENCE_FILE = "preference.jsonl"
 _VERSION = re.compile(r"^v\d+$")
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 

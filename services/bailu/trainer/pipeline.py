@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bailu.common.checkpoint import is_checkpoint
+from bailu.datasets.format import PREFERENCE_FILE, SFT_FILE
 from bailu.registry import Manifest, Registry, hash_dir
 from bailu.registry.model import MANIFEST
 from bailu.registry.serving import version_name
@@ -213,8 +214,8 @@ class _Job:
         )
         folder = self.scratch / "data"
         sft_records = data.sft_training_set(snapshot)
-        data.write_jsonl(folder / "sft.jsonl", sft_records)
-        data.write_jsonl(folder / "preference.jsonl", (p.to_swift() for p in snapshot.split.train))
+        data.write_jsonl(folder / SFT_FILE, sft_records)
+        data.write_jsonl(folder / PREFERENCE_FILE, (p.to_swift() for p in snapshot.split.train))
         data.write_jsonl(folder / "kto.jsonl", data.kto_records(snapshot.split.train))
         data.write_jsonl(folder / HELD_OUT, (p.to_swift() for p in snapshot.split.held_out))
         counts = snapshot.counts()
@@ -232,7 +233,7 @@ class _Job:
         adapter: Path | None = None
         if s.sft:
             with self.progress.stage("sft"):
-                sft_data, sft_out = self.scratch / "data" / "sft.jsonl", self.scratch / "sft"
+                sft_data, sft_out = self.scratch / "data" / SFT_FILE, self.scratch / "sft"
                 trained = swift_runner.train(
                     "sft",
                     "sft_main",
@@ -242,7 +243,7 @@ class _Job:
                 adapter, losses["sft"] = trained.checkpoint, trained.metrics()
         if s.rlhf_type != RlhfType.NONE:
             with self.progress.stage("rlhf"):
-                dataset = self.scratch / "data" / ("kto.jsonl" if s.rlhf_type == RlhfType.KTO else "preference.jsonl")
+                dataset = self.scratch / "data" / ("kto.jsonl" if s.rlhf_type == RlhfType.KTO else PREFERENCE_FILE)
                 sft_adapter = adapter
                 trained = swift_runner.train(
                     "rlhf",
@@ -329,7 +330,7 @@ class _Job:
             folder = export.merged(s, model_dir, adapter_dir, self.scratch / "merged")
             made.append((f"{s.adapter_name}{publish.MERGED_SUFFIX}", folder))
         if s.quantize != QuantMethod.NONE:
-            calibration = self.scratch / "data" / "sft.jsonl"
+            calibration = self.scratch / "data" / SFT_FILE
             folder = export.quantized(s, model_dir, adapter_dir, calibration, self.scratch / "quantized")
             made.append((export.quantized_name(s.adapter_name, s.quantize), folder))
         return made

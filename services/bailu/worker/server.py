@@ -39,19 +39,19 @@ class WorkerServer:
         self,
         settings: WorkerSettings,
         engine: Engine | None = None,
-        registry: CollectorRegistry | None = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine or create_engine(settings)
-        self.registry = registry or CollectorRegistry()
-        self.metrics = WorkerMetrics(self.registry)
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        self.metrics = WorkerMetrics(self.metrics_registry)
         self.admission = Admission(self.engine.capacity, settings.max_queue)
         self.metrics.capacity.set(self.engine.capacity)
         # Read at scrape time, so that the queue depth autoscaling sees is never stale.
         self.metrics.queued.set_function(lambda: self.admission.queued)
         self.metrics.running.set_function(lambda: self.admission.running)
         self.metrics.adapters_loaded.set_function(lambda: len(self.engine.adapters))
-        self.engine.register_metrics(self.registry)
+        self.engine.register_metrics(self.metrics_registry)
         self.follower = self._follower(settings)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
@@ -71,7 +71,7 @@ class WorkerServer:
             self.server,
         )
         self.port = 0
-        self.probes = ProbeServer(settings.host, settings.http_port, self.is_ready, self.registry)
+        self.probes = ProbeServer(settings.host, settings.http_port, self.is_ready, self.metrics_registry)
         self.loaded: asyncio.Task[None] | None = None
         # Set when the engine failed for good (an engine server that kept crashing): the process should exit
         # so that its supervisor (Kubernetes) restarts it.

@@ -29,7 +29,7 @@ def test_a_path_is_labelled_by_the_route_that_matches_it() -> None:
 
 async def test_every_route_of_the_app_gets_its_own_label() -> None:
     registry = CollectorRegistry()
-    app = create_app(GatewaySettings(), keys=KeyStore([hash_key(KEY)]), registry=registry)
+    app = create_app(GatewaySettings(), keys=KeyStore([hash_key(KEY)]), metrics_registry=registry)
     routes = [route for route in app.routes if isinstance(route, Route)]
     paths = {route.path for route in routes}
     api = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/feedback"}

@@ -80,8 +80,8 @@ class Engine(abc.ABC):
         """False once the engine failed for good (its server kept crashing): restart the worker."""
         return True
 
-    def register_metrics(self, registry: CollectorRegistry) -> None:  # noqa: B027 - optional hook
-        """Export the engine's own metrics (bailu_worker_engine_*) on the worker's registry."""
+    def register_metrics(self, metrics_registry: CollectorRegistry) -> None:  # noqa: B027 - optional hook
+        """Export the engine's own metrics (bailu_worker_engine_*) on the worker's metrics registry."""
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -156,8 +156,8 @@ class HttpEngine(Engine):
     async def close(self) -> None:
         await self.server.close()
 
-    def register_metrics(self, registry: CollectorRegistry) -> None:
-        self.server.register_metrics(registry)
+    def register_metrics(self, metrics_registry: CollectorRegistry) -> None:
+        self.server.register_metrics(metrics_registry)
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
         await self.server.wait_serving(request.deadline)

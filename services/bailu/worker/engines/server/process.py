@@ -212,8 +212,8 @@ class EngineServer:
 
     # --- metrics -------------------------------------------------------------------------------------
 
-    def register_metrics(self, registry: CollectorRegistry) -> None:
-        registry.register(
+    def register_metrics(self, metrics_registry: CollectorRegistry) -> None:
+        metrics_registry.register(
             EngineMetricsCollector(
                 self.kind,
                 load=lambda: self._load,
