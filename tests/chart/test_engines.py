@@ -192,7 +192,9 @@ def test_the_worker_starts_the_engine_the_values_describe(
     _, c = worker(engine_manifests, name)
     settings = worker_settings(c, monkeypatch)
     engine = HttpEngine.from_settings(settings)
-    argv = " ".join(engine.dialect.argv(engine.config, engine.server.executable, engine.server.extra_args))
+    argv = " ".join(
+        engine.dialect.argv(engine.config, engine.server.options.executable, engine.server.options.extra_args)
+    )
     assert "/models/base/Qwen2.5-7B-Instruct" in argv, "the checkpoint in the model store"
     for part in expected:
         assert part in argv, argv

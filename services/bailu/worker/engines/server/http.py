@@ -27,7 +27,7 @@ from bailu.worker.engines.server import openai_http as oai
 from bailu.worker.engines.server.adapters import AdapterLifecycle
 from bailu.worker.engines.server.dialects import DIALECTS, Dialect, LaunchConfig
 from bailu.worker.engines.server.engine_metrics import EngineLoad
-from bailu.worker.engines.server.process import EngineServer, free_port
+from bailu.worker.engines.server.process import EngineServer, ServerOptions, free_port
 from bailu.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -42,32 +42,13 @@ class HttpEngine(Engine):
         config: LaunchConfig,
         *,
         default_max_tokens: int,
-        executable: tuple[str, ...] = (),
-        extra_args: tuple[str, ...] = (),
-        fixed_port: bool = False,
-        start_timeout_s: float = 1800.0,
-        restart_limit: int = 3,
-        restart_backoff_s: float = 2.0,
-        stop_grace_s: float = 30.0,
-        metrics_interval_s: float = 5.0,
+        options: ServerOptions | None = None,
     ) -> None:
         super().__init__(config.served_name, config.max_model_len, default_max_tokens)
         self.dialect = dialect
         # Adapters named at start are launched with the engine; their LoadAdapter calls are then no-ops.
         self.adapters.update(config.adapters)
-        self.server = EngineServer(
-            dialect,
-            config,
-            self.adapters,
-            executable=executable,
-            extra_args=extra_args,
-            fixed_port=fixed_port,
-            start_timeout_s=start_timeout_s,
-            restart_limit=restart_limit,
-            restart_backoff_s=restart_backoff_s,
-            stop_grace_s=stop_grace_s,
-            metrics_interval_s=metrics_interval_s,
-        )
+        self.server = EngineServer(dialect, config, self.adapters, options or ServerOptions())
         self.adapter_lifecycle = AdapterLifecycle(self.server, self.adapters)
 
     @classmethod
@@ -94,14 +75,16 @@ class HttpEngine(Engine):
             dialect,
             config,
             default_max_tokens=settings.default_max_tokens,
-            executable=tuple(shlex.split(settings.engine_executable)),
-            extra_args=tuple(shlex.split(settings.engine_args)),
-            fixed_port=settings.engine_port != 0,
-            start_timeout_s=settings.engine_start_timeout_s,
-            restart_limit=settings.engine_restart_limit,
-            restart_backoff_s=settings.engine_restart_backoff_s,
-            stop_grace_s=settings.engine_stop_grace_s,
-            metrics_interval_s=settings.engine_metrics_interval_s,
+            options=ServerOptions(
+                executable=tuple(shlex.split(settings.engine_executable)),
+                extra_args=tuple(shlex.split(settings.engine_args)),
+                fixed_port=settings.engine_port != 0,
+                start_timeout_s=settings.engine_start_timeout_s,
+                restart_limit=settings.engine_restart_limit,
+                restart_backoff_s=settings.engine_restart_backoff_s,
+                stop_grace_s=settings.engine_stop_grace_s,
+                metrics_interval_s=settings.engine_metrics_interval_s,
+            ),
         )
 
     # --- Engine contract -------------------------------------------------------------------------

@@ -41,6 +41,20 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """How an engine server is launched and supervised (from the worker's `engine_*` settings)."""
+
+    executable: tuple[str, ...] = ()  # the server's command (default: the dialect's)
+    extra_args: tuple[str, ...] = ()  # appended to the dialect's flags
+    fixed_port: bool = False  # keep the configured port across restarts
+    start_timeout_s: float = 1800.0
+    restart_limit: int = 3
+    restart_backoff_s: float = 2.0
+    stop_grace_s: float = 30.0
+    metrics_interval_s: float = 5.0
+
+
 class EngineServer:
     """The engine server process of one `HttpEngine`, its address, the HTTP client to it and its load.
 
@@ -48,27 +62,12 @@ class EngineServer:
     """
 
     def __init__(
-        self,
-        dialect: Dialect,
-        config: LaunchConfig,
-        adapters: Mapping[str, str],
-        *,
-        executable: tuple[str, ...] = (),
-        extra_args: tuple[str, ...] = (),
-        fixed_port: bool = False,
-        start_timeout_s: float = 1800.0,
-        restart_limit: int = 3,
-        restart_backoff_s: float = 2.0,
-        stop_grace_s: float = 30.0,
-        metrics_interval_s: float = 5.0,
+        self, dialect: Dialect, config: LaunchConfig, adapters: Mapping[str, str], options: ServerOptions
     ) -> None:
         self.dialect = dialect
         self.config = config
         self.adapters = adapters
-        self.executable = executable
-        self.extra_args = extra_args
-        self.fixed_port = fixed_port
-        self.metrics_interval_s = metrics_interval_s
+        self.options = options
         # The engine-side adapter names the running server was launched with.
         self.launched: set[str] = set()
         self._spawned = False
@@ -77,10 +76,10 @@ class EngineServer:
             self.argv,
             self.base_url + dialect.health_path,
             env={**os.environ, **dialect.env},
-            start_timeout_s=start_timeout_s,
-            restart_limit=restart_limit,
-            restart_backoff_s=restart_backoff_s,
-            stop_grace_s=stop_grace_s,
+            start_timeout_s=options.start_timeout_s,
+            restart_limit=options.restart_limit,
+            restart_backoff_s=options.restart_backoff_s,
+            stop_grace_s=options.stop_grace_s,
         )
         self._client: httpx.AsyncClient | None = None
         self._inflight = 0
@@ -148,13 +147,13 @@ class EngineServer:
     def argv(self) -> list[str]:
         """The command line of the next (re)start: the current adapters, and a fresh port unless one was
         configured."""
-        if self._spawned and not self.fixed_port:
+        if self._spawned and not self.options.fixed_port:
             self._move_to(free_port(self.config.host))
         self._spawned = True
         adapters = {engine_adapter_name(name, path): path for name, path in self.adapters.items()}
         self.launched = set(adapters)
         config = dataclasses.replace(self.config, adapters=adapters)
-        return self.dialect.argv(config, self.executable, self.extra_args)
+        return self.dialect.argv(config, self.options.executable, self.options.extra_args)
 
     def _move_to(self, port: int) -> None:
         self.config = dataclasses.replace(self.config, port=port)
@@ -237,4 +236,4 @@ class EngineServer:
                     log.debug("engine metrics scrape failed", extra={"error": str(exc)})
             else:
                 self._load = None
-            await asyncio.sleep(self.metrics_interval_s)
+            await asyncio.sleep(self.options.metrics_interval_s)
