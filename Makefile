@@ -49,10 +49,10 @@ $(HELM): deploy/install_helm.py | $(STAMP)
 setup: $(STAMP) system-deps $(HELM) ## Create the virtual environment and install everything, helm included (idempotent)
 
 $(MODEL_DIR)/config.json: | $(STAMP)
-	$(PY) -m bailu.dev.models smollm2 --out $(MODEL_DIR)
+	$(PY) -m bailu.dev.checkpoints smollm2 --out $(MODEL_DIR)
 
 $(TINY_DIR)/config.json: | $(STAMP)
-	$(PY) -m bailu.dev.models tiny --out $(TINY_DIR)
+	$(PY) -m bailu.dev.checkpoints tiny --out $(TINY_DIR)
 
 model: $(MODEL_DIR)/config.json ## Convert SmolLM2-135M-Instruct from its GGUF file (once)
 

@@ -73,7 +73,7 @@ PROMPTS = (
 def ensure_model() -> Path:
     """The converted checkpoint (`make model` builds it; converted here if missing)."""
     if not (MODEL_DIR / "config.json").is_file():
-        from bailu.dev.models import convert_gguf, smollm2_gguf_path
+        from bailu.dev.checkpoints import convert_gguf, smollm2_gguf_path
 
         print(f"converting SmolLM2 into {MODEL_DIR} ...", flush=True)
         convert_gguf(smollm2_gguf_path(), MODEL_DIR)

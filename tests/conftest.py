@@ -58,7 +58,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """The tiny random Llama with SmolLM2's tokenizer (`make tiny-model` builds it; built here if missing)."""
-    from bailu.dev.models import build_tiny_llama
+    from bailu.dev.checkpoints import build_tiny_llama
 
     return build_tiny_llama(TINY_MODEL_DIR)
 

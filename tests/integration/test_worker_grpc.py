@@ -149,8 +149,8 @@ async def test_full_queue_is_resource_exhausted(start_worker, channel_to) -> Non
     queued = asyncio.create_task(collect(stub, request()))
     await eventually(lambda: server.admission.queued == 1, 2.0)
     # The queue depth metric (what autoscaling reads) counts requests while they wait.
-    assert server.registry.get_sample_value("bailu_worker_queued_requests") == 1
-    assert server.registry.get_sample_value("bailu_worker_running_requests") == 1
+    assert server.metrics_registry.get_sample_value("bailu_worker_queued_requests") == 1
+    assert server.metrics_registry.get_sample_value("bailu_worker_running_requests") == 1
     load = wire.load_from_pb(await stub.GetLoad(pb.GetLoadRequest()))
     assert (load.running, load.queued, load.capacity, load.max_queue, load.ready) == (1, 1, 1, 1, True)
     with pytest.raises(grpc.aio.AioRpcError) as info:

