@@ -14,7 +14,7 @@ from bailu.common import metrics as metric_names
 from bailu.common import redis_keys
 from bailu.common.records import CompletionRecord, FeedbackEvent
 from tests.conftest import MODEL, OTHER_KEY, eventually
-from tests.integration.test_gateway import CHAT, chat_body, sse_events
+from tests.integration.test_gateway import CHAT, assert_documented, chat_body, sse_events
 
 
 @pytest.fixture
@@ -245,8 +245,21 @@ async def test_feedback_is_in_the_openapi_schema(stack) -> None:
     gateway, http, _ = stack
     schema = (await http.get(gateway.url + "/openapi.json")).json()
     operation = schema["paths"]["/v1/feedback"]["post"]
-    assert {"202", "400", "404", "409", "503"} <= set(operation["responses"])
+    assert set(operation["responses"]) == {"202", "400", "401", "404", "409", "413", "503"}
     assert any(p["name"] == "Idempotency-Key" for p in operation["parameters"])
+    # Real answers, as documented.
+    one = await complete(gateway, http)
+    body = {"type": "rating", "response_id": one["id"], "thumb": "up"}
+    answers = [
+        await post(gateway, http, body, **{"Idempotency-Key": "doc-1"}),
+        await post(gateway, http, {**body, "thumb": "down"}, **{"Idempotency-Key": "doc-1"}),
+        await post(gateway, http, {**body, "response_id": "chatcmpl-nope"}),
+        await post(gateway, http, {**body, "score": 3}),
+        await post(gateway, http, body, key="wrong"),
+    ]
+    assert [a.status_code for a in answers] == [202, 409, 404, 400, 401]
+    for answer in answers:
+        await assert_documented(schema, "post", "/v1/feedback", answer)
 
 
 async def test_feedback_requests_have_their_own_route_label(stack) -> None:

@@ -83,12 +83,18 @@ class Conflict(BailuError):
 
 
 class RequestTooLarge(BailuError):
-    """The request body or the prompt is larger than this deployment accepts."""
+    """The prompt is longer than this deployment or the model's context accepts."""
 
     http_status = 413
     openai_type = "invalid_request_error"
     openai_code = "context_length_exceeded"
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class BodyTooLarge(RequestTooLarge):
+    """The request body is larger than this deployment accepts (a limit on bytes, not on context)."""
+
+    openai_code = "request_too_large"
 
 
 class Overloaded(BailuError):
@@ -122,6 +128,19 @@ class DeadlineExceeded(BailuError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Stalled(BailuError):
+    """An upstream stopped sending within its bound: a worker (or a worker's engine) sent no first token within
+    the attempt's time-to-first-token budget, or nothing for the stream's idle timeout, or stopped answering.
+    Retried on another worker before the first token; after it, the stream ends with this error."""
+
+    http_status = 504
+    openai_type = "timeout"
+    openai_code = "upstream_stalled"
+    # UNAVAILABLE: transient, worth retrying elsewhere (a bare DEADLINE_EXCEEDED would not be retried).
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
 class Cancelled(BailuError):
     """The caller went away."""
 
@@ -144,9 +163,11 @@ ERROR_CLASSES: dict[str, type[BailuError]] = {
         NotFound,
         Conflict,
         RequestTooLarge,
+        BodyTooLarge,
         Overloaded,
         Unavailable,
         DeadlineExceeded,
+        Stalled,
         Cancelled,
         InternalError,
     )

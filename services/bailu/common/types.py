@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from bailu.common.errors import InvalidRequest
 
 MAX_STOP_SEQUENCES = 4
+# The largest `max_tokens` and `top_k` accepted (the wire carries uint32) and the range of `seed` (int64).
+MAX_TOKENS_LIMIT = 1 << 20
+TOP_K_LIMIT = 1 << 20
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 ROLES = frozenset({"system", "user", "assistant"})
 
 
@@ -44,14 +48,14 @@ class SamplingParams:
 
     def validate(self) -> None:
         """Raise `InvalidRequest` naming the first out-of-range parameter."""
-        _check_range("max_tokens", self.max_tokens, 1, 1 << 20)
+        _check_range("max_tokens", self.max_tokens, 1, MAX_TOKENS_LIMIT)
         _check_range("temperature", self.temperature, 0.0, 2.0)
         _check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _check_range("top_k", self.top_k, 0, 1 << 20)
+        _check_range("top_k", self.top_k, 0, TOP_K_LIMIT)
         _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
         _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         _check_range("repetition_penalty", self.repetition_penalty, 0.0, 10.0, low_open=True)
-        _check_range("seed", self.seed, -(1 << 63), (1 << 63) - 1)  # int64 on the wire
+        _check_range("seed", self.seed, INT64_MIN, INT64_MAX)
         if len(self.stop) > MAX_STOP_SEQUENCES:
             raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop")
         if any(not s for s in self.stop):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -14,14 +14,23 @@ from redis.asyncio import Redis
 
 from bailu import __version__
 from bailu.common.metrics import GatewayMetrics
-from bailu.gateway import errors
+from bailu.gateway import errors, openapi
 from bailu.gateway.auth import KeyStore
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.completions import COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionHandler
-from bailu.gateway.feedback import FeedbackAccepted, FeedbackHandler, FeedbackRequest, feedback_disabled
+from bailu.gateway.feedback import IDEMPOTENCY_HEADER, FeedbackHandler, FeedbackRequest, feedback_disabled
 from bailu.gateway.middleware import GatewayMiddleware, RouteLabels
 from bailu.gateway.model_names import ModelResolver
 from bailu.gateway.registry_watch import RegistryWatcher
+from bailu.gateway.responses import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    FeedbackAccepted,
+    Model,
+    ModelList,
+    TextCompletion,
+    TextCompletionChunk,
+)
 from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from bailu.gateway.settings import GatewaySettings
@@ -82,7 +91,13 @@ def create_app(
         feedback = FeedbackHandler(
             redis, completion_log, metrics, idempotency_ttl_s=settings.feedback_idempotency_ttl_s
         )
-    router = Router(pool, metrics, settings.max_attempts)
+    router = Router(
+        pool,
+        metrics,
+        settings.max_attempts,
+        first_token_timeout_s=settings.first_token_timeout_s,
+        idle_timeout_s=settings.stream_idle_timeout_s,
+    )
     handler = CompletionHandler(settings, resolver, router, metrics, completion_log)
     if not settings.workers and not settings.workers_dns and not pool.workers:
         log.warning("no workers configured: set BAILU_GATEWAY_WORKERS or BAILU_GATEWAY_WORKERS_DNS")
@@ -116,16 +131,27 @@ def create_app(
     app.state.metrics = metrics
     app.state.completion_log = completion_log
     errors.install(app)
+    openapi.install(app)
 
     def key_id(request: Request) -> str:
         return str(request.scope.get("state", {}).get("key_id", ""))
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        summary="Chat completion (OpenAI-compatible), streamed with `stream: true`",
+        responses=openapi.completion_responses(ChatCompletion, ChatCompletionChunk, openapi.COMPLETION_ERRORS),
+    )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         target, gen = handler.build_request(body, max_tokens=body.effective_max_tokens())
         return await handler.respond(request, "chat", body, target, gen, key_id(request))
 
-    @app.post("/v1/completions", response_model=None)
+    @app.post(
+        "/v1/completions",
+        response_model=None,
+        summary="Text completion (OpenAI-compatible), streamed with `stream: true`",
+        responses=openapi.completion_responses(TextCompletion, TextCompletionChunk, openapi.COMPLETION_ERRORS),
+    )
     async def completions(body: CompletionRequest, request: Request) -> Response:
         max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
         target, gen = handler.build_request(body, max_tokens=max_tokens)
@@ -136,12 +162,7 @@ def create_app(
         status_code=202,
         response_model=FeedbackAccepted,
         summary="Record a rating, a comparison or an edit of earlier responses",
-        responses={
-            400: {"description": "Invalid body; `error.param` names the field"},
-            404: {"description": "Unknown or expired response id, or one that belongs to another API key"},
-            409: {"description": "The idempotency key was used before with a different body"},
-            503: {"description": "Feedback storage (Redis) is unavailable; retry after `Retry-After`"},
-        },
+        responses=openapi.error_responses(openapi.FEEDBACK_ERRORS),
     )
     async def post_feedback(
         body: FeedbackRequest,
@@ -149,7 +170,7 @@ def create_app(
         idempotency_key: Annotated[
             str | None,
             Header(
-                alias="Idempotency-Key",
+                alias=IDEMPOTENCY_HEADER,
                 min_length=1,
                 max_length=128,
                 description="Retries with the same key are recorded once (as `feedback_id` does).",
@@ -160,24 +181,31 @@ def create_app(
             raise feedback_disabled()
         return await feedback.accept(body, key_id(request), idempotency_key)
 
-    @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        data = []
+    @app.get("/v1/models", response_model=ModelList, response_model_exclude_none=True, summary="List the models")
+    async def list_models() -> ModelList:
         # What workers serve, then the registry adapter names a worker can serve a version of.
-        for card in [*pool.models(), *resolver.listed()]:
-            entry: dict[str, Any] = {"id": card.name, "object": "model", "created": 0, "owned_by": "bailu"}
-            if card.kind == "adapter":
-                entry["parent"] = card.base_model
-            if card.max_model_len:
-                entry["max_model_len"] = card.max_model_len
-            data.append(entry)
-        return {"object": "list", "data": data}
+        data = [
+            Model(
+                id=card.name,
+                parent=card.base_model if card.kind == "adapter" else None,
+                max_model_len=card.max_model_len or None,
+            )
+            for card in [*pool.models(), *resolver.listed()]
+        ]
+        return ModelList(data=data)
 
-    @app.get("/healthz", include_in_schema=False)
+    @app.get("/healthz", response_class=PlainTextResponse, summary="Liveness: the process answers")
     async def healthz() -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
-    @app.get("/readyz", include_in_schema=False)
+    @app.get(
+        "/readyz",
+        response_class=PlainTextResponse,
+        summary="Readiness: at least one worker is ready",
+        responses={
+            503: {"description": "No worker is ready", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        },
+    )
     async def readyz() -> PlainTextResponse:
         ready = len(pool.ready_workers())
         metrics.workers_ready.set(ready)
@@ -185,7 +213,7 @@ def create_app(
             return PlainTextResponse(f"ready: {ready} worker(s)\n")
         return PlainTextResponse("not ready: no worker is ready\n", status_code=503)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format)")
     async def prometheus_metrics() -> Response:
         metrics.workers_ready.set(len(pool.ready_workers()))
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)

@@ -13,23 +13,31 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from bailu.common.errors import BailuError, InternalError, InvalidRequest, NotFound
+from bailu.gateway.schemas import INVALID_UNICODE
 
 log = logging.getLogger(__name__)
 
 
+def _printable(text: str | None) -> str | None:
+    """`text` as UTF-8 can encode it: a lone surrogate that reached a message (text echoed from a client)
+    is written as its escape (`\\ud800`), so that no error body ever fails to encode."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if text is not None else None
+
+
 def error_body(error: BailuError) -> dict[str, Any]:
+    """The OpenAI error body of `error` (the `ErrorResponse` of the API schema)."""
     return {
         "error": {
-            "message": error.message,
+            "message": _printable(error.message),
             "type": error.openai_type,
-            "param": error.param,
+            "param": _printable(error.param),
             "code": error.openai_code,
         }
     }
 
 
-def error_response(error: BailuError) -> JSONResponse:
-    headers = {}
+def error_response(error: BailuError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     return JSONResponse(error_body(error), status_code=error.http_status, headers=headers)
@@ -43,7 +51,7 @@ def _is_branch_marker(part: Any) -> bool:
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     param = ""
     for part in loc:
-        if part in ("body",) and not param:
+        if part in ("body", "header", "query") and not param:  # FastAPI's location, not a field
             continue
         if isinstance(part, int):
             param += f"[{part}]"
@@ -80,12 +88,21 @@ def from_validation_error(errors: list[Any]) -> InvalidRequest:
     param = _loc_to_param(tuple(first.get("loc", ())))
     if kind == "json_invalid":
         return InvalidRequest("the request body is not valid JSON")
+    if kind == "string_unicode":
+        # pydantic's own check, before any field's: a field name; `loc` is the object that has it.
+        where = param or "the request body"
+        return InvalidRequest(f"a field name in {where} is not valid Unicode text", param=param)
+    if param is None:
+        # The body as a whole: absent, `null`, or not an object.
+        if kind == "missing":
+            return InvalidRequest("the request body is missing: send a JSON object")
+        return InvalidRequest("the request body must be a JSON object")
     if kind == "extra_forbidden":
         return InvalidRequest(f"unrecognized request argument supplied: {param}", param=param)
     if kind == "missing":
         return InvalidRequest(f"missing required parameter: {param}", param=param)
-    if param is None and kind in ("model_attributes_type", "dict_type"):
-        return InvalidRequest("the request body must be a JSON object")
+    if kind == INVALID_UNICODE:
+        return InvalidRequest(f"{param} is {first.get('msg', 'not valid Unicode text')}", param=param)
     return InvalidRequest(f"invalid value for {param}: {first.get('msg', 'invalid')}", param=param)
 
 
@@ -109,12 +126,11 @@ def install(app: Any) -> None:
         if exc.status_code == 404:
             return error_response(NotFound(f"unknown URL: {request.method} {request.url.path}"))
         if exc.status_code == 405:
-            error = InvalidRequest(f"method {request.method} is not allowed on {request.url.path}")
-            response = error_response(error)
-            response.status_code = 405
-            return response
-        error = InvalidRequest(str(exc.detail))
-        response = error_response(error)
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        # Starlette's own headers kept: a 405 lists the allowed methods in `Allow`.
+        response = error_response(InvalidRequest(message), headers=dict(exc.headers or {}))
         response.status_code = exc.status_code
         return response
 

@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -18,7 +18,10 @@ from bailu.common.metrics import GatewayMetrics
 from bailu.common.records import DATA_FIELD, CompletionRecord, FeedbackEvent, ResponseRef
 from bailu.common.redis_values import as_text
 from bailu.gateway.completion_log import CompletionLog
-from bailu.gateway.schemas import StrictBody
+from bailu.gateway.responses import FeedbackAccepted
+from bailu.gateway.schemas import StrictBody, WireText
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 # Atomically: if the idempotency key was seen, return what it recorded; else append the event and
 # remember the key. KEYS: stream, idempotency key (or ""). ARGV: feedback id, body hash, data, ttl, data field.
@@ -36,11 +39,11 @@ return 'new'
 
 
 class ResponseRefIn(StrictBody):
-    response_id: str = Field(min_length=1, max_length=128, description="The `id` of a completion response.")
+    response_id: WireText = Field(min_length=1, max_length=128, description="The `id` of a completion response.")
     choice_index: int = Field(0, ge=0, le=15, description="Which candidate of that response (`n` > 1).")
 
 
-Tag = Annotated[str, Field(min_length=1, max_length=64)]
+Tag = Annotated[WireText, Field(min_length=1, max_length=64)]
 
 
 class FeedbackRequest(StrictBody):
@@ -52,16 +55,16 @@ class FeedbackRequest(StrictBody):
     """
 
     type: Literal["rating", "comparison", "edit"]
-    response_id: str | None = Field(None, min_length=1, max_length=128, description="rating, edit: the response.")
+    response_id: WireText | None = Field(None, min_length=1, max_length=128, description="rating, edit: the response.")
     choice_index: int = Field(0, ge=0, le=15, description="rating, edit: the candidate of that response.")
     thumb: Literal["up", "down"] | None = Field(None, description="rating: thumbs up or down.")
     score: int | None = Field(None, ge=1, le=5, description="rating: a score from 1 (worst) to 5 (best).")
     chosen: ResponseRefIn | None = Field(None, description="comparison: the preferred candidate.")
     rejected: ResponseRefIn | None = Field(None, description="comparison: the other candidate.")
-    edited_text: str | None = Field(None, min_length=1, max_length=20_000, description="edit: the kept text.")
-    comment: str | None = Field(None, max_length=2_000, description="A free-text comment.")
+    edited_text: WireText | None = Field(None, min_length=1, max_length=20_000, description="edit: the kept text.")
+    comment: WireText | None = Field(None, max_length=2_000, description="A free-text comment.")
     tags: list[Tag] = Field(default_factory=list, max_length=16, description="Labels, e.g. `too-long`.")
-    feedback_id: str | None = Field(
+    feedback_id: WireText | None = Field(
         None, min_length=1, max_length=128, description="A client-chosen id: a retried POST with it is recorded once."
     )
 
@@ -83,12 +86,6 @@ class FeedbackRequest(StrictBody):
             raise InvalidRequest("a rating needs exactly one of thumb or score", param="thumb")
         if self.type == "comparison" and self.chosen == self.rejected:
             raise InvalidRequest("chosen and rejected must be different candidates", param="rejected")
-
-
-class FeedbackAccepted(BaseModel):
-    id: str = Field(description="The feedback's id.")
-    object: Literal["feedback"] = "feedback"
-    status: Literal["accepted"] = "accepted"
 
 
 class FeedbackHandler:
@@ -132,7 +129,9 @@ class FeedbackHandler:
             return FeedbackAccepted(id=event.id)
         earlier_id, _, earlier_hash = result.partition("|")
         if earlier_hash != body_hash:
-            raise Conflict("this idempotency key was already used with a different body", param="feedback_id")
+            # The header wins over the body's `feedback_id` (`idem` above): name what actually conflicted.
+            param = IDEMPOTENCY_HEADER if idempotency_key else "feedback_id"
+            raise Conflict("this idempotency key was already used with a different body", param=param)
         self.metrics.feedback.labels(body.type, "duplicate").inc()
         return FeedbackAccepted(id=earlier_id)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bailu.common.errors import BailuError, RequestTooLarge
+from bailu.common.errors import BailuError, BodyTooLarge
 from bailu.common.logging import request_id_var
 from bailu.common.metrics import GatewayMetrics
 from bailu.gateway.auth import KeyStore
@@ -87,7 +87,7 @@ class GatewayMiddleware:
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 replay = await self._buffer_body(headers, receive)
                 if replay is None:
-                    too_large = RequestTooLarge(f"the request body is larger than {self.max_body_bytes} bytes")
+                    too_large = BodyTooLarge(f"the request body is larger than {self.max_body_bytes} bytes")
                     await error_response(too_large)(scope, receive, send_wrapper)
                     return
                 receive = replay

@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from bailu.common.errors import ERROR_CLASSES, BailuError, DeadlineExceeded, InvalidRequest, Overloaded
+from bailu.common.errors import (
+    ERROR_CLASSES,
+    BailuError,
+    BodyTooLarge,
+    DeadlineExceeded,
+    InvalidRequest,
+    Overloaded,
+    RequestTooLarge,
+)
 from bailu.gateway.errors import error_body, error_response, from_validation_error
 
 
@@ -57,3 +65,46 @@ def test_no_errors_still_gives_a_400() -> None:
     error = from_validation_error([])
     assert isinstance(error, InvalidRequest)
     assert error.http_status == 400
+
+
+def test_body_too_large_has_its_own_code_and_prompt_too_long_keeps_context_length() -> None:
+    assert BodyTooLarge.http_status == RequestTooLarge.http_status == 413
+    assert BodyTooLarge.openai_code == "request_too_large"
+    assert RequestTooLarge.openai_code == "context_length_exceeded"
+    assert ERROR_CLASSES["BodyTooLarge"] is BodyTooLarge
+
+
+def test_error_body_never_fails_to_encode() -> None:
+    # A lone surrogate echoed from the client is escaped, so that the body is valid UTF-8 JSON.
+    response = error_response(InvalidRequest("unknown x\ud800", param="x\ud800"))
+    body = json.loads(bytes(response.body).decode("utf-8"))
+    assert body["error"] == {
+        "message": "unknown x\\ud800",
+        "type": "invalid_request_error",
+        "param": "x\\ud800",
+        "code": None,
+    }
+
+
+def test_extra_headers_are_kept() -> None:
+    assert error_response(InvalidRequest("no"), headers={"Allow": "POST"}).headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "the request body is missing: send a JSON object"),
+        ("model_attributes_type", "the request body must be a JSON object"),
+        ("string_unicode", "a field name in the request body is not valid Unicode text"),
+    ],
+)
+def test_errors_about_the_whole_body_never_print_none(kind: str, message: str) -> None:
+    error = from_validation_error([{"type": kind, "loc": ("body",), "msg": "whatever"}])
+    assert error.param is None
+    assert error.message == message
+
+
+def test_header_location_is_dropped_from_the_param() -> None:
+    loc = ("header", "Idempotency-Key")
+    error = from_validation_error([{"type": "string_too_long", "loc": loc, "msg": "String should have at most 128"}])
+    assert error.param == "Idempotency-Key"

@@ -8,7 +8,7 @@ import pydantic
 import pytest
 
 from bailu.common.errors import InvalidRequest
-from bailu.common.types import ChatMessage, SamplingParams
+from bailu.common.types import INT64_MAX, INT64_MIN, MAX_TOKENS_LIMIT, TOP_K_LIMIT, ChatMessage, SamplingParams
 from bailu.gateway.errors import from_validation_error
 from bailu.gateway.schemas import MAX_CANDIDATES, ChatCompletionRequest, CompletionRequest
 
@@ -236,3 +236,81 @@ def test_completion_has_no_messages() -> None:
     error = rejection(CompletionRequest, completion(messages=[USER]))
     assert error.param == "messages"
     assert "unrecognized" in error.message
+
+
+LONE = "\ud800"
+
+SURROGATE_FIELDS = [
+    (ChatCompletionRequest, chat(messages=[{"role": "user", "content": "ab" + LONE}]), "messages[0].content", 2),
+    (
+        ChatCompletionRequest,
+        chat(messages=[{"role": "user", "content": [{"type": "text", "text": LONE}]}]),
+        "messages[0].content[0].text",
+        0,
+    ),
+    (ChatCompletionRequest, chat(messages=[{**USER, "name": "n" + LONE}]), "messages[0].name", 1),
+    (ChatCompletionRequest, chat(model="m" + LONE), "model", 1),
+    (ChatCompletionRequest, chat(stop="\udfff"), "stop", 0),
+    (ChatCompletionRequest, chat(stop=["a", "b" + LONE]), "stop[1]", 1),
+    (ChatCompletionRequest, chat(user=LONE), "user", 0),
+    (CompletionRequest, completion(prompt="x" + LONE + "y"), "prompt", 1),
+    (CompletionRequest, completion(prompt=[LONE]), "prompt[0]", 0),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "body", "param", "position"), SURROGATE_FIELDS, ids=[f"{c[0].__name__}:{c[2]}" for c in SURROGATE_FIELDS]
+)
+def test_lone_surrogate_names_the_field_and_position(
+    cls: type[ChatCompletionRequest | CompletionRequest], body: dict[str, Any], param: str, position: int
+) -> None:
+    error = rejection(cls, body)
+    assert error.param == param
+    assert error.message == f"{param} is not valid Unicode text (lone surrogate at position {position})"
+
+
+def test_astral_characters_nul_and_separators_are_fine() -> None:
+    text = "白露 \U0001f343 \x00 \u2028"
+    body = ChatCompletionRequest.model_validate(chat(messages=[{"role": "user", "content": text}], stop=[text]))
+    assert body.messages_domain()[0].content == text
+
+
+def test_lone_surrogate_in_a_field_name() -> None:
+    error = rejection(ChatCompletionRequest, {**chat(), LONE: 1})
+    assert error.param is None
+    assert error.message == "a field name in the request body is not valid Unicode text"
+
+
+@pytest.mark.parametrize(
+    ("field", "good", "bad"),
+    [
+        ("seed", [INT64_MIN, INT64_MAX, 0], [INT64_MIN - 1, INT64_MAX + 1]),
+        ("max_tokens", [1, MAX_TOKENS_LIMIT], [MAX_TOKENS_LIMIT + 1, 1 << 32]),
+        ("max_completion_tokens", [MAX_TOKENS_LIMIT], [MAX_TOKENS_LIMIT + 1]),
+        ("top_k", [0, TOP_K_LIMIT], [TOP_K_LIMIT + 1, 1 << 32]),
+    ],
+)
+def test_integers_fit_the_wire(field: str, good: list[int], bad: list[int]) -> None:
+    for value in good:
+        assert getattr(ChatCompletionRequest.model_validate(chat(**{field: value})), field) == value
+    for value in bad:
+        assert rejection(ChatCompletionRequest, chat(**{field: value})).param == field
+
+
+@pytest.mark.parametrize("stop", ["", ["ok", ""]])
+def test_empty_stop_sequence_is_rejected_by_the_schema(stop: Any) -> None:
+    assert (rejection(ChatCompletionRequest, chat(stop=stop)).param or "").startswith("stop")
+
+
+def test_empty_prompt_is_rejected_by_the_schema() -> None:
+    assert rejection(CompletionRequest, completion(prompt="")).param == "prompt"
+
+
+@pytest.mark.parametrize("echo", [0, "false", None])
+def test_echo_takes_only_the_boolean_false(echo: Any) -> None:
+    # `Literal[False]` alone takes 0 (0 == False in Python); the schema says `const: false`.
+    assert rejection(CompletionRequest, completion(echo=echo)).param == "echo"
+
+
+def test_model_name_is_bounded() -> None:
+    assert rejection(ChatCompletionRequest, chat(model="m" * 257)).param == "model"

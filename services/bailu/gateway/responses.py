@@ -1,0 +1,136 @@
+"""The gateway's response bodies as pydantic models: what `/openapi.json` documents for each route.
+
+The completion bodies are built as dicts on the hot path (`bailu.gateway.openai_format`); these models
+describe them (the OpenAI shapes), and the tests validate real responses against the published schema.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+FinishReasonName = Literal["stop", "length"]
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong, for a person to read.")
+    type: str = Field(description="OpenAI's error type, e.g. `invalid_request_error`.")
+    param: str | None = Field(description="The offending field (a JSON path such as `messages[0].content`).")
+    code: str | None = Field(description="A stable code, e.g. `model_not_found`, `request_too_large`.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error, at every status (and as the event that ends a stream failing after its first token)."""
+
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = Field(ge=0, description="Which candidate (`n` > 1).")
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: FinishReasonName
+
+
+class ChatCompletion(BaseModel):
+    """`POST /v1/chat/completions` without `stream`."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str = Field(description="The model that answered, as resolved (e.g. `bailu-poet@v0003`).")
+    choices: list[ChatChoice]
+    usage: Usage | None
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = Field(None, description="In each candidate's first chunk only.")
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = Field(ge=0)
+    delta: ChatDelta
+    logprobs: None
+    finish_reason: FinishReasonName | None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One `data:` event of a streamed chat completion. With `stream_options.include_usage` the last one
+    before `[DONE]` has no choices and carries `usage`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class TextChoice(BaseModel):
+    index: int = Field(ge=0)
+    text: str
+    logprobs: None
+    finish_reason: FinishReasonName | None
+
+
+class TextCompletion(BaseModel):
+    """`POST /v1/completions` without `stream` (every `finish_reason` set)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage | None
+
+
+class TextCompletionChunk(BaseModel):
+    """One `data:` event of a streamed text completion (as OpenAI, `object` is `text_completion`)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage | None = None
+
+
+class Model(BaseModel):
+    id: str = Field(description="The name to send as `model`.")
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "bailu"
+    parent: str | None = Field(None, description="For an adapter: the base model it runs on.")
+    max_model_len: int | None = Field(None, description="The model's context length, when the worker reports it.")
+
+
+class ModelList(BaseModel):
+    """`GET /v1/models`: what the workers serve, then the registry adapter names they can serve."""
+
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class FeedbackAccepted(BaseModel):
+    """`POST /v1/feedback`: the feedback is recorded (or was, for a retry with the same key)."""
+
+    id: str = Field(description="The feedback's id.")
+    object: Literal["feedback"] = "feedback"
+    status: Literal["accepted"] = "accepted"
+
+
+# Described in the schema beside the routes (each is one server-sent event's `data`).
+STREAM_EVENTS: tuple[type[BaseModel], ...] = (ChatCompletionChunk, TextCompletionChunk)
