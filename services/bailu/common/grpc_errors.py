@@ -4,6 +4,10 @@ The error class travels in the trailing metadata entry `bailu-error` (with
 `bailu-error-param` for the offending field), so that the gateway rebuilds
 the same class the worker raised; a status without it (a dead worker, a
 proxy) is mapped from its code alone.
+
+The whole status must fit in grpc's trailing-metadata limit (8 KiB by default, on the receiving side), or the
+caller gets a bare RESOURCE_EXHAUSTED ("metadata size exceeds soft limit") in place of the error: a message
+that echoes a huge input (an unknown model name) is cut to `MAX_DETAILS_BYTES`, a param to `MAX_PARAM_BYTES`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from bailu.common.errors import (
 
 ERROR_KEY = "bailu-error"
 PARAM_KEY = "bailu-error-param"
+# UTF-8 bytes; grpc percent-encodes the details (up to 3 bytes each), which stays well under 8 KiB.
+MAX_DETAILS_BYTES = 1024
+MAX_PARAM_BYTES = 256
 
 _BY_CODE: dict[grpc.StatusCode, type[BailuError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
@@ -41,8 +48,16 @@ def to_status(error: BailuError) -> tuple[grpc.StatusCode, str, tuple[tuple[str,
     """The gRPC code, details and trailing metadata that report `error`."""
     metadata: list[tuple[str, str]] = [(ERROR_KEY, error.name)]
     if error.param:
-        metadata.append((PARAM_KEY, error.param))
-    return error.grpc_code, error.message, tuple(metadata)
+        metadata.append((PARAM_KEY, _bounded(error.param, MAX_PARAM_BYTES)))
+    return error.grpc_code, _bounded(error.message, MAX_DETAILS_BYTES), tuple(metadata)
+
+
+def _bounded(text: str, limit: int) -> str:
+    """`text`, cut to at most `limit` UTF-8 bytes (on a character boundary, ending with "…") when longer."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - len("…".encode())].decode(errors="ignore") + "…"
 
 
 def from_status(

@@ -2,8 +2,11 @@
 
 A `BailuError` becomes its status with the `bailu-error` trailing metadata (`common/grpc_errors.py`),
 whether it is raised before a stream starts or in the middle of it; any other exception is logged with
-its traceback and reported as a generic INTERNAL, its text never sent. The caller's request id
-(`x-request-id` metadata) is set for the RPC's log records. Cancellation passes through untouched.
+its traceback and reported as a generic INTERNAL, its text never sent. Requests are deserialized here
+too, inside that mapping, so that bytes that are not the RPC's message (corrupt wire format, invalid
+UTF-8 in a string field) are INVALID_ARGUMENT rather than grpc's own UNKNOWN with the parser's text.
+The caller's request id (`x-request-id` metadata) is set for the RPC's log records. Cancellation passes
+through untouched.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from bailu.common.errors import BailuError, InternalError
+from bailu.common.errors import BailuError, InternalError, InvalidRequest
 from bailu.common.grpc_errors import to_status
 from bailu.common.logging import request_id_var
 
@@ -24,11 +28,22 @@ log = logging.getLogger(__name__)
 REQUEST_ID_KEY = "x-request-id"
 
 _Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+_Deserializer = Callable[[bytes], Any] | None
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     metadata = dict(context.invocation_metadata() or ())
     return str(metadata.get(REQUEST_ID_KEY, ""))
+
+
+def _decode(deserializer: _Deserializer, request: Any) -> Any:
+    """The request message of the raw bytes grpc received (the handler's own deserializer, run here)."""
+    if deserializer is None:
+        return request
+    try:
+        return deserializer(request)
+    except DecodeError as exc:  # its text names the message type and the fault ("String field had bad UTF-8")
+        raise InvalidRequest(f"the request could not be decoded: {exc}") from None
 
 
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
@@ -56,31 +71,30 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = str(handler_call_details.method)  # type from grpc-stubs: str
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                self._unary(method, handler.unary_unary, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             behavior = handler.unary_stream
             # An async generator streams by yielding; a coroutine (grpc's health Watch) by context.write().
+            decode = handler.request_deserializer
             wrapped = (
-                self._stream(method, behavior)
+                self._stream(method, behavior, decode)
                 if inspect.isasyncgenfunction(behavior)
-                else self._unary(method, behavior)
+                else self._unary(method, behavior, decode)
             )
             return grpc.unary_stream_rpc_method_handler(
                 wrapped,
-                request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # client-streaming RPCs: the worker has none
 
     @staticmethod
-    def _unary(method: str, behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    def _unary(method: str, behavior: Callable[..., Any], decode: _Deserializer) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = request_id_var.set(_request_id(context))
             try:
-                return await behavior(request, context)
+                return await behavior(_decode(decode, request), context)
             except Exception as exc:
                 await _abort(context, method, exc)
             finally:
@@ -89,17 +103,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return unary
 
     @staticmethod
-    def _stream(method: str, behavior: Callable[..., AsyncGenerator[Any, None]]) -> Callable[..., AsyncIterator[Any]]:
+    def _stream(
+        method: str, behavior: Callable[..., AsyncGenerator[Any, None]], decode: _Deserializer
+    ) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             token = request_id_var.set(_request_id(context))
-            responses = behavior(request, context)
+            responses: AsyncGenerator[Any, None] | None = None
             try:
+                responses = behavior(_decode(decode, request), context)
                 async for response in responses:
                     yield response
             except Exception as exc:
                 await _abort(context, method, exc)
             finally:
-                await responses.aclose()
+                if responses is not None:
+                    await responses.aclose()
                 request_id_var.reset(token)
 
         return stream

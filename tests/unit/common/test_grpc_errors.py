@@ -16,7 +16,7 @@ from bailu.common.errors import (
     Overloaded,
     Unavailable,
 )
-from bailu.common.grpc_errors import ERROR_KEY, PARAM_KEY, from_status, to_status
+from bailu.common.grpc_errors import ERROR_KEY, MAX_DETAILS_BYTES, MAX_PARAM_BYTES, PARAM_KEY, from_status, to_status
 
 
 @pytest.mark.parametrize("cls", list(ERROR_CLASSES.values()), ids=list(ERROR_CLASSES))
@@ -101,3 +101,17 @@ def test_empty_details_fall_back_to_a_description() -> None:
     back = from_status(grpc.StatusCode.INVALID_ARGUMENT, "", ((ERROR_KEY, "InvalidRequest"),))
     assert type(back) is InvalidRequest
     assert back.message
+
+
+@pytest.mark.parametrize("text", ["m" * 20_000, "模型" * 5_000, "a" + "😀" * 3_000])
+def test_huge_details_and_params_are_cut_to_fit_the_trailers(text: str) -> None:
+    """grpc refuses trailers over 8 KiB (a bare RESOURCE_EXHAUSTED in place of the error): a message echoing a
+    huge input is cut, on a character boundary, and says so."""
+    code, details, metadata = to_status(ModelNotFound(f"model '{text}' is not served", param=text))
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert len(details.encode()) <= MAX_DETAILS_BYTES
+    assert details.startswith("model '")
+    assert details.endswith("…")
+    param = dict(metadata)[PARAM_KEY]
+    assert len(param.encode()) <= MAX_PARAM_BYTES
+    assert text.startswith(param.removesuffix("…"))

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from bailu.common.checkpoint import require_checkpoint
 from bailu.common.errors import InvalidRequest, ModelNotFound, RequestTooLarge
 from bailu.common.logging import reclaim_logging
-from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
+from bailu.common.types import ChatMessage, FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
 from bailu.worker.engines.adapters import engine_adapter_name
 from bailu.worker.engines.base import Engine
 from bailu.worker.engines.stops import StopStringFilter
@@ -37,6 +37,12 @@ from bailu.worker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 _ROW_TAG = "bailu_row"
+# A temperature below this is raised to it, as vLLM does (`_MAX_TEMP` in vllm/sampling_params.py), and so is a
+# repetition penalty: the logits are divided by them in float32, where 1e-300 is 0, so a tinier one makes them
+# inf; sampling then fails on NaN probabilities in ms-swift's generate thread, and ms-swift's stream never ends:
+# the request, and every batch after it, would hang.
+MIN_TEMPERATURE = 1e-2
+MIN_REPETITION_PENALTY = 1e-2
 
 
 class _StopCancelledRows(LogitsProcessor):
@@ -158,12 +164,15 @@ class TransformersEngine(Engine):
         from swift.infer_engine import RequestConfig
 
         s = request.sampling
+        temperature = s.temperature if not s.temperature else max(s.temperature, MIN_TEMPERATURE)  # 0: greedy
+        penalty = s.repetition_penalty
+        repetition_penalty = None if penalty is None else max(penalty, MIN_REPETITION_PENALTY)
         return RequestConfig(
             max_tokens=max_tokens,
-            temperature=s.temperature,
+            temperature=temperature,
             top_p=s.top_p,
             top_k=s.top_k or None,
-            repetition_penalty=s.repetition_penalty,
+            repetition_penalty=repetition_penalty,
             presence_penalty=s.presence_penalty or 0.0,
             frequency_penalty=s.frequency_penalty or 0.0,
             stop=list(s.stop),
@@ -190,6 +199,7 @@ class TransformersEngine(Engine):
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
         from swift.infer_engine import AdapterRequest
 
+        check_turns(request.as_messages(), system_allowed=self._swift.template.template_meta.support_system)
         prompt_tokens = await asyncio.to_thread(self._count_prompt_tokens, request)
         if prompt_tokens >= self.max_model_len:
             raise RequestTooLarge(
@@ -250,3 +260,27 @@ class TransformersEngine(Engine):
             raise InvalidRequest(f"'{path}' is not a valid LoRA adapter: {exc}", param="path") from exc
         self.adapters[name] = path
         return self._card(name)
+
+
+def check_turns(messages: Sequence[ChatMessage], *, system_allowed: bool) -> None:
+    """Raise `InvalidRequest` unless ms-swift's templates can render `messages`: an optional system message
+    first (if the template has a system slot), then user and assistant turns alternating (it may open with
+    the assistant), the last one from the user. ms-swift checks this with bare `assert`s deep in
+    `Template.encode`, which would be an internal error."""
+    turns = list(messages)
+    if turns and turns[0].role == "system":
+        if not system_allowed:
+            raise InvalidRequest("this model's chat template has no system message", param="messages[0].role")
+        turns.pop(0)
+    if not turns:
+        raise InvalidRequest("messages must contain a user message after the system message", param="messages")
+    offset = len(messages) - len(turns)
+    start = 1 if turns[0].role == "assistant" else 0  # a conversation may open with the assistant
+    for i, turn in enumerate(turns):
+        expected = "user" if (i + start) % 2 == 0 else "assistant"
+        if turn.role != expected:
+            raise InvalidRequest(
+                f"messages[{i + offset}].role must be '{expected}': this engine takes one system message first, "
+                "then user and assistant messages alternating, ending with a user message",
+                param=f"messages[{i + offset}].role",
+            )
