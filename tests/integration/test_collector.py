@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
@@ -290,6 +291,7 @@ def spawn_collector(redis_url: str, dataset: Path, log: Path) -> subprocess.Pope
         )
 
 
+@pytest.mark.faults  # part of the fault suite (tests/faults/, `make test-faults`)
 async def test_sigkill_mid_batch_loses_and_duplicates_nothing(redis, redis_server, tmp_path) -> None:
     """The collector is killed with SIGKILL three times while it works through 1,200 events, and
     restarted each time: every event ends up in the dataset exactly once."""

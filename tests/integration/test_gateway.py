@@ -6,8 +6,6 @@ import asyncio
 import io
 import json
 import logging
-import signal
-import time
 from typing import Any
 
 import httpx
@@ -17,6 +15,7 @@ from bailu.common import metrics as metric_names
 from bailu.common.logging import JsonFormatter
 from bailu.worker.engines.sim import SimEngine
 from tests.conftest import MODEL, TEST_KEY, eventually
+from tests.unit.gateway.test_openapi import schema_validator
 
 CHAT = "/v1/chat/completions"
 
@@ -193,48 +192,6 @@ async def test_unknown_model_gives_404(start_worker, start_gateway, http) -> Non
     }
 
 
-async def test_worker_killed_before_first_token_is_retried(worker_processes, start_gateway, http) -> None:
-    a = worker_processes("a", sim_ttft_ms="1500")
-    b = worker_processes("b", sim_ttft_ms="1500")
-    gateway = await start_gateway([a.address, b.address])
-    pool = gateway.app.state.pool
-    task = asyncio.create_task(http.post(gateway.url + CHAT, json=chat_body(), headers=gateway.headers))
-    await eventually(lambda: any(w.inflight for w in pool.workers.values()), 5.0)
-    chosen = next(w.address for w in pool.workers.values() if w.inflight)
-    victim = a if chosen == a.address else b
-    victim.popen.send_signal(signal.SIGKILL)
-    response = await task
-    assert response.status_code == 200, response.text
-    assert response.json()["usage"]["completion_tokens"] > 0
-    metrics = (await http.get(gateway.url + "/metrics")).text
-    assert f"{metric_names.GATEWAY_RETRIES} 1.0" in metrics
-
-
-async def test_worker_killed_after_first_token_ends_stream_with_error(worker_processes, start_gateway, http) -> None:
-    a = worker_processes("a", sim_output_tokens="100000", sim_itl_ms="10")
-    b = worker_processes("b", sim_output_tokens="100000", sim_itl_ms="10")
-    gateway = await start_gateway([a.address, b.address])
-    pool = gateway.app.state.pool
-    events: list[Any] = []
-    started = time.monotonic()
-    body = chat_body(stream=True, max_tokens=100_000)
-    async with http.stream("POST", gateway.url + CHAT, json=body, headers=gateway.headers) as response:
-        assert response.status_code == 200
-        async for line in response.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[len("data: ") :]
-            events.append(data if data == "[DONE]" else json.loads(data))
-            if len(events) == 3:
-                chosen = next(w.address for w in pool.workers.values() if w.inflight)
-                (a if chosen == a.address else b).popen.send_signal(signal.SIGKILL)
-    assert time.monotonic() - started < 20
-    errors = [e for e in events if isinstance(e, dict) and "error" in e]
-    assert len(errors) == 1
-    assert errors[0]["error"]["code"] == "service_unavailable"
-    assert events[-1] == "[DONE]"
-
-
 async def test_metrics_use_the_defined_names(start_worker, start_gateway, http) -> None:
     worker = await start_worker()
     gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
@@ -346,3 +303,59 @@ async def test_failed_dns_lookup_keeps_known_workers(start_worker) -> None:
         assert set(pool.workers) == known
     finally:
         await pool.close()
+
+
+async def assert_documented(document: dict[str, Any], method: str, path: str, response: httpx.Response) -> None:
+    """`response` is one the schema documents for this operation: its status, content type and body (each
+    event's data, for a stream)."""
+    documented = document["paths"][path][method]["responses"]
+    status = str(response.status_code)
+    assert status in documented, (status, response.text)
+    media_type = response.headers["content-type"].split(";")[0]
+    content = documented[status]["content"]
+    assert media_type in content, (media_type, list(content))
+    if media_type == "text/event-stream":
+        events = await sse_events(response)
+        assert events[-1] == "[DONE]"
+        payload = content[media_type]["schema"]["properties"]["data"]["anyOf"][1]["contentSchema"]
+        for event in events[:-1]:
+            schema_validator(document, payload).validate(event)
+    elif media_type == "application/json":
+        await response.aread()
+        schema_validator(document, content[media_type]["schema"]).validate(response.json())
+
+
+async def test_real_responses_match_the_openapi_schema(start_worker, start_gateway, http) -> None:
+    worker = await start_worker(sim_output_tokens=3)
+    gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
+    document = (await http.get(gateway.url + "/openapi.json")).json()
+    headers = gateway.headers
+    text = {"model": MODEL, "prompt": "White dew", "max_tokens": 3}
+    calls: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]] = [
+        ("post", CHAT, chat_body(n=2), headers),
+        ("post", CHAT, chat_body(n=2, stream=True, stream_options={"include_usage": True}), headers),
+        ("post", CHAT, chat_body(stream=True), headers),
+        ("post", "/v1/completions", text, headers),
+        ("post", "/v1/completions", {**text, "stream": True, "n": 2}, headers),
+        ("post", CHAT, chat_body(model="no-such-model"), headers),
+        ("post", CHAT, chat_body(temperature=9), headers),
+        ("post", CHAT, chat_body(messages=[{"role": "user", "content": "x" * 40_000}]), headers),
+        ("post", CHAT, chat_body(), {}),
+        ("get", "/v1/models", None, headers),
+        ("get", "/v1/models", None, {"Authorization": "Bearer wrong"}),
+        ("post", "/v1/feedback", {"type": "rating", "response_id": "x", "thumb": "up"}, headers),
+        ("get", "/healthz", None, {}),
+        ("get", "/readyz", None, {}),
+        ("get", "/metrics", None, {}),
+    ]
+    statuses = set()
+    for method, path, body, call_headers in calls:
+        request = http.build_request(method.upper(), gateway.url + path, json=body, headers=call_headers)
+        response = await http.send(request, stream=True)
+        try:
+            await assert_documented(document, method, path, response)
+        finally:
+            await response.aclose()
+        statuses.add(response.status_code)
+    # The calls above reach each kind of answer.
+    assert statuses == {200, 400, 401, 404, 413, 503}

@@ -125,6 +125,8 @@ class CompletionHandler:
             router=self.router,
             metrics=self.metrics,
             completion_log=self.completion_log if store else None,
+            stream_buffer_chunks=self.settings.stream_buffer_chunks,
+            client_write_timeout_s=self.settings.client_write_timeout_s,
         )
         streaming = False
         try:

@@ -1,28 +1,48 @@
-"""Send one completion to a worker, retrying on another only before the first token."""
+"""Send one completion to a worker, retrying on another only before the first token.
+
+Time bounds of one attempt (the request's deadline bounds them all):
+- before the first token, `first_token_timeout_s`; sooner, as soon as the worker stops answering its load
+  poll (`WorkerClient.unreachable`) while another worker can take the request: a frozen worker costs a
+  poll interval and a poll timeout, not the TTFT budget;
+- after it, `stream_idle_timeout_s` between chunks (`WorkerClient.generate`).
+A stall before the first token is retried like any other retryable error; after it, it ends the stream.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 
-from bailu.common.errors import BailuError, DeadlineExceeded
+from bailu.common.errors import BailuError, DeadlineExceeded, Stalled
 from bailu.common.metrics import GatewayMetrics
 from bailu.common.types import GenerateChunk, GenerateRequest
-from bailu.gateway.workers import WorkerPool
+from bailu.gateway.workers import WorkerClient, WorkerPool, WorkerStream
 
 log = logging.getLogger(__name__)
 
 
 class Router:
-    def __init__(self, pool: WorkerPool, metrics: GatewayMetrics, max_attempts: int) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        metrics: GatewayMetrics,
+        max_attempts: int,
+        *,
+        first_token_timeout_s: float | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> None:
+        """`first_token_timeout_s` and `idle_timeout_s` bound each attempt (None: only the deadline does)."""
         self.pool = pool
         self.metrics = metrics
         self.max_attempts = max_attempts
+        self.first_token_timeout_s = first_token_timeout_s
+        self.idle_timeout_s = idle_timeout_s
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
-        """Chunks of the completion. Before the first chunk, a worker that is overloaded or
-        unavailable is replaced by another (up to `max_attempts` workers); after it, errors
+        """Chunks of the completion. Before the first chunk, a worker that is overloaded, unavailable,
+        unreachable or stalled is replaced by another (up to `max_attempts` workers); after it, errors
         reach the caller. Closing the iterator cancels the worker's stream."""
         tried: set[str] = set()
         last_error: BailuError | None = None
@@ -40,10 +60,16 @@ class Router:
                 if timeout <= 0:
                     raise DeadlineExceeded("the request's deadline passed")
             started = False
-            stream = worker.generate(request, timeout)
+            stream = worker.generate(
+                request, timeout, first_token_s=self.first_token_timeout_s, idle_s=self.idle_timeout_s
+            )
             try:
+                first = await self._first_chunk(worker, stream, request, tried)
+                if first is None:
+                    return
+                started = True
+                yield first
                 async for chunk in stream:
-                    started = True
                     yield chunk
                 return
             except BailuError as exc:
@@ -56,4 +82,34 @@ class Router:
                 self.metrics.retries.inc()
                 last_error = exc
             finally:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
+
+    def _elsewhere(self, request: GenerateRequest, tried: set[str]) -> bool:
+        """Whether another attempt may go to another worker now."""
+        return len(tried) < self.max_attempts and bool(self.pool.candidates(request.model, request.adapter, tried))
+
+    async def _first_chunk(
+        self, worker: WorkerClient, stream: WorkerStream, request: GenerateRequest, tried: set[str]
+    ) -> GenerateChunk | None:
+        """The stream's first chunk (None if it ended without one). While waiting, a worker that stops
+        answering its load poll is abandoned (`Stalled`) as soon as another worker can take the request; with
+        nowhere else to go the attempt waits on, within its first-token budget."""
+        read = asyncio.ensure_future(anext(stream, None))
+        try:
+            while not read.done():
+                if worker.unreachable.is_set():
+                    if self._elsewhere(request, tried):
+                        raise Stalled(f"the inference worker {worker.address} stopped answering before the first token")
+                    # Look again each poll: another worker may become ready, or this one answer again.
+                    await asyncio.wait({read}, timeout=self.pool.poll_interval_s)
+                    continue
+                lost = asyncio.ensure_future(worker.unreachable.wait())
+                try:
+                    await asyncio.wait({read, lost}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    lost.cancel()
+            return read.result()
+        finally:
+            if not read.done():
+                read.cancel()  # cancels the worker call too
+                await asyncio.gather(read, return_exceptions=True)

@@ -44,6 +44,36 @@ class GatewaySettings(ServiceSettings):
     max_attempts: int = Field(
         3, ge=1, description="Workers tried for one request, retrying only before the first token."
     )
+    client_write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long one write of a streaming response may wait for a client that does not read (its "
+        "connection's buffers full); past it the response is abandoned, the connection closed and the worker "
+        "streams cancelled (bailu_gateway_client_write_timeouts_total). A client that reads slowly only slows "
+        "its own generation.",
+    )
+    stream_buffer_chunks: int = Field(
+        32,
+        ge=1,
+        description="Chunks of one completion's n > 1 candidates held in the gateway for a client that reads "
+        "slower than the workers generate; when full, the gateway stops reading the worker streams and gRPC flow "
+        "control holds the workers back.",
+    )
+    first_token_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Time-to-first-token budget of one attempt: a worker that sends no token within it is "
+        "abandoned and the request tried on another (while max_attempts and the deadline allow; else a 504). It "
+        "counts the wait in the worker's queue too, so it must exceed the engine's TTFT under load (prefill of the "
+        "longest prompt plus queueing behind max_batch_size running requests). A worker that stops answering its "
+        "load poll is abandoned sooner, as soon as another worker can take the request.",
+    )
+    stream_idle_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="After the first token: a worker that sends nothing for this long ends the stream with an "
+        "error (an SSE error event, or a 504). Must exceed the engine's longest gap between tokens.",
+    )
 
     redis_url: str = Field(
         "",

@@ -9,26 +9,20 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import grpc
 
-from bailu.common import wire
-from bailu.common.errors import Unavailable
+from bailu.common import grpc_keepalive, wire
+from bailu.common.errors import BailuError, Stalled, Unavailable
 from bailu.common.grpc_errors import from_status
 from bailu.common.tasks import cancel_and_wait
 from bailu.common.types import EngineCapabilities, GenerateChunk, GenerateRequest, LoadReport, ModelCard
+from bailu.gateway.backpressure import GRPC_FLOW_CONTROL_OPTIONS
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-
-_CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-]
 
 
 class WorkerClient:
@@ -38,7 +32,11 @@ class WorkerClient:
         """`on_unready` is called when a failed call takes the worker out of service between polls."""
         self.address = address
         self.on_unready = on_unready
-        self.channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        # Keepalive that detects a dead or frozen worker, mid-stream too (common/grpc_keepalive.py); a
+        # fixed receive window per stream, so that an unread stream holds its worker back (backpressure.py).
+        self.channel = grpc.aio.insecure_channel(
+            address, options=(*grpc_keepalive.CLIENT_OPTIONS, *GRPC_FLOW_CONTROL_OPTIONS)
+        )
         self.stub = pb_grpc.InferenceWorkerStub(self.channel)
         self.load: LoadReport | None = None
         self.models: list[ModelCard] = []
@@ -46,6 +44,9 @@ class WorkerClient:
         self.capabilities = EngineCapabilities()
         self.engine = ""
         self.inflight = 0
+        # Set while the worker does not answer its load poll (dead, frozen, or cut off); cleared by the next
+        # poll it answers. Attempts waiting for a first token watch it (`Router`).
+        self.unreachable = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -70,37 +71,107 @@ class WorkerClient:
             load = await self.stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
             models = await self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            if self.load is not None and self.load.ready:
+            if self.load is not None:  # it answered the last poll
                 log.warning("worker unreachable", extra={"worker": self.address, "code": exc.code().name})
             self.load = None
+            self.unreachable.set()
             return
+        self.unreachable.clear()
         self.load = wire.load_from_pb(load)
         self.models = [wire.card_from_pb(m) for m in models.models]
         self.engine = models.engine
         if models.HasField("capabilities"):
             self.capabilities = wire.capabilities_from_pb(models.capabilities)
 
-    async def generate(self, request: GenerateRequest, timeout: float | None) -> AsyncIterator[GenerateChunk]:
-        """Stream a completion; gRPC failures become `BailuError`s. Closing the iterator cancels the call."""
-        call = self.stub.Generate(
-            wire.request_to_pb(request), timeout=timeout, metadata=(("x-request-id", request.request_id),)
-        )
-        self.inflight += 1
-        try:
-            async for message in call:
-                yield wire.chunk_from_pb(message)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                self.load = None  # stop routing here until the next successful poll
-                if self.on_unready is not None:
-                    self.on_unready()
-            raise from_status(exc.code(), exc.details(), exc.trailing_metadata()) from None
-        finally:
-            self.inflight -= 1
-            call.cancel()
+    def generate(
+        self,
+        request: GenerateRequest,
+        timeout: float | None,
+        *,
+        first_token_s: float | None = None,
+        idle_s: float | None = None,
+    ) -> WorkerStream:
+        """Start streaming a completion (see `WorkerStream`); it counts in `inflight` until closed."""
+        return WorkerStream(self, request, timeout, first_token_s, idle_s)
+
+    def call_failed(self, error: BailuError) -> None:
+        """A call failed with `error`: an unavailable worker (refused connection, or one that says it cannot
+        serve) is out of routing until its next successful poll. A worker that reports its engine `Stalled`
+        answered, so it stays in."""
+        if isinstance(error, Unavailable):
+            self.load = None
+            if self.on_unready is not None:
+                self.on_unready()
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+class WorkerStream:
+    """One `Generate` call: its chunks as domain types; gRPC failures become `BailuError`s.
+
+    `timeout` bounds the whole call (the request's deadline); `first_token_s` the wait for the first chunk
+    and `idle_s` each wait for the next one (None: unbounded): past them the call is cancelled and `Stalled`
+    raised. Only waits on the worker count, not the time the reader takes between chunks. The call starts
+    (and counts in the worker's `inflight`) at once, so that the next pick sees it; `aclose()` cancels it."""
+
+    def __init__(
+        self,
+        worker: WorkerClient,
+        request: GenerateRequest,
+        timeout: float | None,
+        first_token_s: float | None,
+        idle_s: float | None,
+    ) -> None:
+        self.worker = worker
+        # wait_for_ready=False: a worker whose connection is down fails at once (UNAVAILABLE, retried
+        # elsewhere) instead of queueing the call until it reconnects.
+        self._call = worker.stub.Generate(
+            wire.request_to_pb(request),
+            timeout=timeout,
+            metadata=(("x-request-id", request.request_id),),
+            wait_for_ready=False,
+        )
+        self._bound, self._stalled = first_token_s, "the inference worker sent no first token within {:g}s"
+        self._idle_s = idle_s
+        self._closed = False
+        worker.inflight += 1
+
+    def __aiter__(self) -> WorkerStream:
+        return self
+
+    async def __anext__(self) -> GenerateChunk:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            async with asyncio.timeout(self._bound):
+                message = await self._call.read()
+        except TimeoutError:
+            self.close()
+            reason = self._stalled.format(self._bound)
+            log.warning("worker stream stalled", extra={"worker": self.worker.address, "reason": reason})
+            raise Stalled(reason) from None
+        except grpc.aio.AioRpcError as exc:
+            self.close()
+            error = from_status(exc.code(), exc.details(), exc.trailing_metadata())
+            self.worker.call_failed(error)
+            raise error from None
+        if message is grpc.aio.EOF:
+            self.close()
+            raise StopAsyncIteration
+        self._bound, self._stalled = self._idle_s, "the inference worker sent nothing for {:g}s"
+        return wire.chunk_from_pb(message)
+
+    def close(self) -> None:
+        """Cancel the call (if it still runs) and take it out of the worker's `inflight`; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.worker.inflight -= 1
+        self._call.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 class WorkerPool:
@@ -214,11 +285,15 @@ class WorkerPool:
         """Every model and adapter some ready worker serves, base models first, then by name."""
         return sorted(self.cards.values(), key=lambda c: (c.kind != "base", c.name))
 
+    def candidates(self, model: str, adapter: str, exclude: set[str]) -> list[WorkerClient]:
+        """The ready workers, other than those in `exclude`, that serve the model."""
+        return [w for w in self.ready_workers() if w.address not in exclude and w.serves(model, adapter)]
+
     def pick(self, model: str, adapter: str, exclude: set[str], *, raw_prompt: bool = False) -> WorkerClient:
         """The least-loaded ready worker that serves the model (ties broken at random). A raw prompt
         (/v1/completions) prefers workers whose engine completes it verbatim (`raw_completions`); the others
         serve it as one user turn, so they are used only when no such worker can take it."""
-        candidates = [w for w in self.ready_workers() if w.address not in exclude and w.serves(model, adapter)]
+        candidates = self.candidates(model, adapter, exclude)
         if not candidates:
             raise Unavailable("no inference worker can take this request now")
         if raw_prompt:

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from bailu.common import grpc_keepalive
 from bailu.common.metrics import WorkerMetrics
 from bailu.common.probes import ProbeServer
 from bailu.v1 import worker_pb2 as pb
@@ -56,7 +57,8 @@ class WorkerServer:
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[ErrorInterceptor()],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+            # The keepalive policy admits the gateway's pings (common/grpc_keepalive.py explains both ends).
+            options=[("grpc.so_reuseport", 0), *grpc_keepalive.SERVER_OPTIONS],
         )
         pb_grpc.add_InferenceWorkerServicer_to_server(
             InferenceWorkerServicer(self.engine, self.admission, self.metrics), self.server

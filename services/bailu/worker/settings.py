@@ -144,6 +144,23 @@ class WorkerSettings(ServiceSettings):
         description="Engine servers: after SIGTERM, how long the engine's process group may take to exit before "
         "SIGKILL.",
     )
+    engine_first_token_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Engine servers: how long the engine may take to answer a request and send its first event "
+        "before the request fails as upstream_stalled (retried on another worker by the gateway). The worker forwards "
+        "at most max_batch_size requests at once, so this is the engine's prefill time, not queueing.",
+    )
+    engine_idle_timeout_s: float = Field(
+        8.0,
+        gt=0,
+        description="Engine servers: after its first event, how long the engine may send nothing before the request "
+        "fails as upstream_stalled. Keep it below the gateway's stream_idle_timeout_s, so that the client gets this "
+        "error, which names the engine.",
+    )
+    engine_control_timeout_s: float = Field(
+        300.0, gt=0, description="Engine servers: how long loading or unloading an adapter may take."
+    )
     engine_metrics_interval_s: float = Field(
         5.0,
         gt=0,

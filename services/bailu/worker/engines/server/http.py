@@ -9,18 +9,20 @@ and abort the request. Adapters are loaded as `adapters.py` describes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import shlex
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry
 
 from bailu.common.checkpoint import require_checkpoint
-from bailu.common.errors import DeadlineExceeded, Unavailable
+from bailu.common.errors import DeadlineExceeded, Stalled, Unavailable
 from bailu.common.types import EngineCapabilities, GenerateChunk, GenerateRequest, ModelCard
 from bailu.worker.engines.base import Engine
 from bailu.worker.engines.server import openai_http as oai
@@ -84,6 +86,9 @@ class HttpEngine(Engine):
                 restart_backoff_s=settings.engine_restart_backoff_s,
                 stop_grace_s=settings.engine_stop_grace_s,
                 metrics_interval_s=settings.engine_metrics_interval_s,
+                first_token_timeout_s=settings.engine_first_token_timeout_s,
+                idle_timeout_s=settings.engine_idle_timeout_s,
+                control_timeout_s=settings.engine_control_timeout_s,
             ),
         )
 
@@ -152,20 +157,21 @@ class HttpEngine(Engine):
         param = request.input_param
         assembler = oai.StreamAssembler(request.reported_model)
         timeout = None if request.deadline is None else max(0.001, request.deadline - time.time())
-        client = self.server.client
+        options = self.server.options
         started = False
         with self.server.in_flight():
             for attempt in (1, 2):
                 try:
-                    async with client.stream(
-                        "POST", oai.endpoint(request), json=body, timeout=httpx.Timeout(5.0, read=timeout)
-                    ) as response:
+                    async with self._open(oai.endpoint(request), body, timeout) as response:
                         if response.status_code != 200:
                             message = oai.error_message(await response.aread())
                             raise oai.map_error(response.status_code, message, param=param)
-                        async for payload in oai.sse_data(response.aiter_lines()):
+                        payloads = oai.sse_data(response.aiter_lines())
+                        bound, stalled = options.first_token_timeout_s, "sent no first token within"
+                        while (payload := await self._next(payloads, bound, stalled)) is not None:
                             if payload.strip() == oai.DONE:
                                 break
+                            bound, stalled = options.idle_timeout_s, "sent nothing for"
                             chunk = assembler.feed(payload)
                             if chunk is not None:
                                 started = True
@@ -188,6 +194,32 @@ class HttpEngine(Engine):
                         continue
                     await self._explain_broken_stream(body, oai.endpoint(request), param)
                     raise Unavailable(lost) from exc
+
+    @contextlib.asynccontextmanager
+    async def _open(self, path: str, body: dict[str, Any], timeout: float | None) -> AsyncIterator[httpx.Response]:
+        """The streamed response to a request, its headers awaited within the first-token bound (an engine that
+        accepts the connection and then says nothing is `Stalled`); `timeout` (the deadline) bounds every read."""
+        client = self.server.client
+        request = client.build_request("POST", path, json=body, timeout=httpx.Timeout(5.0, read=timeout))
+        bound = self.server.options.first_token_timeout_s
+        try:
+            async with asyncio.timeout(bound):
+                response = await client.send(request, stream=True)
+        except TimeoutError:
+            raise Stalled(f"the {self.kind} engine did not answer within {bound:g}s") from None
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _next(self, payloads: AsyncIterator[str], bound: float, stalled: str) -> str | None:
+        """The next SSE payload (None at the end of the stream), within `bound` seconds; `Stalled` past it."""
+        try:
+            async with asyncio.timeout(bound):
+                return await anext(payloads, None)
+        except TimeoutError:
+            log.warning("engine stream stalled", extra={"engine": self.kind, "bound_s": bound})
+            raise Stalled(f"the {self.kind} engine {stalled} {bound:g}s") from None
 
     async def _explain_broken_stream(self, body: dict[str, Any], path: str, param: str) -> None:
         """A stream that broke before its first event: if the engine is still up, ask for the same request

@@ -43,7 +43,7 @@ def free_port(host: str) -> int:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServerOptions:
-    """How an engine server is launched and supervised (from the worker's `engine_*` settings)."""
+    """How an engine server is launched, supervised and waited on (from the worker's `engine_*` settings)."""
 
     executable: tuple[str, ...] = ()  # the server's command (default: the dialect's)
     extra_args: tuple[str, ...] = ()  # appended to the dialect's flags
@@ -53,6 +53,10 @@ class ServerOptions:
     restart_backoff_s: float = 2.0
     stop_grace_s: float = 30.0
     metrics_interval_s: float = 5.0
+    # Bounds on waiting for the server (`HttpEngine.generate`, `EngineServer.control`).
+    first_token_timeout_s: float = 30.0  # response headers and first event of a request
+    idle_timeout_s: float = 8.0  # each later event
+    control_timeout_s: float = 300.0  # an adapter load or unload
 
 
 class EngineServer:
@@ -203,9 +207,13 @@ class EngineServer:
             raise Unavailable(f"the {self.kind} engine is not running")
 
     async def control(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        """POST a control call (load or unload an adapter); `Unavailable` if the server cannot be reached."""
+        """POST a control call (load or unload an adapter); `Unavailable` if the server cannot be reached or does
+        not answer within the control timeout."""
+        limit = self.options.control_timeout_s
         try:
-            return await self.client.post(path, json=body, timeout=httpx.Timeout(300.0, connect=5.0))
+            return await self.client.post(path, json=body, timeout=httpx.Timeout(limit, connect=5.0))
+        except httpx.TimeoutException as exc:
+            raise Unavailable(f"the {self.kind} engine did not answer {path} within {limit:g}s") from exc
         except httpx.TransportError as exc:
             raise Unavailable(f"cannot reach the {self.kind} engine: {exc or type(exc).__name__}") from exc
 
