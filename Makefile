@@ -21,8 +21,8 @@ IMAGE_REGISTRY ?=
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DOCKER ?= docker
 
-.PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e \
-        check lint lint-docker format typecheck docs proto proto-check bench bench-loop images clean
+.PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e test-faults \
+        check lint lint-docker format typecheck docs proto proto-check bench bench-loop bench-soak images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -61,7 +61,7 @@ tiny-model: $(TINY_DIR)/config.json ## Build the tiny random model used by fast 
 dev: setup model ## Set up, then run Redis, a worker (SmolLM2 on CPU) and the gateway; Ctrl-C stops all
 	$(PY) -m bailu.dev
 
-test: setup model tiny-model ## Set up, then run every test tier (unit, integration, end-to-end)
+test: setup model tiny-model ## Set up, then run every test tier (unit, integration, end-to-end, fast faults)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup ## Unit tests only
@@ -72,6 +72,9 @@ test-integration: setup tiny-model ## Integration tests (real gRPC servers, sim 
 
 test-e2e: setup model ## End-to-end tests against the processes `make dev` starts
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test-faults: setup ## The whole fault suite (killed, frozen, restarted processes), its slow tests included
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 check: lint typecheck proto-check lint-docker ## Lint, type check, proto drift check and Dockerfile lint
 
@@ -111,6 +114,9 @@ bench: $(STAMP) model ## Run the benchmarks (about 10 min); results go to bench/
 
 bench-loop: $(STAMP) model ## Does the loop learn? Train SmolLM2 on CPU on a synthetic style, before/after (~7 min)
 	$(PY) -m bench.learning_loop
+
+bench-soak: $(STAMP) system-deps ## Soak: 16 streaming clients for 4 min on sim workers, slow readers and leavers included; RSS per process (~6 min)
+	$(PY) -m bench.soak
 
 # Needs a Docker engine (none runs on the project's development machines: this target was not run there).
 images: ## Build the gateway, worker (no model), worker-cpu (SmolLM2 inside), worker-vllm/-sglang/-lmdeploy (engine servers) and trainer images with docker

@@ -10,6 +10,8 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +27,8 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import grpc
+from redis import Redis
+from redis.exceptions import RedisError
 
 from bailu.common.types import ChatMessage, GenerateRequest, SamplingParams
 from bailu.common.wire import request_to_pb
@@ -247,6 +251,63 @@ def exit_on_sigterm() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# redis-server as a service
+
+# As the Helm chart runs it: an append-only file synced every second, no eviction.
+REDIS_CONFIG = ("--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
+
+
+class RedisServer(Service):
+    """redis-server in its own process: ready when it answers PING (`ready_url` is its redis:// URL)."""
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client = Redis.from_url(self.ready_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise RuntimeError(f"{self.name} exited before it was ready:\n{self.log_tail()}")
+                with contextlib.suppress(RedisError):
+                    if client.ping():
+                        self.ready_after_s = round(time.monotonic() - self.started_at, 2)
+                        return
+                time.sleep(0.05)
+        finally:
+            client.close()
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_problems(self, limit: int = 10) -> dict[str, Any]:
+        """Warnings in redis-server's log: lines at warning level ('#' after the time) that say WARNING or
+        report a failure (redis-server also logs its start and shutdown at that level)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return {"counts": {}, "samples": []}
+        mark = re.compile(r"\d\d:\d\d:\d\d\.\d+ # .*(warning|error|fail|unable|can't)", re.IGNORECASE)
+        warnings = [line for line in lines if mark.search(line)]
+        return {"counts": {"warning": len(warnings)} if warnings else {}, "samples": warnings[:limit]}
+
+
+def start_redis(
+    group: ServiceGroup, data_dir: Path, name: str, config: Sequence[str] = REDIS_CONFIG, attempts: int = 3
+) -> tuple[RedisServer, int]:
+    """Start redis-server (`config`: its extra arguments) on a free port (another one if that port was taken
+    meanwhile), logging to bench/results/<name>.log; stopped with the group."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found: install it (make system-deps)")
+    port = 0
+
+    def make() -> RedisServer:
+        nonlocal port
+        port = free_port()
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), *config]
+        return RedisServer(name, argv, {}, RESULTS_DIR / f"{name}.log", f"redis://127.0.0.1:{port}/0")
+
+    return group.launch(make, ready_timeout=20, attempts=attempts), port
+
+
+# ---------------------------------------------------------------------------------------------
 # Statistics
 
 
@@ -282,7 +343,7 @@ def distribution_ms(seconds: Sequence[float]) -> dict[str, float | None]:
 
 
 # ---------------------------------------------------------------------------------------------
-# CPU accounting (Linux /proc)
+# CPU and memory accounting (Linux /proc)
 
 
 def _proc_cpu_s(pid: int) -> float | None:
@@ -315,6 +376,17 @@ def _all_processes_cpu_s() -> dict[int, tuple[str, float]]:
         fields = text.rsplit(")", 1)[1].split()
         found[int(stat.parent.name)] = (comm, (int(fields[11]) + int(fields[12])) / _CLK_TCK)
     return found
+
+
+def rss_mib(pid: int) -> float | None:
+    """The resident set size of a process in MiB (None if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 @dataclass

@@ -39,7 +39,6 @@ from typing import Any
 
 from redis import Redis
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
 
 from bailu.common import redis_keys
 from bailu.common.records import DATA_FIELD, Choice, CompletionRecord, FeedbackEvent, ResponseRef, prompt_hash
@@ -48,10 +47,9 @@ from bailu.gateway.auth import KeyStore, hash_key, new_key
 from bailu.gateway.feedback import _RECORD_ONCE  # the gateway's own script, for the ceiling it is measured against
 from bailu.gateway.settings import GatewaySettings
 from bench.common import (
-    RESULTS_DIR,
+    REDIS_CONFIG,
     BlockResult,
     CpuMeter,
-    Service,
     ServiceGroup,
     StreamResult,
     cpu_per_token_us,
@@ -63,6 +61,7 @@ from bench.common import (
     rnd,
     run_closed_loop,
     scrape_metrics,
+    start_redis,
     table,
     write_results,
 )
@@ -94,7 +93,6 @@ PROFILE_ENTRY_POINTS = (
     "Redis.execute_command",  # redis-py: one command, round trip included
     "AsyncScript.__call__",  # redis-py: EVALSHA of a registered script
 )
-REDIS_CONFIG = ("--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction")
 
 
 def letters(n: int, width: int = 5) -> str:
@@ -119,57 +117,6 @@ def edited_text(n: int) -> str:
 def key_id_of(key: str) -> str:
     """The id the gateway gives requests with this key (what `KeyStore.verify` answers: a hash prefix)."""
     return KeyStore([hash_key(key)]).verify(f"Bearer {key}")
-
-
-# ---------------------------------------------------------------------------------------------
-# redis-server as a service
-
-
-class RedisServer(Service):
-    """redis-server in its own process: ready when it answers PING (`ready_url` is its redis:// URL)."""
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        client = Redis.from_url(self.ready_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        try:
-            while time.monotonic() < deadline:
-                if not self.alive():
-                    raise RuntimeError(f"{self.name} exited before it was ready:\n{self.log_tail()}")
-                with contextlib.suppress(RedisError):
-                    if client.ping():
-                        self.ready_after_s = round(time.monotonic() - self.started_at, 2)
-                        return
-                time.sleep(0.05)
-        finally:
-            client.close()
-        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
-
-    def log_problems(self, limit: int = 10) -> dict[str, Any]:
-        """Warnings in redis-server's log: lines at warning level ('#' after the time) that say WARNING or
-        report a failure (redis-server also logs its start and shutdown at that level)."""
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return {"counts": {}, "samples": []}
-        mark = re.compile(r"\d\d:\d\d:\d\d\.\d+ # .*(warning|error|fail|unable|can't)", re.IGNORECASE)
-        warnings = [line for line in lines if mark.search(line)]
-        return {"counts": {"warning": len(warnings)} if warnings else {}, "samples": warnings[:limit]}
-
-
-def start_redis(group: ServiceGroup, data_dir: Path, attempts: int = 3) -> tuple[RedisServer, int]:
-    """Start redis-server on a free port (another one if that port was taken meanwhile); stopped with the group."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server not found: install it (make system-deps)")
-    port = 0
-
-    def make() -> RedisServer:
-        nonlocal port
-        port = free_port()
-        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir), *REDIS_CONFIG]
-        return RedisServer(f"{NAME}-redis", argv, {}, RESULTS_DIR / f"{NAME}-redis.log", f"redis://127.0.0.1:{port}/0")
-
-    return group.launch(make, ready_timeout=20, attempts=attempts), port
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,7 +655,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bailu-feedback-bench-") as tmp, ServiceGroup() as group:
         data_dir, dataset_dir = Path(tmp) / "redis", Path(tmp) / "dataset"
         data_dir.mkdir()
-        redis, ports["redis"] = start_redis(group, data_dir)
+        redis, ports["redis"] = start_redis(group, data_dir, f"{NAME}-redis", REDIS_CONFIG)
         redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
 
         def gateway_env() -> tuple[dict[str, str], str]:

@@ -5,12 +5,14 @@ general client (httpx) parsing every event as JSON costs more than the
 gateway itself and distorts what is measured. This one reuses keep-alive
 connections, decodes chunked transfer encoding, and hands out each event's
 raw `data:` payload (`stream`) or a response's raw body (`post`) without
-parsing it.
+parsing it. `open_stream` leaves the reading of a stream to the caller, for
+clients that read slowly or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Mapping
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -34,6 +36,24 @@ class SseClient:
     async def _connect(self) -> Connection:
         return self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
 
+    async def open_stream(self, path: str, body: bytes, api_key: str, *, rcvbuf: int) -> tuple[Connection, int]:
+        """POST `body` as JSON on a new connection whose socket receive buffer is `rcvbuf` bytes, and read
+        the response's head: the connection (the caller reads the body at its own pace, with `chunks`, and
+        closes it) and the status."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, (self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        reader, writer = await asyncio.open_connection(sock=sock, limit=rcvbuf)
+        self._send(writer, path, body, api_key, {"Accept": "text/event-stream"})
+        status, _ = await self.read_head(reader)
+        parts = status.split(None, 2)
+        return (reader, writer), int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
     def _release(self, connection: Connection, reusable: bool) -> None:
         if reusable:
             self._idle.append(connection)
@@ -55,7 +75,7 @@ class SseClient:
         )
 
     @staticmethod
-    async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str]]:
+    async def read_head(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str]]:
         """The status line and the headers (names and values lower-cased) of a response."""
         status = await reader.readline()
         headers = {}
@@ -65,7 +85,7 @@ class SseClient:
         return status, headers
 
     @staticmethod
-    async def _chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    async def chunks(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         """The chunks of a chunked body, up to and including the empty trailer."""
         while True:
             size = int((await reader.readline()).split(b";")[0], 16)
@@ -81,11 +101,11 @@ class SseClient:
         reusable = False
         try:
             self._send(writer, path, body, api_key, {"Accept": "text/event-stream"})
-            status, headers = await self._read_head(reader)
+            status, headers = await self.read_head(reader)
             if b" 200 " not in status or headers.get("transfer-encoding") != "chunked":
                 raise HttpError(f"{status.decode(errors='replace').strip()} {headers}")
             pending = b""
-            async for chunk in self._chunks(reader):
+            async for chunk in self.chunks(reader):
                 pending += chunk
                 *events, pending = pending.split(b"\n\n")
                 for event in events:
@@ -104,14 +124,14 @@ class SseClient:
         reusable = False
         try:
             self._send(writer, path, body, api_key, headers or {})
-            status_line, head = await self._read_head(reader)
+            status_line, head = await self.read_head(reader)
             parts = status_line.split(None, 2)
             if len(parts) < 2 or not parts[1].isdigit():
                 raise HttpError(f"not an HTTP status line: {status_line[:100]!r}")
             if "content-length" in head:
                 data = await reader.readexactly(int(head["content-length"]))
             elif head.get("transfer-encoding") == "chunked":
-                data = b"".join([chunk async for chunk in self._chunks(reader)])
+                data = b"".join([chunk async for chunk in self.chunks(reader)])
             else:
                 raise HttpError(f"a response without Content-Length or chunked encoding: {head}")
             reusable = head.get("connection") != "close"

@@ -18,6 +18,7 @@ GATEWAY_TTFT = "bailu_gateway_time_to_first_token_seconds"
 GATEWAY_TOKENS = "bailu_gateway_completion_tokens_total"
 GATEWAY_INFLIGHT = "bailu_gateway_inflight_requests"
 GATEWAY_RETRIES = "bailu_gateway_worker_retries_total"
+GATEWAY_CLIENT_WRITE_TIMEOUTS = "bailu_gateway_client_write_timeouts_total"
 GATEWAY_WORKERS_READY = "bailu_gateway_workers_ready"
 GATEWAY_COMPLETION_LOG_WRITTEN = "bailu_gateway_completion_log_written_total"
 GATEWAY_COMPLETION_LOG_DROPPED = "bailu_gateway_completion_log_dropped_total"
@@ -69,6 +70,12 @@ class GatewayMetrics:
         self.inflight = Gauge(GATEWAY_INFLIGHT, "Completions in progress", registry=metrics_registry)
         self.retries = Counter(
             GATEWAY_RETRIES, "Requests retried on another worker before the first token", registry=metrics_registry
+        )
+        self.client_write_timeouts = Counter(
+            GATEWAY_CLIENT_WRITE_TIMEOUTS,
+            "Streaming responses abandoned because the client stopped reading (a write waited longer than "
+            "client_write_timeout_s); their worker streams were cancelled",
+            registry=metrics_registry,
         )
         self.workers_ready = Gauge(GATEWAY_WORKERS_READY, "Workers reporting ready", registry=metrics_registry)
         self.completion_log_written = Counter(

@@ -6,6 +6,9 @@ While open, a completion counts in `bailu_gateway_inflight_requests`; closing it
 worker streams (which cancels the worker calls) and closes the response body that reads them. Once every
 candidate is complete, `finish` counts the tokens and submits the completion record. A streaming
 response is a `CompletionStream`, which closes its completion when the response ends.
+
+Every buffer between the workers and the client is bounded, and a client that stops reading is cut off
+after `client_write_timeout_s` (see `backpressure.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -21,18 +25,25 @@ from starlette.types import Receive, Scope, Send
 
 from bailu.common.metrics import GatewayMetrics
 from bailu.common.records import Choice, CompletionRecord, prompt_hash
-from bailu.common.types import GenerateChunk, GenerateRequest
+from bailu.common.types import INT64_MIN, GenerateChunk, GenerateRequest
+from bailu.gateway.backpressure import ClientWriteTimeout, send_within
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.model_names import Target
 from bailu.gateway.openai_format import Candidate, ResponseBuilder, new_id, total_usage
 from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
 
+log = logging.getLogger(__name__)
+
 Body = ChatCompletionRequest | CompletionRequest
 
 
 def candidate_requests(gen: GenerateRequest, n: int) -> list[GenerateRequest]:
-    """The `n` generations of one request, each with its own request id and seed."""
+    """The `n` generations of one request, each with its own request id and seed.
+
+    Candidate `i` gets `seed + i` (a fixed seed would make every candidate the same text), wrapped around
+    within int64, the wire's seed type: a seed near 2**63 - 1 continues from -2**63, so the `n` seeds stay
+    distinct and always fit."""
     if n == 1:
         return [gen]
     seed = gen.sampling.seed
@@ -40,8 +51,9 @@ def candidate_requests(gen: GenerateRequest, n: int) -> list[GenerateRequest]:
         dataclasses.replace(
             gen,
             request_id=f"{gen.request_id}-{i}",
-            # A fixed seed would make every candidate the same text.
-            sampling=dataclasses.replace(gen.sampling, seed=None if seed is None else seed + i),
+            sampling=dataclasses.replace(
+                gen.sampling, seed=None if seed is None else (seed - INT64_MIN + i) % (1 << 64) + INT64_MIN
+            ),
         )
         for i in range(n)
     ]
@@ -65,11 +77,17 @@ class Completion:
         router: Router,
         metrics: GatewayMetrics,
         completion_log: CompletionLog | None,
+        stream_buffer_chunks: int = 32,
+        client_write_timeout_s: float = 30.0,
     ) -> None:
-        """`completion_log` is where `finish` submits the record (None: not stored)."""
+        """`completion_log` is where `finish` submits the record (None: not stored). `stream_buffer_chunks`
+        bounds the chunks the merge of `n` > 1 candidates holds for a slow client; a streaming response
+        gives up on a client that takes longer than `client_write_timeout_s` to accept one write."""
         self.body, self.target, self.gen, self.key_id = body, target, gen, key_id
         self.metrics = metrics
         self.completion_log = completion_log
+        self.stream_buffer_chunks = stream_buffer_chunks
+        self.client_write_timeout_s = client_write_timeout_s
         self.builder = ResponseBuilder(kind, target.resolved, new_id(kind))
         self.candidates = [Candidate(i) for i in range(body.n)]
         self.start = time.monotonic()
@@ -87,12 +105,18 @@ class Completion:
         return firsts
 
     async def chunks(self) -> AsyncGenerator[tuple[int, GenerateChunk], None]:
-        """The candidates' next chunks as they come, tagged with the candidate's index."""
+        """The candidates' next chunks as they come, tagged with the candidate's index.
+
+        Pulled, never pushed: while the caller does not ask for the next chunk, at most
+        `stream_buffer_chunks` (plus one per candidate) wait here, and the worker streams are not read
+        (so gRPC flow control holds the workers back)."""
         if len(self.streams) == 1:  # the common case stays a plain loop
             async for chunk in self.streams[0]:
                 yield 0, chunk
             return
-        queue: asyncio.Queue[tuple[int, GenerateChunk | BaseException | None]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, GenerateChunk | BaseException | None]] = asyncio.Queue(
+            self.stream_buffer_chunks
+        )
 
         async def pump(index: int, stream: AsyncIterator[GenerateChunk]) -> None:
             try:
@@ -181,7 +205,8 @@ class Completion:
 
 class CompletionStream(StreamingResponse):
     """The SSE response of a streaming completion; it closes the completion when the response ends, however
-    it ends.
+    it ends, and abandons it when the client takes longer than the completion's `client_write_timeout_s`
+    to accept one write (counted in `bailu_gateway_client_write_timeouts_total`).
 
     The body generator's own `finally` cannot do that: when the client is gone before the response starts,
     Starlette cancels the response before it iterates the body (and a body suspended at a `yield` is
@@ -193,7 +218,13 @@ class CompletionStream(StreamingResponse):
         self.completion = completion
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        completion = self.completion
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_within(send, completion.client_write_timeout_s))
+        except ClientWriteTimeout as exc:
+            # Nothing more can reach this client: the response ends here, unfinished (uvicorn closes the
+            # connection), and the `finally` cancels the worker streams.
+            completion.metrics.client_write_timeouts.inc()
+            log.warning("client stopped reading: response abandoned", extra={"reason": str(exc)})
         finally:
-            await self.completion.close()
+            await completion.close()
