@@ -196,19 +196,28 @@ def spawn_worker(tmp_path: Path, name: str, **env: str) -> WorkerProcess:
             [sys.executable, "-m", "bailu.worker"], env=environ, stdout=log, stderr=subprocess.STDOUT
         )
     process = WorkerProcess(popen, port, log_path)
-    deadline = time.monotonic() + 60
+    wait_until_ready(popen, f"http://127.0.0.1:{http_port}/readyz", f"worker process {name}", process.log)
+    return process
+
+
+def wait_until_ready(
+    popen: subprocess.Popen[bytes], readyz: str, what: str, log: Callable[[], str], timeout: float = 60.0
+) -> None:
+    """Poll `readyz` until it answers 200; a process that exits or takes longer than `timeout` is killed and
+    the test fails with its log."""
     import urllib.request
 
+    deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1) as response:
+            with urllib.request.urlopen(readyz, timeout=1) as response:
                 if response.status == 200:
-                    return process
+                    return
         except OSError:
             pass
         if popen.poll() is not None or time.monotonic() > deadline:
             popen.kill()
-            raise RuntimeError(f"worker process {name} did not become ready:\n{process.log()}")
+            raise RuntimeError(f"{what} did not become ready:\n{log()}")
         time.sleep(0.1)
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ import httpx
 import pytest
 
 from bailu.gateway.auth import hash_key
-from tests.conftest import TEST_KEY, free_port
+from tests.conftest import TEST_KEY, free_port, wait_until_ready
 
 
 @dataclass
@@ -56,18 +54,8 @@ def spawn_gateway(tmp_path: Path, name: str, workers: list[str], **env: str) -> 
             [sys.executable, "-m", "bailu.gateway"], env=environ, stdout=log, stderr=subprocess.STDOUT
         )
     process = GatewayProcess(popen, port, log_path)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{process.url}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return process
-        except OSError:
-            pass
-        if popen.poll() is not None or time.monotonic() > deadline:
-            popen.kill()
-            raise RuntimeError(f"gateway process {name} did not become ready:\n{process.log()}")
-        time.sleep(0.1)
+    wait_until_ready(popen, f"{process.url}/readyz", f"gateway process {name}", process.log)
+    return process
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from bailu.common import metrics as metric_names
 from bailu.gateway.settings import GatewaySettings
-from tests.conftest import WorkerProcess, eventually
+from tests.conftest import RunningGateway, WorkerProcess, eventually
 from tests.integration.test_gateway import CHAT, chat_body
 
 pytestmark = pytest.mark.faults
@@ -124,20 +124,10 @@ async def test_frozen_worker_with_the_default_timeouts(worker_processes, start_g
     timeout (the keepalive, 5 s + 5 s, may report it first, as unavailable)."""
     a = worker_processes("a", sim_output_tokens="100000", sim_itl_ms="20")
     gateway = await start_gateway([a.address], load_poll_interval_s=DEFAULTS.load_poll_interval_s)
-    body = chat_body(stream=True, max_tokens=100_000)
-    signalled = 0.0
-    async with http.stream("POST", gateway.url + CHAT, json=body, headers=gateway.headers) as response:
-        events = []
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                events.append((time.monotonic(), line[len("data: ") :]))
-                if len(events) == 3:
-                    a.popen.send_signal(signal.SIGSTOP)
-                    signalled = time.monotonic()
-    at, error = next((at, json.loads(d)) for at, d in events if d.startswith('{"error"'))
-    print(f"\nSIGSTOP mid-stream, defaults: error event {at - signalled:.2f}s after ({error['error']['code']})")
+    elapsed, error, events = await freeze_after_three_events(http, gateway, a)
+    print(f"\nSIGSTOP mid-stream, defaults: error event {elapsed:.2f}s after ({error['error']['code']})")
     assert error["error"]["code"] in ("upstream_stalled", "service_unavailable")
-    assert at - signalled < DEFAULTS.stream_idle_timeout_s + 2.0
+    assert elapsed < DEFAULTS.stream_idle_timeout_s + 2.0
     assert events[-1][1] == "[DONE]"
 
 
@@ -149,20 +139,10 @@ async def test_keepalive_alone_detects_a_frozen_worker(worker_processes, start_g
 
     a = worker_processes("a", sim_output_tokens="100000", sim_itl_ms="20")
     gateway = await start_gateway([a.address], stream_idle_timeout_s=120.0)
-    body = chat_body(stream=True, max_tokens=100_000)
-    signalled = 0.0
-    async with http.stream("POST", gateway.url + CHAT, json=body, headers=gateway.headers) as response:
-        events = []
-        async for line in response.aiter_lines():
-            if line.startswith("data: "):
-                events.append((time.monotonic(), line[len("data: ") :]))
-                if len(events) == 3:
-                    a.popen.send_signal(signal.SIGSTOP)
-                    signalled = time.monotonic()
-    at, error = next((at, json.loads(d)) for at, d in events if d.startswith('{"error"'))
-    print(f"\nSIGSTOP mid-stream, keepalive only: error event {at - signalled:.2f}s after ({error['error']['code']})")
+    elapsed, error, _events = await freeze_after_three_events(http, gateway, a)
+    print(f"\nSIGSTOP mid-stream, keepalive only: error event {elapsed:.2f}s after ({error['error']['code']})")
     assert error["error"]["code"] == "service_unavailable"
-    assert at - signalled < (KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS) / 1000 + 5.0
+    assert elapsed < (KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS) / 1000 + 5.0
 
 
 async def test_a_worker_past_its_first_token_budget_is_abandoned_for_another(start_worker, start_gateway, http) -> None:
@@ -192,3 +172,22 @@ async def test_a_worker_past_its_first_token_budget_is_abandoned_for_another(sta
     assert response.json()["error"]["code"] == "upstream_stalled"
     assert "no first token within 1s" in response.json()["error"]["message"]
     assert time.monotonic() - started < 10.0
+
+
+async def freeze_after_three_events(
+    http: httpx.AsyncClient, gateway: RunningGateway, worker: WorkerProcess
+) -> tuple[float, dict[str, Any], list[tuple[float, str]]]:
+    """Stream a long chat, SIGSTOP `worker` after the third event; returns the seconds from the signal to
+    the error event, the error, and every (time, data) event."""
+    body = chat_body(stream=True, max_tokens=100_000)
+    signalled = 0.0
+    events: list[tuple[float, str]] = []
+    async with http.stream("POST", gateway.url + CHAT, json=body, headers=gateway.headers) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                events.append((time.monotonic(), line[len("data: ") :]))
+                if len(events) == 3:
+                    worker.popen.send_signal(signal.SIGSTOP)
+                    signalled = time.monotonic()
+    at, error = next((at, json.loads(d)) for at, d in events if d.startswith('{"error"'))
+    return at - signalled, error, events

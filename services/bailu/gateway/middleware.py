@@ -21,6 +21,8 @@ log = logging.getLogger("bailu.gateway.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 OTHER_ROUTE = "other"
+# The routes whose requests need an API key (and a JSON body); the OpenAPI schema says so from this too.
+AUTHENTICATED_PREFIX = "/v1/"
 
 
 class RouteLabels:
@@ -78,7 +80,7 @@ class GatewayMiddleware:
             await send(message)
 
         try:
-            if path.startswith("/v1/"):
+            if path.startswith(AUTHENTICATED_PREFIX):
                 try:
                     scope.setdefault("state", {})["key_id"] = self.keys.verify(headers.get("authorization"))
                 except BailuError as exc:
@@ -91,7 +93,7 @@ class GatewayMiddleware:
                     await error_response(too_large)(scope, receive, send_wrapper)
                     return
                 receive = replay
-                if path.startswith("/v1/") and "json" not in headers.get("content-type", ""):
+                if path.startswith(AUTHENTICATED_PREFIX) and "json" not in headers.get("content-type", ""):
                     # The API takes JSON bodies only; parse them as such whatever the client declared
                     # (curl -d sends a form content type).
                     scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]

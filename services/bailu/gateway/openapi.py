@@ -24,11 +24,10 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.routing import BaseRoute
 
 from bailu.common.errors import ERROR_CLASSES
+from bailu.gateway.middleware import AUTHENTICATED_PREFIX
 from bailu.gateway.responses import STREAM_EVENTS, ErrorResponse
 
 BEARER_SCHEME = "bearerAuth"
-# The routes whose requests the middleware authenticates (`GatewayMiddleware`).
-AUTHENTICATED_PREFIX = "/v1/"
 _BODY_METHODS = frozenset({"post", "put", "patch"})
 _COMPONENT = "#/components/schemas/{model}"
 
