@@ -190,7 +190,22 @@ async def sample(pids: dict[str, int], start: float, out: list[dict[str, Any]]) 
         await asyncio.sleep(SAMPLE_EVERY_S)
 
 
-def lanes_of(clients: int) -> dict[str, int]:
+KINDS = ("stream", "disconnect", "slow_n8", "stalled_n8")
+
+
+def lanes_of(clients: int, only: str = "") -> dict[str, int]:
+    """1/8 of the lanes each slow, stalled and leaving, the rest streaming; or `only`'s counts
+    (`stream=14,disconnect=2`: the kinds it does not name get none)."""
+    if only:
+        counts = {kind: 0 for kind in KINDS}
+        for item in only.split(","):
+            kind, _, count = item.partition("=")
+            if kind not in counts or not count.isdigit():
+                raise ValueError(f"--lanes takes KIND=COUNT,... with KIND one of {', '.join(KINDS)}: {item!r}")
+            counts[kind] = int(count)
+        if counts["stream"] + counts["disconnect"] == 0:
+            raise ValueError("--lanes needs at least one stream or disconnect lane")
+        return counts
     each = max(1, clients // 8)
     return {"stream": max(1, clients - 3 * each), "disconnect": each, "slow_n8": each, "stalled_n8": each}
 
@@ -211,7 +226,7 @@ async def measure(args: argparse.Namespace, port: int, key: str, pids: dict[str,
     await asyncio.sleep(5)
     rss["start"] = rss_of(pids)
 
-    lanes = lanes_of(args.clients)
+    lanes = lanes_of(args.clients, args.lanes)
     load = Load(http, key)
     start = time.perf_counter()
     until = start + args.minutes * 60
@@ -273,10 +288,17 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="duration of the load")
     parser.add_argument("--rate", type=float, default=6.0, help="requests/s of the n=1 lanes (stream, disconnect)")
     parser.add_argument("--settle-s", type=float, default=30.0, help="wait after the clients left, before the RSS")
+    parser.add_argument(
+        "--lanes", default="", help="the lanes by kind instead of --clients' mix, e.g. stream=14,disconnect=2"
+    )
     parser.add_argument("--name", default=NAME, help="results file bench/results/NAME.json")
     args = parser.parse_args()
     if args.clients < 4 or args.rate <= 0 or not 0 < args.minutes <= 120:
         parser.error("--clients >= 4, --rate > 0, 0 < --minutes <= 120")
+    try:
+        lanes_of(args.clients, args.lanes)
+    except ValueError as exc:
+        parser.error(str(exc))
     exit_on_sigterm()
     run_started = time.monotonic()
     meta = metadata(("fastapi", "uvicorn", "uvloop", "redis"))
