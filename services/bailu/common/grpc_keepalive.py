@@ -14,7 +14,7 @@ Both ends must agree, or keepalive silently does nothing (see gRPC core's doc/ke
 - gRPC core's client sends at most `grpc.http2.max_pings_without_data` pings (default 2) while it has no
   data or headers to send, which is always the case on a server-streaming call once its request is out:
   after two pings keepalive stops (grpc/grpc#25722). 0 lifts the limit.
-- The server counts pings closer together than `grpc.http2.min_recv_ping_interval_without_data_ms`
+- The server counts pings closer together than `grpc.http2.min_ping_interval_without_data_ms`
   (default 5 minutes), or on a connection without calls unless `grpc.keepalive_permit_without_calls`, as
   strikes; after `grpc.http2.max_ping_strikes` (default 2) it answers GOAWAY `too_many_pings` and closes the
   connection with its calls. Its policy must admit the client's interval (with margin for timer jitter).
@@ -50,7 +50,7 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_timeout_ms", SERVER_KEEPALIVE_TIMEOUT_MS),
     ("grpc.http2.ping_timeout_ms", SERVER_KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
     ("grpc.http2.max_ping_strikes", 2),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )

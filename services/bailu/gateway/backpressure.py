@@ -38,10 +38,11 @@ GRPC_FLOW_CONTROL_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-class ClientWriteTimeout(TimeoutError):
+class ClientWriteTimeout(Exception):
     """A send to the client did not complete within the write timeout: the client stopped reading.
 
-    Not a `BailuError`: it is never reported to the client (who no longer reads); it ends the response."""
+    Not a `BailuError`: it is never reported to the client (who no longer reads); it ends the response. Not a
+    `TimeoutError` either, which is an `OSError`: Starlette turns those into `ClientDisconnect`."""
 
     def __init__(self, timeout_s: float) -> None:
         super().__init__(f"the client read nothing for {timeout_s:g}s")

@@ -99,7 +99,16 @@ class Completion:
 
     async def first_chunks(self) -> list[GenerateChunk]:
         """The first chunk of every candidate (errors before them still get a proper HTTP status)."""
-        firsts = await asyncio.gather(*(anext(s) for s in self.streams))
+        # Tasks of our own: when one candidate fails, the others are cancelled (and awaited) at once, not
+        # left waiting for a first token that nobody will read.
+        tasks = [asyncio.ensure_future(anext(s)) for s in self.streams]
+        try:
+            firsts = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         self.ttft = time.monotonic() - self.start
         self.metrics.ttft.labels(self.body.model).observe(self.ttft)
         return firsts

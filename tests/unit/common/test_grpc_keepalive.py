@@ -9,7 +9,7 @@ from bailu.gateway.settings import GatewaySettings
 
 def test_the_worker_admits_the_gateway_pings() -> None:
     client, server = dict(ka.CLIENT_OPTIONS), dict(ka.SERVER_OPTIONS)
-    assert server["grpc.http2.min_recv_ping_interval_without_data_ms"] < client["grpc.keepalive_time_ms"]
+    assert server["grpc.http2.min_ping_interval_without_data_ms"] < client["grpc.keepalive_time_ms"]
     assert server["grpc.keepalive_permit_without_calls"] == client["grpc.keepalive_permit_without_calls"] == 1
 
 
