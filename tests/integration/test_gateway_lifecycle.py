@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
 from bailu.worker.server import WorkerServer
 from tests.conftest import TEST_KEY, RunningGateway, eventually
@@ -91,3 +92,30 @@ async def test_a_client_that_leaves_before_the_stream_starts(start_worker, start
     # Closed by the time the app returns: nothing is left for garbage collection to finish.
     assert inflight(gateway) == 0
     await eventually(lambda: worker_busy(worker) == 0, 2.0)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+async def test_a_worker_that_leaves_the_pool_mid_stream_ends_the_stream_with_an_error(
+    start_worker, start_gateway, n: int
+) -> None:
+    """The pool closes a removed worker's channel, which cancels its calls under their readers: the client
+    gets an error event and `[DONE]` (for n > 1 too, where the merge used to wait forever)."""
+    worker = await start_worker(sim_itl_ms=20, sim_output_tokens=100_000)
+    address = f"127.0.0.1:{worker.port}"
+    gateway = await start_gateway([address])
+    events: list[str] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        body = chat_body(stream=True, max_tokens=100_000, n=n)
+        async with client.stream("POST", gateway.url + CHAT, json=body, headers=gateway.headers) as response:
+            async with asyncio.timeout(20):
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    events.append(line[len("data: ") :])
+                    if len(events) == 3:
+                        await gateway.app.state.pool.workers[address].channel.close()
+    errors = [json.loads(e)["error"] for e in events if e.startswith('{"error"')]
+    assert len(errors) == 1, events[-3:]
+    assert errors[0]["code"] == "service_unavailable"
+    assert events[-1] == "[DONE]"
+    await eventually(lambda: inflight(gateway) == 0 and worker_busy(worker) == 0, 5.0)

@@ -156,6 +156,13 @@ class WorkerStream:
             error = from_status(exc.code(), exc.details(), exc.trailing_metadata())
             self.worker.call_failed(error)
             raise error from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed or not self._call.cancelled() or (task is not None and task.cancelling()):
+                raise  # our own cancellation
+            # The call was cancelled under the reader (its channel closed: the worker left the pool).
+            self.close()
+            raise Unavailable("the inference worker left the pool") from None
         if message is grpc.aio.EOF:
             self.close()
             raise StopAsyncIteration
