@@ -164,19 +164,30 @@ async def start_gateway() -> AsyncIterator[GatewayFactory]:
 
 
 @dataclass
-class WorkerProcess:
-    """A worker in its own process (`python -m bailu.worker`), for tests that kill it."""
+class ServiceProcess:
+    """A service in its own process, for tests that signal it: its port and its log."""
 
     popen: subprocess.Popen[bytes]
     port: int
     log_path: Path
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Kill it if it still runs (also when stopped by SIGSTOP) and reap it."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait()
+
+
+@dataclass
+class WorkerProcess(ServiceProcess):
+    """A worker in its own process (`python -m bailu.worker`), for tests that kill it."""
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def spawn_worker(tmp_path: Path, name: str, **env: str) -> WorkerProcess:
@@ -232,9 +243,7 @@ def worker_processes(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
     yield spawn
     for process in started:
-        if process.popen.poll() is None:
-            process.popen.kill()
-        process.popen.wait()
+        process.stop()
 
 
 @dataclass

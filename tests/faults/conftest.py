@@ -14,16 +14,12 @@ import httpx
 import pytest
 
 from bailu.gateway.auth import hash_key
-from tests.conftest import TEST_KEY, free_port, wait_until_ready
+from tests.conftest import TEST_KEY, ServiceProcess, free_port, wait_until_ready
 
 
 @dataclass
-class GatewayProcess:
+class GatewayProcess(ServiceProcess):
     """A gateway in its own process (`python -m bailu.gateway`), for tests that signal it."""
-
-    popen: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
 
     @property
     def url(self) -> str:
@@ -32,9 +28,6 @@ class GatewayProcess:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TEST_KEY}"}
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def spawn_gateway(tmp_path: Path, name: str, workers: list[str], **env: str) -> GatewayProcess:
@@ -69,9 +62,7 @@ def gateway_processes(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]
 
     yield spawn
     for process in started:
-        if process.popen.poll() is None:
-            process.popen.kill()
-        process.popen.wait()
+        process.stop()
 
 
 @pytest.fixture
