@@ -19,7 +19,6 @@ import grpc
 from bailu.common.errors import (
     ERROR_CLASSES,
     BailuError,
-    Cancelled,
     DeadlineExceeded,
     InternalError,
     InvalidRequest,
@@ -40,7 +39,10 @@ _BY_CODE: dict[grpc.StatusCode, type[BailuError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.CANCELLED: Cancelled,
+    # A bare CANCELLED comes from the peer's side (a worker shutting down cancels its calls): the caller did
+    # not go away, so it is a transport failure, retried elsewhere. A worker reports a cancelled caller as
+    # `Cancelled` in the metadata.
+    grpc.StatusCode.CANCELLED: Unavailable,
 }
 
 
@@ -68,7 +70,7 @@ def from_status(
     cls = ERROR_CLASSES.get(entries.get(ERROR_KEY, ""))
     if cls is None:
         cls = _BY_CODE.get(code or grpc.StatusCode.UNKNOWN, InternalError)
-        if cls is InternalError or code is grpc.StatusCode.UNAVAILABLE:
+        if cls is InternalError or cls is Unavailable:
             # Transport failures: the text is grpc-internal, not for clients.
             return cls("the inference worker failed" if cls is InternalError else "inference worker unavailable")
     return cls(details or cls.__doc__ or cls.__name__, param=entries.get(PARAM_KEY))

@@ -24,6 +24,12 @@ from bailu.v1 import worker_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+# Load polls a worker may miss in a row (deadline exceeded) before it is out of routing: one missed poll is
+# often a busy node, not a dead worker.
+MISSED_POLLS_UNREACHABLE = 2
+# The floor of a load poll's deadline (it is twice the poll interval above it).
+MIN_POLL_TIMEOUT_S = 0.5
+
 
 class WorkerClient:
     """One worker: its channel, its last load report and models, and this gateway's calls in flight."""
@@ -47,6 +53,7 @@ class WorkerClient:
         # Set while the worker does not answer its load poll (dead, frozen, or cut off); cleared by the next
         # poll it answers. Attempts waiting for a first token watch it (`Router`).
         self.unreachable = asyncio.Event()
+        self.missed_polls = 0
 
     @property
     def ready(self) -> bool:
@@ -66,16 +73,24 @@ class WorkerClient:
         return any(c.kind == "adapter" and c.name == adapter and c.base_model == model for c in self.models)
 
     async def refresh(self, timeout: float) -> None:
-        """Poll load and models; on failure the worker counts as not ready until the next success."""
+        """Poll load and models. A worker whose connection is down (UNAVAILABLE) is out at once; one that
+        misses the poll's deadline (frozen, or only slow: a busy node, a long GC pause) after
+        `MISSED_POLLS_UNREACHABLE` polls in a row, keeping its last report until then. Out means not ready
+        and `unreachable` until the next poll it answers."""
         try:
             load = await self.stub.GetLoad(pb.GetLoadRequest(), timeout=timeout)
             models = await self.stub.ListModels(pb.ListModelsRequest(), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            if self.load is not None:  # it answered the last poll
+            self.missed_polls += 1
+            if exc.code() is not grpc.StatusCode.UNAVAILABLE and self.missed_polls < MISSED_POLLS_UNREACHABLE:
+                log.info("worker missed a load poll", extra={"worker": self.address, "code": exc.code().name})
+                return
+            if self.load is not None:  # it was in service
                 log.warning("worker unreachable", extra={"worker": self.address, "code": exc.code().name})
             self.load = None
             self.unreachable.set()
             return
+        self.missed_polls = 0
         self.unreachable.clear()
         self.load = wire.load_from_pb(load)
         self.models = [wire.card_from_pb(m) for m in models.models]
@@ -255,7 +270,7 @@ class WorkerPool:
         task.add_done_callback(self._closing.discard)
 
     async def refresh(self) -> None:
-        timeout = max(0.2, self.poll_interval_s * 2)
+        timeout = max(MIN_POLL_TIMEOUT_S, self.poll_interval_s * 2)
         try:
             await asyncio.gather(*(w.refresh(timeout) for w in list(self.workers.values())))
         finally:

@@ -58,7 +58,7 @@ def test_class_survives_grpc_aio_metadata() -> None:
     assert back.param == "x"
 
 
-@pytest.mark.parametrize("cls", [InvalidRequest, ModelNotFound, Overloaded, DeadlineExceeded, Cancelled])
+@pytest.mark.parametrize("cls", [InvalidRequest, ModelNotFound, Overloaded, DeadlineExceeded])
 def test_bare_status_maps_by_code(cls: type[BailuError]) -> None:
     """Without the metadata entry, the class's own gRPC code brings it back (for a shared code, the
     general class: InvalidRequest rather than RequestTooLarge, ModelNotFound rather than NotFound)."""
@@ -82,6 +82,15 @@ def test_bare_unavailable_hides_the_transport_text() -> None:
     assert back.retryable
     assert "10.0.0.7" not in back.message
     assert "connect" not in back.message
+
+
+def test_bare_cancelled_is_a_retryable_transport_failure() -> None:
+    """A bare CANCELLED comes from the worker's side (shutting down): the caller did not go away."""
+    back = from_status(grpc.StatusCode.CANCELLED, "Cancelled on the server side", None)
+    assert type(back) is Unavailable
+    assert back.retryable
+    # A worker that reports a cancelled caller says so in the metadata.
+    assert type(from_status(grpc.StatusCode.CANCELLED, "gone", ((ERROR_KEY, "Cancelled"),))) is Cancelled
 
 
 @pytest.mark.parametrize("code", [grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS, None])
