@@ -43,9 +43,10 @@ from redis import asyncio as aioredis
 from bailu.common import redis_keys
 from bailu.common.records import DATA_FIELD, Choice, CompletionRecord, FeedbackEvent, ResponseRef, prompt_hash
 from bailu.datasets.format import PREFERENCE, SFT
-from bailu.gateway.auth import KeyStore, hash_key, new_key
+from bailu.gateway.auth import KeyStore
 from bailu.gateway.feedback import _RECORD_ONCE  # the gateway's own script, for the ceiling it is measured against
 from bailu.gateway.settings import GatewaySettings
+from bailu.keys.model import hash_key, new_key
 from bench.common import (
     REDIS_CONFIG,
     BlockResult,

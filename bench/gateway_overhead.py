@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from bailu.gateway.auth import hash_key, new_key
+from bailu.keys.model import hash_key, new_key
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 from bench.common import (
     BlockResult,

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bailu.gateway.auth import hash_key, new_key
 from bailu.gateway.settings import GatewaySettings
+from bailu.keys.model import hash_key, new_key
 from bench.common import (
     ServiceGroup,
     distribution_ms,

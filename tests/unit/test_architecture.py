@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "services" / "bailu"
 
-SHARED = {"common", "registry", "datasets", "v1"}
+SHARED = {"common", "registry", "datasets", "keys", "v1"}
 SERVICES = {"gateway", "worker", "collector", "trainer", "cli"}
 TOOLING = {"dev"}  # the local stack and developer tools: may use every package
 
@@ -21,6 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "common": {"v1"},
     "registry": {"common"},
     "datasets": {"common"},
+    "keys": {"common"},
     **{service: set(SHARED) for service in SERVICES},
     **{tool: SHARED | SERVICES for tool in TOOLING},
 }

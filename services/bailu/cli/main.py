@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import pydantic
 
-from bailu.cli import datasets, models, retrain
+from bailu.cli import datasets, keys, models, retrain
 from bailu.cli.errors import FAILED, USAGE, CliError
 from bailu.cli.settings import CliSettings
 from bailu.cli.train import run_trainer
@@ -19,6 +19,7 @@ from bailu.common.settings import describe_errors
 PROG = "bailu"
 DESCRIPTION = """Operate Bailu: the model registry (versions, canary, promotion, rollback), the collector's
 dataset versions, and training runs (here, or as a Job in the cluster).
+The gateway's API keys (create, list, update, revoke) are kept in Redis: `bailu keys`.
 
 Locations default to those of `make dev` (.cache/dev/registry, .cache/dev/datasets, Redis on
 127.0.0.1:6379), relative to the current directory; the environment (BAILU_REGISTRY_DIR,
@@ -52,7 +53,8 @@ def location_options(parser: argparse.ArgumentParser, default: object) -> None:
         "--redis-url",
         default=default,
         metavar="URL",
-        help='Redis of the registry index and events (env BAILU_REDIS_URL; "" changes the files only)',
+        help="Redis of the registry index and events, and of the API keys (env BAILU_REDIS_URL; "
+        '"" changes the registry files only, and `bailu keys` needs it)',
     )
 
 
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     models.add_parsers(commands, common)
     datasets.add_parsers(commands, common)
+    keys.add_parsers(commands, common)
     commands.add_parser(
         "train",
         help="run the trainer here (python -m bailu.trainer); its flags follow verbatim",

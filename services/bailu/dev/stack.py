@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bailu.gateway.auth import hash_key, new_key
+from bailu.keys.model import hash_key, new_key
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Process:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
+        self.popen = subprocess.Popen(  # nosec B603 # argv list, no shell: the dev stack's own commands
             self.argv, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
@@ -79,7 +79,7 @@ def dev_api_key(state_dir: Path) -> tuple[str, Path]:
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # nosec B310 # our own http://127.0.0.1 URLs
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
