@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from redis.asyncio import Redis
 
 from bailu.gateway.app import create_app
-from bailu.gateway.auth import KeyStore, hash_key
+from bailu.gateway.auth import KeyStore
 from bailu.gateway.settings import GatewaySettings
+from bailu.keys.model import hash_key
 from bailu.worker.server import WorkerServer
 from bailu.worker.settings import WorkerSettings
 
@@ -127,6 +129,13 @@ class RunningGateway:
 
 
 GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the tests' gateways (generous timeout: the machine may be busy)."""
+    async with httpx.AsyncClient(timeout=60) as client:
+        yield client
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from bailu.gateway.auth import hash_key
+from bailu.keys.model import hash_key
 from tests.conftest import TEST_KEY, ServiceProcess, free_port, wait_until_ready
 
 
@@ -63,9 +62,3 @@ def gateway_processes(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]
     yield spawn
     for process in started:
         process.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=60) as client:
-        yield client

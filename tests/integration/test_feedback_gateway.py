@@ -245,7 +245,7 @@ async def test_feedback_is_in_the_openapi_schema(stack) -> None:
     gateway, http, _ = stack
     schema = (await http.get(gateway.url + "/openapi.json")).json()
     operation = schema["paths"]["/v1/feedback"]["post"]
-    assert set(operation["responses"]) == {"202", "400", "401", "404", "409", "413", "503"}
+    assert set(operation["responses"]) == {"202", "400", "401", "403", "404", "409", "413", "503"}
     assert any(p["name"] == "Idempotency-Key" for p in operation["parameters"])
     # Real answers, as documented.
     one = await complete(gateway, http)

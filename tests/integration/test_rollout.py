@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,12 +75,6 @@ class Rollout:
 def rollout(tmp_path: Path, redis: Redis) -> Rollout:
     root = tmp_path / "registry"
     return Rollout(root, tmp_path / "sources", ModelRegistry(Registry(root), RegistryIndex(redis)))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as client:
-        yield client
 
 
 def worker_settings(rollout: Rollout, redis_server: RedisServer, **overrides: Any) -> dict[str, Any]:

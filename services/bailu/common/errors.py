@@ -26,11 +26,20 @@ class BailuError(Exception):
     # Sent as Retry-After when the raiser gives no better estimate.
     default_retry_after_s: ClassVar[float | None] = None
 
-    def __init__(self, message: str, *, param: str | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """`headers` go on the HTTP error response (a rate limit's `x-ratelimit-*`); not carried over gRPC."""
         super().__init__(message)
         self.message = message
         self.param = param
         self.retry_after_s = retry_after_s if retry_after_s is not None else self.default_retry_after_s
+        self.headers = dict(headers or {})
 
     @property
     def name(self) -> str:
@@ -53,6 +62,33 @@ class AuthenticationFailed(BailuError):
     openai_type = "authentication_error"
     openai_code = "invalid_api_key"
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class KeyRevoked(AuthenticationFailed):
+    """The API key was revoked (`bailu keys revoke`)."""
+
+    openai_code = "api_key_revoked"
+
+
+class KeyExpired(AuthenticationFailed):
+    """The API key's expiry passed."""
+
+    openai_code = "api_key_expired"
+
+
+class PermissionDenied(BailuError):
+    """The API key is valid but lacks the scope the route needs."""
+
+    http_status = 403
+    openai_type = "permission_error"
+    openai_code = "missing_scope"
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class PriorityDenied(PermissionDenied):
+    """The request asks for a priority above its API key's own (`X-Bailu-Priority`)."""
+
+    openai_code = "priority_not_allowed"
 
 
 class ModelNotFound(BailuError):
@@ -108,6 +144,29 @@ class Overloaded(BailuError):
     default_retry_after_s = 1.0
 
 
+class RateLimited(BailuError):
+    """The API key is over one of its quotas; `Retry-After` says when it may try again. As OpenAI does, the
+    type names the exhausted quota: `requests` (per minute), `tokens` (per minute)."""
+
+    http_status = 429
+    openai_type = "requests"
+    openai_code = "rate_limit_exceeded"
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_retry_after_s = 1.0
+
+
+class TokensRateLimited(RateLimited):
+    """The API key is over its tokens-per-minute quota."""
+
+    openai_type = "tokens"
+
+
+class ConcurrencyLimited(RateLimited):
+    """The API key has as many completions in progress as it may have at once."""
+
+    openai_code = "concurrency_limit_exceeded"
+
+
 class Unavailable(BailuError):
     """No worker can take the request now (none ready, or draining)."""
 
@@ -117,6 +176,21 @@ class Unavailable(BailuError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     retryable = True
     default_retry_after_s = 2.0
+
+
+class DeadlineUnmeetable(Unavailable):
+    """Admission control: no worker can start the request before its time-to-first-token deadline (the
+    shortest estimated queue wait is longer than the time left), so it is refused at once rather than after
+    the wait; `Retry-After` is that estimated wait."""
+
+    openai_code = "ttft_deadline_unmeetable"
+
+
+class Shed(Unavailable):
+    """Admission control: a batch request while every worker's queue is filled to the share kept for batch
+    work (`batch_queue_share`), so that interactive requests still find room."""
+
+    openai_code = "shed_under_load"
 
 
 class DeadlineExceeded(BailuError):
@@ -159,13 +233,22 @@ ERROR_CLASSES: dict[str, type[BailuError]] = {
     for cls in (
         InvalidRequest,
         AuthenticationFailed,
+        KeyRevoked,
+        KeyExpired,
+        PermissionDenied,
+        PriorityDenied,
         ModelNotFound,
         NotFound,
         Conflict,
         RequestTooLarge,
         BodyTooLarge,
         Overloaded,
+        RateLimited,
+        TokensRateLimited,
+        ConcurrencyLimited,
         Unavailable,
+        DeadlineUnmeetable,
+        Shed,
         DeadlineExceeded,
         Stalled,
         Cancelled,

@@ -27,6 +27,10 @@ GATEWAY_MODEL_REQUESTS = "bailu_gateway_model_requests_total"
 GATEWAY_VERSION_FALLBACKS = "bailu_gateway_version_fallbacks_total"
 GATEWAY_REGISTRY_REFRESHES = "bailu_gateway_registry_refreshes_total"
 GATEWAY_REGISTRY_LAST_REFRESH = "bailu_gateway_registry_last_refresh_timestamp_seconds"
+GATEWAY_SHED = "bailu_gateway_shed_total"
+GATEWAY_AUTH_REJECTIONS = "bailu_gateway_auth_rejections_total"
+GATEWAY_QUOTA_REJECTIONS = "bailu_gateway_quota_rejections_total"
+GATEWAY_QUOTA_FALLBACKS = "bailu_gateway_quota_fallbacks_total"
 
 # worker
 WORKER_REQUESTS = "bailu_worker_requests_total"
@@ -42,6 +46,8 @@ WORKER_ADAPTER_UNLOADS = "bailu_worker_adapter_unloads_total"
 WORKER_REGISTRY_LAST_RECONCILE = "bailu_worker_registry_last_reconcile_timestamp_seconds"
 WORKER_REGISTRY_RECONCILES = "bailu_worker_registry_reconciles_total"
 WORKER_REGISTRY_EVENTS_CONNECTED = "bailu_worker_registry_events_connected"
+WORKER_QUEUED_BATCH = "bailu_worker_queued_batch_requests"
+WORKER_EVICTED = "bailu_worker_evicted_total"
 
 
 class GatewayMetrics:
@@ -118,6 +124,35 @@ class GatewayMetrics:
             "Unix time the gateway's view of the registry aliases was last read successfully",
             registry=metrics_registry,
         )
+        self.shed = Counter(
+            GATEWAY_SHED,
+            "Requests refused at once by admission control, by priority (interactive, batch) and reason "
+            "(deadline_unmeetable: no worker could start it before its first-token deadline; batch_shed: every "
+            "worker's queue held its batch share)",
+            ["priority", "reason"],
+            registry=metrics_registry,
+        )
+        self.auth_rejections = Counter(
+            GATEWAY_AUTH_REJECTIONS,
+            "Requests refused by the API-key check, by reason (missing, malformed, unknown, revoked, expired, scope, "
+            "priority, store_unavailable)",
+            ["reason"],
+            registry=metrics_registry,
+        )
+        self.quota_rejections = Counter(
+            GATEWAY_QUOTA_REJECTIONS,
+            "Requests refused by a per-key quota, by the limit reached (requests, tokens, concurrency)",
+            ["limit"],
+            registry=metrics_registry,
+        )
+        self.quota_fallbacks = Counter(
+            GATEWAY_QUOTA_FALLBACKS,
+            "Quota operations not done in Redis because it did not answer, by operation: admit (decided by this "
+            "replica's local limits), settle (of a local admission, settled locally; or one Redis did not answer, "
+            "whose lease then expires)",
+            ["op"],
+            registry=metrics_registry,
+        )
 
 
 class WorkerMetrics:
@@ -169,6 +204,18 @@ class WorkerMetrics:
         self.registry_events_connected = Gauge(
             WORKER_REGISTRY_EVENTS_CONNECTED,
             "1 while the registry follower is connected to the registry's change-event stream in Redis",
+            registry=metrics_registry,
+        )
+        self.queued_batch = Gauge(
+            WORKER_QUEUED_BATCH,
+            "Batch requests waiting for an engine slot (of bailu_worker_queued_requests; interactive ones go first)",
+            registry=metrics_registry,
+        )
+        self.evicted = Counter(
+            WORKER_EVICTED,
+            "Queued requests evicted to make room for a request of a higher priority class, by the evicted "
+            "request's priority (refused as overloaded, retryable)",
+            ["priority"],
             registry=metrics_registry,
         )
 

@@ -59,3 +59,33 @@ def registry_versions_key(kind: str, name: str) -> str:
 def registry_aliases_key(kind: str, name: str) -> str:
     """Hash of one model name's aliases: production, canary, canary_weight, history (JSON)."""
     return f"{PREFIX}:registry:idx:aliases:{kind}/{name}"
+
+
+# API keys (`bailu.keys.store.KeyRegistry`): records are kept after revocation or expiry (an audit trail), never
+# with a TTL; only the key's hash is stored, never the key.
+API_KEYS_ZSET = f"{PREFIX}:apikeys"  # every key id, scored by its created_at: the listing, in creation order
+API_KEY_HASHES = f"{PREFIX}:apikeys:by-hash"  # hash: key hash (sha256:...) -> key id, whatever the key's state
+API_KEY_PREFIX = f"{PREFIX}:apikey:"  # followed by a key id: that key's record
+
+
+def api_key_record_key(key_id: str) -> str:
+    """Hash of one API key's record (`ApiKey.to_fields()`)."""
+    return f"{API_KEY_PREFIX}{key_id}"
+
+
+# Per-key quotas (`bailu.gateway.quotas`), shared by every gateway replica. The `{key_id}` hash tag keeps one key's
+# three names in one cluster slot, as the Lua scripts that read and write them together require. Each name expires
+# on its own once idle (a bucket two minutes after it is full again; the leases with the newest lease).
+def quota_requests_key(key_id: str) -> str:
+    """Hash of one API key's requests-per-minute bucket: `level` (requests left), `ts` (Redis time, ms)."""
+    return f"{PREFIX}:quota:{{{key_id}}}:requests"
+
+
+def quota_tokens_key(key_id: str) -> str:
+    """Hash of one API key's tokens-per-minute bucket: `level` (tokens left; negative while in debt), `ts`."""
+    return f"{PREFIX}:quota:{{{key_id}}}:tokens"
+
+
+def quota_leases_key(key_id: str) -> str:
+    """Sorted set of one API key's completions in progress: lease id scored by its expiry (Redis time, ms)."""
+    return f"{PREFIX}:quota:{{{key_id}}}:leases"

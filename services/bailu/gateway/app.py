@@ -5,22 +5,25 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
 from bailu import __version__
+from bailu.common.errors import PermissionDenied
 from bailu.common.metrics import GatewayMetrics
 from bailu.gateway import errors, openapi
-from bailu.gateway.auth import KeyStore
+from bailu.gateway.auth import Authenticator, KeyStore
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.completions import COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionHandler
 from bailu.gateway.feedback import IDEMPOTENCY_HEADER, FeedbackHandler, FeedbackRequest, feedback_disabled
 from bailu.gateway.middleware import GatewayMiddleware, RouteLabels
 from bailu.gateway.model_names import ModelResolver
+from bailu.gateway.priority import AdmissionPolicy
+from bailu.gateway.quotas import Quotas
 from bailu.gateway.registry_watch import RegistryWatcher
 from bailu.gateway.responses import (
     ChatCompletion,
@@ -35,9 +38,16 @@ from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from bailu.gateway.settings import GatewaySettings
 from bailu.gateway.workers import WorkerPool
+from bailu.keys.model import FEEDBACK, GENERATE, ApiKey
+from bailu.keys.store import KeyRegistry
 from bailu.registry.index import RegistryIndex
 
 log = logging.getLogger(__name__)
+
+
+def request_headers(request: Request) -> dict[str, str]:
+    """The request's headers by lower-cased name (the last one wins)."""
+    return {name.lower(): value for name, value in request.headers.items()}
 
 
 def create_app(
@@ -97,14 +107,21 @@ def create_app(
         settings.max_attempts,
         first_token_timeout_s=settings.first_token_timeout_s,
         idle_timeout_s=settings.stream_idle_timeout_s,
+        admission=AdmissionPolicy.from_settings(settings),
     )
-    handler = CompletionHandler(settings, resolver, router, metrics, completion_log)
+    auth = Authenticator(keys, KeyRegistry(redis) if redis is not None else None, metrics, cache_s=settings.key_cache_s)
+    # A lease outlives the longest completion, so that a replica that dies leaks a key's slot only that long.
+    quotas = Quotas(redis, metrics, lease_ttl_s=settings.request_timeout_s + 30, timeout_s=settings.redis_timeout_s)
+    handler = CompletionHandler(settings, resolver, router, metrics, completion_log, quotas)
     if not settings.workers and not settings.workers_dns and not pool.workers:
         log.warning("no workers configured: set BAILU_GATEWAY_WORKERS or BAILU_GATEWAY_WORKERS_DNS")
-    if not len(keys):
+    if not auth.configured:
         log.warning("no API keys configured: every /v1 request will be refused")
     if redis is None:
-        log.warning("no Redis configured: completions are not logged and feedback is refused")
+        log.warning(
+            "no Redis configured: completions are not logged, feedback is refused, only static API keys work "
+            "and quotas are this replica's own"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -121,6 +138,7 @@ def create_app(
             if completion_log is not None:
                 await completion_log.close()
             await pool.close()
+            await quotas.close()
             if redis is not None:
                 await redis.aclose()
 
@@ -133,8 +151,22 @@ def create_app(
     errors.install(app)
     openapi.install(app)
 
-    def key_id(request: Request) -> str:
-        return str(request.scope.get("state", {}).get("key_id", ""))
+    def caller(scope: str) -> Any:
+        """The dependency that hands a route its caller's key, refusing (403) a key without `scope`."""
+
+        def check(request: Request) -> ApiKey:
+            key: ApiKey = request.scope["state"]["api_key"]
+            if not key.allows(scope):
+                metrics.auth_rejections.labels("scope").inc()
+                raise PermissionDenied(
+                    f"the API key {key.id} lacks the {scope!r} scope that {request.method} {request.url.path} "
+                    f"needs (its scopes: {', '.join(sorted(key.scopes)) or 'none'})"
+                )
+            return key
+
+        return Depends(check)
+
+    generating, rating = caller(GENERATE), caller(FEEDBACK)
 
     @app.post(
         "/v1/chat/completions",
@@ -142,9 +174,11 @@ def create_app(
         summary="Chat completion (OpenAI-compatible), streamed with `stream: true`",
         responses=openapi.completion_responses(ChatCompletion, ChatCompletionChunk, openapi.COMPLETION_ERRORS),
     )
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        target, gen = handler.build_request(body, max_tokens=body.effective_max_tokens())
-        return await handler.respond(request, "chat", body, target, gen, key_id(request))
+    async def chat_completions(body: ChatCompletionRequest, request: Request, key: ApiKey = generating) -> Response:
+        target, gen = handler.build_request(
+            body, max_tokens=body.effective_max_tokens(), key=key, headers=request_headers(request)
+        )
+        return await handler.respond(request, "chat", body, target, gen, key)
 
     @app.post(
         "/v1/completions",
@@ -152,10 +186,10 @@ def create_app(
         summary="Text completion (OpenAI-compatible), streamed with `stream: true`",
         responses=openapi.completion_responses(TextCompletion, TextCompletionChunk, openapi.COMPLETION_ERRORS),
     )
-    async def completions(body: CompletionRequest, request: Request) -> Response:
+    async def completions(body: CompletionRequest, request: Request, key: ApiKey = generating) -> Response:
         max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
-        target, gen = handler.build_request(body, max_tokens=max_tokens)
-        return await handler.respond(request, "text", body, target, gen, key_id(request))
+        target, gen = handler.build_request(body, max_tokens=max_tokens, key=key, headers=request_headers(request))
+        return await handler.respond(request, "text", body, target, gen, key)
 
     @app.post(
         "/v1/feedback",
@@ -166,7 +200,7 @@ def create_app(
     )
     async def post_feedback(
         body: FeedbackRequest,
-        request: Request,
+        key: ApiKey = rating,
         idempotency_key: Annotated[
             str | None,
             Header(
@@ -179,7 +213,7 @@ def create_app(
     ) -> FeedbackAccepted:
         if feedback is None:
             raise feedback_disabled()
-        return await feedback.accept(body, key_id(request), idempotency_key)
+        return await feedback.accept(body, key.id, idempotency_key)
 
     @app.get("/v1/models", response_model=ModelList, response_model_exclude_none=True, summary="List the models")
     async def list_models() -> ModelList:
@@ -221,7 +255,7 @@ def create_app(
     # Added once every route exists: the request metrics get one route label per route.
     app.add_middleware(
         GatewayMiddleware,
-        keys=keys,
+        auth=auth,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         route_labels=RouteLabels(app.routes),

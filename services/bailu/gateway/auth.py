@@ -7,23 +7,22 @@ python -m bailu.gateway.auth hash KEY
 from __future__ import annotations
 
 import argparse
-import hashlib
-import secrets
-from collections.abc import Iterable
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
-from bailu.common.errors import AuthenticationFailed
+from redis.exceptions import RedisError
 
-PREFIX = "sha256:"
-KEY_PREFIX = "bailu-"
+from bailu.common.errors import AuthenticationFailed, KeyExpired, KeyRevoked, Unavailable
+from bailu.common.metrics import GatewayMetrics
+from bailu.keys.model import EXPIRED, REVOKED, ApiKey, hash_key, new_key
+from bailu.keys.model import HASH_PREFIX as PREFIX
+from bailu.keys.store import KeyRegistry
 
-
-def hash_key(key: str) -> str:
-    return PREFIX + hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
+log = logging.getLogger(__name__)
 
 
 def _normalise(entry: str) -> str:
@@ -35,8 +34,20 @@ def _normalise(entry: str) -> str:
     return PREFIX + digest
 
 
+def bearer_digest(authorization: str | None) -> str:
+    """The hash of the key in an `Authorization: Bearer <key>` header; `AuthenticationFailed` without one."""
+    if not authorization:
+        raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationFailed("malformed Authorization header: expected 'Bearer <key>'")
+    return hash_key(token)
+
+
 class KeyStore:
-    """Verifies bearer tokens against a set of key hashes."""
+    """The static keys: hashes from the keys file (a mounted Secret) and the env. Each has every scope, no
+    limits and interactive priority."""
 
     def __init__(self, hashes: Iterable[str]) -> None:
         self._hashes = frozenset(_normalise(h) for h in hashes)
@@ -55,19 +66,92 @@ class KeyStore:
     def __len__(self) -> int:
         return len(self._hashes)
 
-    def verify(self, authorization: str | None) -> str:
-        """The key's id (a hash prefix, safe to log) for a valid `Authorization` header; else raise."""
-        if not authorization:
-            raise AuthenticationFailed("missing API key: send 'Authorization: Bearer <key>'")
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise AuthenticationFailed("malformed Authorization header: expected 'Bearer <key>'")
-        digest = hash_key(token)
+    def lookup(self, digest: str) -> ApiKey | None:
         # A set lookup on the hash is safe: timing can only reveal bits of a SHA-256 digest.
-        if digest not in self._hashes:
+        return ApiKey.static(digest) if digest in self._hashes else None
+
+    def verify(self, authorization: str | None) -> ApiKey:
+        """The static key of a valid `Authorization` header; else raise `AuthenticationFailed`."""
+        key = self.lookup(bearer_digest(authorization))
+        if key is None:
             raise AuthenticationFailed("incorrect API key provided")
-        return digest[len(PREFIX) : len(PREFIX) + 12]
+        return key
+
+
+class Authenticator:
+    """Checks every request's key: the static keys first, then the keys `bailu keys` manages in Redis.
+
+    A record read from Redis (or its absence) is trusted for `cache_s`, so that revoking or changing a key takes
+    effect on every replica within that time while a busy replica asks Redis at most once per key and period.
+    While Redis does not answer, the last record read stays in use (a key seen before keeps working, a
+    revocation made meanwhile waits for Redis); a key never seen gets 503, never a 401 it does not deserve."""
+
+    def __init__(
+        self,
+        static: KeyStore,
+        registry: KeyRegistry | None,
+        metrics: GatewayMetrics,
+        *,
+        cache_s: float = 2.0,
+        max_cached: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.static = static
+        self.registry = registry
+        self.metrics = metrics
+        self.cache_s = cache_s
+        self.max_cached = max_cached
+        self.clock = clock
+        # digest -> (when read, the record or None for "no such key"), oldest first.
+        self._cache: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
+
+    @property
+    def configured(self) -> bool:
+        """Whether any key can ever be accepted."""
+        return bool(len(self.static)) or self.registry is not None
+
+    async def authenticate(self, authorization: str | None) -> ApiKey:
+        """The caller's key; `AuthenticationFailed` (or `KeyRevoked`, `KeyExpired`) when it may not call."""
+        try:
+            digest = bearer_digest(authorization)
+        except AuthenticationFailed:
+            self.metrics.auth_rejections.labels("missing" if not authorization else "malformed").inc()
+            raise
+        key = self.static.lookup(digest)
+        if key is None and self.registry is not None:
+            key = await self._managed(digest)
+        if key is None:
+            self.metrics.auth_rejections.labels("unknown").inc()
+            raise AuthenticationFailed("incorrect API key provided")
+        state = key.state(time.time())
+        if state == REVOKED:
+            self.metrics.auth_rejections.labels("revoked").inc()
+            raise KeyRevoked(f"the API key {key.id} was revoked")
+        if state == EXPIRED:
+            self.metrics.auth_rejections.labels("expired").inc()
+            expired = datetime.fromtimestamp(key.expires_at or 0, UTC).isoformat(timespec="seconds")
+            raise KeyExpired(f"the API key {key.id} expired at {expired}")
+        return key
+
+    async def _managed(self, digest: str) -> ApiKey | None:
+        assert self.registry is not None
+        cached = self._cache.get(digest)
+        now = self.clock()
+        if cached is not None and now - cached[0] < self.cache_s:
+            return cached[1]
+        try:
+            key = await self.registry.by_hash(digest)
+        except (RedisError, OSError) as exc:
+            if cached is not None:
+                return cached[1]  # stale, but the best this replica knows
+            self.metrics.auth_rejections.labels("store_unavailable").inc()
+            log.warning("API key store unreachable", extra={"error": type(exc).__name__})
+            raise Unavailable("the API key store is unreachable; retry shortly") from None
+        self._cache[digest] = (now, key)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        return key
 
 
 def main() -> None:

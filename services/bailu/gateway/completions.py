@@ -17,15 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from bailu.common.errors import BailuError, Cancelled, RequestTooLarge
+from bailu.common.errors import BailuError, Cancelled, PriorityDenied, RequestTooLarge
 from bailu.common.logging import request_id_var
 from bailu.common.metrics import GatewayMetrics
 from bailu.common.types import GenerateChunk, GenerateRequest
@@ -34,9 +35,12 @@ from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.lifecycle import Body, Completion
 from bailu.gateway.model_names import ModelResolver, Target
 from bailu.gateway.openai_format import SSE_DONE, Candidate, ResponseBuilder, sse, total_usage
+from bailu.gateway.priority import request_class
+from bailu.gateway.quotas import Quotas
 from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest
 from bailu.gateway.settings import GatewaySettings
+from bailu.keys.model import ApiKey
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,14 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+def estimated_prompt_tokens(gen: GenerateRequest) -> int:
+    """The prompt's tokens as the gateway guesses them before a worker counts them (about four characters a
+    token, plus a few per chat message for its template): what a key's tokens-per-minute quota reserves."""
+    if gen.messages is not None:
+        return sum(math.ceil(len(m.content) / 4) + 4 for m in gen.messages)
+    return math.ceil(len(gen.prompt or "") / 4)
+
+
 class CompletionHandler:
     """Turns validated OpenAI requests into routed generations and OpenAI responses."""
 
@@ -78,15 +90,26 @@ class CompletionHandler:
         router: Router,
         metrics: GatewayMetrics,
         completion_log: CompletionLog | None,
+        quotas: Quotas,
     ) -> None:
         self.settings = settings
+        self.quotas = quotas
         self.resolver = resolver
         self.router = router
         self.metrics = metrics
         self.completion_log = completion_log
 
-    def build_request(self, body: Body, *, max_tokens: int | None) -> tuple[Target, GenerateRequest]:
-        """Resolve the client's model and build the generation to route (raises the request's errors)."""
+    def build_request(
+        self, body: Body, *, max_tokens: int | None, key: ApiKey, headers: Mapping[str, str]
+    ) -> tuple[Target, GenerateRequest]:
+        """Resolve the client's model and build the generation to route, in the request's priority class with
+        its first-token deadline (`priority.request_class`); raises the request's errors."""
+        now = time.time()
+        try:
+            priority, first_token_deadline = request_class(headers, key.priority, self.settings, now)
+        except PriorityDenied:
+            self.metrics.auth_rejections.labels("priority").inc()
+            raise
         target = self.resolver.resolve(body.model)
         if isinstance(body, ChatCompletionRequest):
             messages, prompt = body.messages_domain(), None
@@ -106,38 +129,53 @@ class CompletionHandler:
             messages=messages,
             prompt=prompt,
             sampling=body.sampling(max_tokens),
-            deadline=time.time() + self.settings.request_timeout_s,
+            deadline=now + self.settings.request_timeout_s,
+            priority=priority,
+            first_token_deadline=first_token_deadline,
         )
         request.validate()
         self.metrics.model_requests.labels(body.model, target.resolved).inc()
         return target, request
 
     async def respond(
-        self, request: Request, kind: str, body: Body, target: Target, gen: GenerateRequest, key_id: str
+        self, request: Request, kind: str, body: Body, target: Target, gen: GenerateRequest, key: ApiKey
     ) -> Response:
+        """Admit the request under the key's quotas, run it, and answer (every answer, errors included, carries
+        the key's `x-ratelimit-*` headers)."""
+        reserved = estimated_prompt_tokens(gen)
+        admission = await self.quotas.admit(key, tokens=reserved)
         store = body.store if body.store is not None else self.settings.store_default
-        completion = Completion(
-            kind,
-            body,
-            target,
-            gen,
-            key_id=key_id,
-            router=self.router,
-            metrics=self.metrics,
-            completion_log=self.completion_log if store else None,
-            stream_buffer_chunks=self.settings.stream_buffer_chunks,
-            client_write_timeout_s=self.settings.client_write_timeout_s,
-        )
+        try:
+            completion = Completion(
+                kind,
+                body,
+                target,
+                gen,
+                key_id=key.id,
+                router=self.router,
+                metrics=self.metrics,
+                completion_log=self.completion_log if store else None,
+                stream_buffer_chunks=self.settings.stream_buffer_chunks,
+                client_write_timeout_s=self.settings.client_write_timeout_s,
+                admission=admission,
+                reserved_tokens=reserved,
+            )
+        except BaseException:
+            await admission.settle(0)
+            raise
         streaming = False
         try:
             firsts = await until_disconnect(request, completion.first_chunks())
             if body.stream:
-                response = completion.stream(self._sse(completion, firsts), SSE_HEADERS)
+                response = completion.stream(self._sse(completion, firsts), {**SSE_HEADERS, **admission.headers})
                 streaming = True  # from here the response closes the completion
                 return response
             await until_disconnect(request, completion.collect(firsts))
             completion.finish()
-            return JSONResponse(completion.builder.full(completion.candidates))
+            return JSONResponse(completion.builder.full(completion.candidates), headers=admission.headers)
+        except BailuError as exc:
+            exc.headers = {**admission.headers, **exc.headers}
+            raise
         finally:
             if not streaming:
                 await completion.close()

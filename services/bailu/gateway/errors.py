@@ -37,7 +37,7 @@ def error_body(error: BailuError) -> dict[str, Any]:
 
 
 def error_response(error: BailuError, headers: dict[str, str] | None = None) -> JSONResponse:
-    headers = dict(headers or {})
+    headers = {**error.headers, **(headers or {})}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
     return JSONResponse(error_body(error), status_code=error.http_status, headers=headers)

@@ -30,6 +30,7 @@ from bailu.gateway.backpressure import ClientWriteTimeout, send_within
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.model_names import Target
 from bailu.gateway.openai_format import Candidate, ResponseBuilder, new_id, total_usage
+from bailu.gateway.quotas import Admission
 from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -79,11 +80,17 @@ class Completion:
         completion_log: CompletionLog | None,
         stream_buffer_chunks: int = 32,
         client_write_timeout_s: float = 30.0,
+        admission: Admission | None = None,
+        reserved_tokens: int = 0,
     ) -> None:
         """`completion_log` is where `finish` submits the record (None: not stored). `stream_buffer_chunks`
         bounds the chunks the merge of `n` > 1 candidates holds for a slow client; a streaming response
-        gives up on a client that takes longer than `client_write_timeout_s` to accept one write."""
+        gives up on a client that takes longer than `client_write_timeout_s` to accept one write.
+        `admission` is the key's quota admission, settled with the tokens used when the completion closes
+        (`reserved_tokens`, the prompt's estimate, stands for the prompt when no usage came back)."""
         self.body, self.target, self.gen, self.key_id = body, target, gen, key_id
+        self.admission = admission
+        self.reserved_tokens = reserved_tokens
         self.metrics = metrics
         self.completion_log = completion_log
         self.stream_buffer_chunks = stream_buffer_chunks
@@ -194,14 +201,24 @@ class Completion:
             )
         )
 
+    def tokens_used(self) -> int:
+        """Prompt plus completion tokens, for the key's tokens-per-minute quota: the usage the workers reported,
+        else (a completion cut short) the prompt's estimate and the tokens streamed so far."""
+        usage = total_usage(self.candidates)
+        prompt = usage.prompt_tokens if usage is not None else self.reserved_tokens
+        return prompt + sum(c.usage.completion_tokens if c.usage else c.tokens for c in self.candidates)
+
     async def close(self) -> None:
-        """Out of flight; the response body, then the worker streams, closed (the worker calls cancelled)."""
+        """Out of flight; the response body, then the worker streams, closed (the worker calls cancelled); the
+        quota admission settled."""
         if self._closed:
             return
         self._closed = True
         self.metrics.inflight.dec()
         # Shielded: a caller cancelled once more while closing must not leave a worker call open.
         await asyncio.shield(self._close_streams())
+        if self.admission is not None:
+            await asyncio.shield(self.admission.settle(self.tokens_used()))
 
     async def _close_streams(self) -> None:
         # The body first: closing it stops the tasks that read the streams (`chunks`), which cannot be

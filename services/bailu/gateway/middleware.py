@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bailu.common.errors import BailuError, BodyTooLarge
 from bailu.common.logging import request_id_var
 from bailu.common.metrics import GatewayMetrics
-from bailu.gateway.auth import KeyStore
+from bailu.gateway.auth import Authenticator
 from bailu.gateway.errors import error_response
 
 log = logging.getLogger("bailu.gateway.access")
@@ -41,20 +41,21 @@ class RouteLabels:
 
 class GatewayMiddleware:
     """Gives every request an id (`X-Request-Id`, kept from the client when sane), buffers bodies up
-    to `max_body_bytes` (413 beyond), checks the API key on `/v1/` routes, logs and counts requests
-    (labelled by `route_labels`)."""
+    to `max_body_bytes` (413 beyond), checks the API key on `/v1/` routes (the caller's `ApiKey` goes to
+    `scope["state"]["api_key"]`, for the routes' scope checks and quotas), logs and counts requests (labelled
+    by `route_labels`)."""
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        keys: KeyStore,
+        auth: Authenticator,
         metrics: GatewayMetrics,
         max_body_bytes: int,
         route_labels: RouteLabels,
     ) -> None:
         self.app = app
-        self.keys = keys
+        self.auth = auth
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.route_labels = route_labels
@@ -82,7 +83,8 @@ class GatewayMiddleware:
         try:
             if path.startswith(AUTHENTICATED_PREFIX):
                 try:
-                    scope.setdefault("state", {})["key_id"] = self.keys.verify(headers.get("authorization"))
+                    key = await self.auth.authenticate(headers.get("authorization"))
+                    scope.setdefault("state", {})["api_key"] = key
                 except BailuError as exc:
                     await error_response(exc)(scope, receive, send_wrapper)
                     return
@@ -110,7 +112,7 @@ class GatewayMiddleware:
                     "path": path,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 1),
-                    "key_id": scope.get("state", {}).get("key_id"),
+                    "key_id": key.id if (key := scope.get("state", {}).get("api_key")) else None,
                 },
             )
             request_id_var.reset(token)

@@ -37,7 +37,10 @@ RETRY_AFTER_STATUSES = frozenset(c.http_status for c in ERROR_CLASSES.values() i
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Invalid request: malformed JSON, a wrong type, an out-of-range or unknown parameter, text that is not "
     "valid Unicode; `error.param` names the field",
-    401: "Missing or unknown API key (`Authorization: Bearer <key>`)",
+    401: "Missing or unknown API key (`Authorization: Bearer <key>`), or one revoked (`code: api_key_revoked`) or "
+    "expired (`code: api_key_expired`)",
+    503: "The API key store (Redis) does not answer and this replica has not seen the key before; retry after "
+    "`Retry-After`",
     413: "The body is larger than `BAILU_GATEWAY_MAX_BODY_BYTES` (`code: request_too_large`)",
 }
 
@@ -47,16 +50,22 @@ COMPLETION_ERRORS: dict[int, str] = {
     404: "Unknown model (`code: model_not_found`), or a registry version (`name@version`) no worker serves",
     413: "The body is larger than `BAILU_GATEWAY_MAX_BODY_BYTES` (`code: request_too_large`), or the prompt longer "
     "than `BAILU_GATEWAY_MAX_PROMPT_CHARS` or the model's context (`code: context_length_exceeded`)",
-    429: "Every worker's queue is full; retry after `Retry-After`",
-    503: "No worker is ready, or none has loaded the requested version yet; retry after `Retry-After`",
+    403: "The API key lacks the `generate` scope (`code: missing_scope`)",
+    429: "The API key is over a quota (`code: rate_limit_exceeded`, `type: requests` or `tokens`; or "
+    "`concurrency_limit_exceeded`), or every worker's queue is full (`code: server_overloaded`); retry after "
+    "`Retry-After`",
+    503: "No worker is ready, or none has loaded the requested version yet; or the API key store does not answer; "
+    "retry after `Retry-After`",
     504: "The request's deadline (`BAILU_GATEWAY_REQUEST_TIMEOUT_S`) passed (`code: deadline_exceeded`), or its "
     "worker stopped sending (`code: upstream_stalled`)",
 }
 FEEDBACK_ERRORS: dict[int, str] = {
     400: ERROR_DESCRIPTIONS[400] + "; or fields that do not fit the feedback's `type`",
+    403: "The API key lacks the `feedback` scope (`code: missing_scope`)",
     404: "Unknown or expired response id, or one that belongs to another API key",
     409: "The idempotency key (`Idempotency-Key`, else `feedback_id`) was used before with a different body",
-    503: "Feedback storage (Redis) is unavailable or not configured; retry after `Retry-After`",
+    503: "Feedback storage (Redis) is unavailable or not configured, or the API key store does not answer; retry "
+    "after `Retry-After`",
 }
 
 
@@ -153,6 +162,7 @@ def shape(document: dict[str, Any], models: Iterable[tuple[type[BaseModel], Json
             if path.startswith(AUTHENTICATED_PREFIX):
                 operation["security"] = [{BEARER_SCHEME: []}]
                 responses.setdefault("401", _error_entry(401))
+                responses.setdefault("503", _error_entry(503))
             operation["responses"] = _by_status(responses)
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -165,7 +175,7 @@ def shape(document: dict[str, Any], models: Iterable[tuple[type[BaseModel], Json
         BEARER_SCHEME: {
             "type": "http",
             "scheme": "bearer",
-            "description": "An API key (`python -m bailu.gateway.auth new` makes one)",
+            "description": "An API key (`bailu keys create`; a static one: `python -m bailu.gateway.auth new`)",
         }
     }
     return document

@@ -14,7 +14,10 @@ from bailu.common.settings import ServiceSettings
 class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BAILU_GATEWAY_", extra="ignore", frozen=True)
 
-    host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
+    host: str = Field(
+        "0.0.0.0",  # nosec B104 # in a pod: clients come through its Service
+        description="Address the HTTP server binds to.",
+    )
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
     workers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Static worker gRPC addresses, comma-separated host:port."
@@ -33,6 +36,13 @@ class GatewaySettings(ServiceSettings):
     )
     api_key_hashes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="API key hashes, comma-separated `sha256:<hex>`."
+    )
+    key_cache_s: float = Field(
+        2.0,
+        ge=0,
+        description="How long a replica trusts its copy of an API key's record from Redis (`bailu keys`) before "
+        "reading it again: a revoked or changed key takes effect on every replica within this time. While Redis "
+        "does not answer, the last copy read stays in use.",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (413 above).")
     max_prompt_chars: int = Field(
@@ -101,6 +111,33 @@ class GatewaySettings(ServiceSettings):
     )
     feedback_idempotency_ttl_s: int = Field(
         24 * 3600, ge=60, description="How long an Idempotency-Key (or feedback_id) is remembered."
+    )
+    admission_control: bool = Field(
+        True,
+        description="Priority-aware admission: route each request to the worker with the shortest estimated queue "
+        "wait for its class, refuse at once (503 ttft_deadline_unmeetable) an interactive request no worker can "
+        "start before its time-to-first-token deadline, and shed batch requests (503 shed_under_load) while every "
+        "worker's queue holds batch_queue_share of its max_queue. Off, as before: least-loaded routing, and requests "
+        "reach the workers without their priority class or deadline, so they wait in arrival order and time out late.",
+    )
+    batch_queue_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Admission control: batch requests are shed while every worker's queue is at least this "
+        "share of its max_queue, so that batch work never fills the room interactive requests need.",
+    )
+    interactive_ttft_deadline_s: float = Field(
+        10.0,
+        ge=0,
+        description="Time-to-first-token deadline of an interactive request when it gives none "
+        "(X-Bailu-TTFT-Deadline-Ms); 0: none.",
+    )
+    batch_ttft_deadline_s: float = Field(
+        0.0,
+        ge=0,
+        description="Time-to-first-token deadline of a batch request when it gives none "
+        "(X-Bailu-TTFT-Deadline-Ms); 0: none.",
     )
 
     @field_validator("workers", "workers_dns", "api_key_hashes", mode="before")

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from bailu.common.errors import AuthenticationFailed
-from bailu.gateway.auth import KEY_PREFIX, PREFIX, KeyStore, hash_key, new_key
+from bailu.gateway.auth import KeyStore
+from bailu.keys.model import HASH_PREFIX as PREFIX
+from bailu.keys.model import KEY_PREFIX, hash_key, new_key
 
 KEY = "bailu-unit-test-key"
 HEX = hashlib.sha256(KEY.encode()).hexdigest()
@@ -27,15 +29,18 @@ def test_new_keys_are_prefixed_and_distinct() -> None:
 
 
 def test_good_key_returns_a_loggable_id() -> None:
-    key_id = KeyStore([hash_key(KEY)]).verify(f"Bearer {KEY}")
-    assert key_id == HEX[:12]
-    assert KEY not in key_id
+    key = KeyStore([hash_key(KEY)]).verify(f"Bearer {KEY}")
+    assert key.id == HEX[:12]
+    assert KEY not in key.id
+    # A static key may do everything, without limits.
+    assert key.scopes == {"generate", "feedback", "admin"}
+    assert key.limits.unlimited
 
 
 def test_scheme_is_case_insensitive_and_extra_spaces_are_ignored() -> None:
     store = KeyStore([hash_key(KEY)])
-    assert store.verify(f"bearer {KEY}") == HEX[:12]
-    assert store.verify(f"Bearer   {KEY}  ") == HEX[:12]
+    assert store.verify(f"bearer {KEY}").id == HEX[:12]
+    assert store.verify(f"Bearer   {KEY}  ").id == HEX[:12]
 
 
 def test_unknown_key_is_refused() -> None:
@@ -74,7 +79,7 @@ def test_empty_store_refuses_everything() -> None:
 )
 def test_hash_entries_are_normalised(entry: str) -> None:
     store = KeyStore([entry])
-    assert store.verify(f"Bearer {KEY}") == HEX[:12]
+    assert store.verify(f"Bearer {KEY}").id == HEX[:12]
 
 
 def test_same_hash_in_two_spellings_counts_once() -> None:

@@ -9,9 +9,10 @@ from prometheus_client import CollectorRegistry
 from starlette.routing import Route
 
 from bailu.gateway.app import create_app
-from bailu.gateway.auth import KeyStore, hash_key
+from bailu.gateway.auth import KeyStore
 from bailu.gateway.middleware import OTHER_ROUTE, RouteLabels
 from bailu.gateway.settings import GatewaySettings
+from bailu.keys.model import hash_key
 
 pytestmark = pytest.mark.usefixtures("clean_bailu_env")
 
