@@ -307,6 +307,48 @@ def start_redis(
     return group.launch(make, ready_timeout=20, attempts=attempts), port
 
 
+@dataclass
+class SimWorker:
+    """A worker process with the sim engine, started by `start_sim_worker`."""
+
+    service: Service
+    port: int  # gRPC
+    http_port: int  # /readyz, /metrics
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/metrics"
+
+
+def start_sim_worker(
+    group: ServiceGroup, name: str, model: str, settings: dict[str, str], *, ready_timeout: float = 60
+) -> SimWorker:
+    """Start `python -m bailu.worker` with the sim engine on free ports (others if they were taken meanwhile),
+    logging to bench/results/<name>.log; `settings` are more BAILU_WORKER_* variables, without the prefix
+    (`{"SIM_ITL_MS": "20"}`). Stopped with the group."""
+    ports = {"grpc": 0, "http": 0}
+
+    def make() -> tuple[dict[str, str], str]:
+        ports["grpc"], ports["http"] = free_port(), free_port()
+        env = {
+            "BAILU_WORKER_ENGINE": "sim",
+            "BAILU_WORKER_HOST": "127.0.0.1",
+            "BAILU_WORKER_PORT": str(ports["grpc"]),
+            "BAILU_WORKER_HTTP_PORT": str(ports["http"]),
+            "BAILU_WORKER_MODEL_NAME": model,
+            "BAILU_WORKER_LOG_LEVEL": "WARNING",
+            **{f"BAILU_WORKER_{key}": value for key, value in settings.items()},
+        }
+        return env, f"http://127.0.0.1:{ports['http']}/readyz"
+
+    service = group.start(name, "bailu.worker", make, ready_timeout=ready_timeout)
+    return SimWorker(service, ports["grpc"], ports["http"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Statistics
 

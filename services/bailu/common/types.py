@@ -17,6 +17,10 @@ MAX_TOKENS_LIMIT = 1 << 20
 TOP_K_LIMIT = 1 << 20
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 ROLES = frozenset({"system", "user", "assistant"})
+# Priority classes of a request (an API key's `priority`): interactive requests go before batch ones in a
+# worker's queue, and batch ones are shed first under load.
+INTERACTIVE, BATCH = "interactive", "batch"
+PRIORITIES = (INTERACTIVE, BATCH)
 
 
 class FinishReason(enum.StrEnum):
@@ -84,9 +88,13 @@ class GenerateRequest:
     adapter: str = ""
     sampling: SamplingParams = field(default_factory=SamplingParams)
     deadline: float | None = None  # Unix time in seconds
+    priority: str = INTERACTIVE  # one of PRIORITIES
+    first_token_deadline: float | None = None  # Unix time in seconds by which the first token is wanted
 
     def validate(self) -> None:
         """Raise `InvalidRequest` for a request no engine could serve."""
+        if self.priority not in PRIORITIES:
+            raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
         if (self.messages is None) == (self.prompt is None):
             raise InvalidRequest("exactly one of messages or prompt must be given", param="messages")
         if self.messages is not None:
@@ -181,11 +189,16 @@ class EngineCapabilities:
 
 @dataclass(frozen=True, slots=True)
 class LoadReport:
+    """A worker's load: requests `queued` for a slot (`queued_batch` of them batch), `running`, the engine's
+    `capacity` and `max_queue`, and `service_s`, the mean time a request holds a slot (0: not measured yet)."""
+
     queued: int
     running: int
     capacity: int
     max_queue: int
     ready: bool
+    queued_batch: int = 0
+    service_s: float = 0.0
 
     @property
     def free_slots(self) -> int:

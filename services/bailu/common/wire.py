@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from bailu.common.types import (
+    BATCH,
+    INTERACTIVE,
     ChatMessage,
     EngineCapabilities,
     FinishReason,
@@ -17,6 +19,9 @@ from bailu.v1 import worker_pb2 as pb
 
 _FINISH_TO_PB = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH}
 _FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
+_PRIORITY_TO_PB = {INTERACTIVE: pb.PRIORITY_INTERACTIVE, BATCH: pb.PRIORITY_BATCH}
+# PRIORITY_UNSPECIFIED (an older gateway) and values newer than this code are served as interactive.
+_PRIORITY_FROM_PB = {pb.PRIORITY_BATCH: BATCH}
 _OPTIONAL_SAMPLING = (
     "max_tokens",
     "temperature",
@@ -41,6 +46,8 @@ def request_to_pb(req: GenerateRequest) -> pb.GenerateRequest:
         adapter=req.adapter,
         sampling=sampling,
         deadline_unix_ms=int(req.deadline * 1000) if req.deadline else 0,
+        priority=_PRIORITY_TO_PB.get(req.priority, pb.PRIORITY_UNSPECIFIED),
+        first_token_deadline_unix_ms=int(req.first_token_deadline * 1000) if req.first_token_deadline else 0,
     )
     if req.is_chat:
         msg.chat.messages.extend(pb.ChatMessage(role=m.role, content=m.content) for m in req.as_messages())
@@ -64,6 +71,8 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerateRequest:
         prompt=msg.prompt if which == "prompt" else None,
         sampling=sampling,
         deadline=msg.deadline_unix_ms / 1000 if msg.deadline_unix_ms else None,
+        priority=_PRIORITY_FROM_PB.get(msg.priority, INTERACTIVE),
+        first_token_deadline=msg.first_token_deadline_unix_ms / 1000 if msg.first_token_deadline_unix_ms else None,
     )
 
 
@@ -102,6 +111,8 @@ def load_to_pb(load: LoadReport) -> pb.LoadReport:
         capacity=load.capacity,
         max_queue=load.max_queue,
         ready=load.ready,
+        queued_batch=load.queued_batch,
+        service_s=load.service_s,
     )
 
 
@@ -112,6 +123,8 @@ def load_from_pb(msg: pb.LoadReport) -> LoadReport:
         capacity=msg.capacity,
         max_queue=msg.max_queue,
         ready=msg.ready,
+        queued_batch=msg.queued_batch,
+        service_s=msg.service_s,
     )
 
 

@@ -6,18 +6,24 @@ Time bounds of one attempt (the request's deadline bounds them all):
   poll interval and a poll timeout, not the TTFT budget;
 - after it, `stream_idle_timeout_s` between chunks (`WorkerClient.generate`).
 A stall before the first token is retried like any other retryable error; after it, it ends the stream.
+
+With admission control (`AdmissionPolicy`, gateway/priority.py) each attempt first asks whether the request
+can be served in time at all (refused at once with `DeadlineUnmeetable` or `Shed` if not, counted in
+bailu_gateway_shed_total), then goes to the worker with the shortest estimated wait for its priority class.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
 
-from bailu.common.errors import BailuError, DeadlineExceeded, Stalled
+from bailu.common.errors import BailuError, DeadlineExceeded, DeadlineUnmeetable, Shed, Stalled
 from bailu.common.metrics import GatewayMetrics
-from bailu.common.types import GenerateChunk, GenerateRequest
+from bailu.common.types import INTERACTIVE, GenerateChunk, GenerateRequest
+from bailu.gateway.priority import SHED_REASONS, AdmissionPolicy
 from bailu.gateway.workers import WorkerClient, WorkerPool, WorkerStream
 
 log = logging.getLogger(__name__)
@@ -32,13 +38,18 @@ class Router:
         *,
         first_token_timeout_s: float | None = None,
         idle_timeout_s: float | None = None,
+        admission: AdmissionPolicy | None = None,
     ) -> None:
-        """`first_token_timeout_s` and `idle_timeout_s` bound each attempt (None: only the deadline does)."""
+        """`first_token_timeout_s` and `idle_timeout_s` bound each attempt (None: only the deadline does);
+        `admission` is the admission control policy. None turns the feature off, as before it: least-loaded
+        routing, no refusals, and requests reach the workers without priority class or first-token deadline,
+        so that they wait in arrival order."""
         self.pool = pool
         self.metrics = metrics
         self.max_attempts = max_attempts
         self.first_token_timeout_s = first_token_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.admission = admission
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         """Chunks of the completion. Before the first chunk, a worker that is overloaded, unavailable,
@@ -46,9 +57,18 @@ class Router:
         reach the caller. Closing the iterator cancels the worker's stream."""
         tried: set[str] = set()
         last_error: BailuError | None = None
+        if self.admission is None:
+            request = dataclasses.replace(request, priority=INTERACTIVE, first_token_deadline=None)
         while True:
+            self._admit(request, tried)
             try:
-                worker = self.pool.pick(request.model, request.adapter, tried, raw_prompt=not request.is_chat)
+                worker = self.pool.pick(
+                    request.model,
+                    request.adapter,
+                    tried,
+                    raw_prompt=not request.is_chat,
+                    priority=None if self.admission is None else request.priority,
+                )
             except BailuError:
                 if last_error is not None:
                     raise last_error from None  # no other worker: report the worker's own error
@@ -83,6 +103,17 @@ class Router:
                 last_error = exc
             finally:
                 await stream.aclose()
+
+    def _admit(self, request: GenerateRequest, tried: set[str]) -> None:
+        """With admission control, refuse a request no untried worker can serve in time (and count it)."""
+        if self.admission is None:
+            return
+        try:
+            self.admission.check(request, self.pool.candidates(request.model, request.adapter, tried), time.time())
+        except (DeadlineUnmeetable, Shed) as exc:
+            self.metrics.shed.labels(request.priority, SHED_REASONS[type(exc)]).inc()
+            log.info("request refused by admission control", extra={"error": exc.name, "reason": exc.message})
+            raise
 
     def _elsewhere(self, request: GenerateRequest, tried: set[str]) -> bool:
         """Whether another attempt may go to another worker now."""

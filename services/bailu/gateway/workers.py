@@ -17,7 +17,7 @@ from bailu.common import grpc_keepalive, wire
 from bailu.common.errors import BailuError, Stalled, Unavailable
 from bailu.common.grpc_errors import from_status
 from bailu.common.tasks import cancel_and_wait
-from bailu.common.types import EngineCapabilities, GenerateChunk, GenerateRequest, LoadReport, ModelCard
+from bailu.common.types import BATCH, EngineCapabilities, GenerateChunk, GenerateRequest, LoadReport, ModelCard
 from bailu.gateway.backpressure import GRPC_FLOW_CONTROL_OPTIONS
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
@@ -29,6 +29,27 @@ log = logging.getLogger(__name__)
 MISSED_POLLS_UNREACHABLE = 2
 # The floor of a load poll's deadline (it is twice the poll interval above it).
 MIN_POLL_TIMEOUT_S = 0.5
+
+
+def estimated_wait_s(load: LoadReport, priority: str, *, inflight: int = 0, inflight_batch: int = 0) -> float:
+    """Roughly how long a new request of class `priority` would wait for an engine slot on a worker whose last
+    report is `load`, given this gateway's calls to it in flight (`inflight`, `inflight_batch` of them batch),
+    which may be newer than the report.
+
+    The work ahead of it is the larger of the two counts; for an interactive request, queued batch work does
+    not count (it waits behind), nor do this gateway's batch calls beyond `capacity` (at most that many hold
+    slots). Slots free one every `service_s / capacity` seconds on average, so the estimate is the work ahead
+    beyond the slots, plus this request, times that. 0 when a slot is free, or before the worker measured its
+    `service_s`."""
+    if load.service_s <= 0 or load.capacity <= 0:
+        return 0.0
+    if priority == BATCH:
+        ahead = max(inflight, load.running + load.queued)
+    else:
+        ahead = max(inflight - max(0, inflight_batch - load.capacity), load.running + load.queued - load.queued_batch)
+    if ahead < load.capacity:
+        return 0.0
+    return (ahead - load.capacity + 1) * load.service_s / load.capacity
 
 
 class WorkerClient:
@@ -50,6 +71,7 @@ class WorkerClient:
         self.capabilities = EngineCapabilities()
         self.engine = ""
         self.inflight = 0
+        self.inflight_batch = 0  # of `inflight`, the batch requests
         # Set while the worker does not answer its load poll (dead, frozen, or cut off); cleared by the next
         # poll it answers. Attempts waiting for a first token watch it (`Router`).
         self.unreachable = asyncio.Event()
@@ -66,6 +88,18 @@ class WorkerClient:
         assert load is not None
         busy = max(self.inflight, load.running + load.queued)
         return busy / max(1, load.capacity)
+
+    def estimated_wait_s(self, priority: str) -> float:
+        """How long a request of class `priority` would wait for a slot here (`estimated_wait_s`)."""
+        assert self.load is not None
+        return estimated_wait_s(self.load, priority, inflight=self.inflight, inflight_batch=self.inflight_batch)
+
+    def queue_depth(self) -> int:
+        """Requests waiting for a slot: the worker's last count, or more if this gateway's calls in flight
+        since exceed its slots."""
+        load = self.load
+        assert load is not None
+        return max(load.queued, self.inflight - load.capacity)
 
     def serves(self, model: str, adapter: str) -> bool:
         if not adapter:
@@ -150,7 +184,9 @@ class WorkerStream:
         self._bound, self._stalled = first_token_s, "the inference worker sent no first token within {:g}s"
         self._idle_s = idle_s
         self._closed = False
+        self._batch = int(request.priority == BATCH)
         worker.inflight += 1
+        worker.inflight_batch += self._batch
 
     def __aiter__(self) -> WorkerStream:
         return self
@@ -190,6 +226,7 @@ class WorkerStream:
             return
         self._closed = True
         self.worker.inflight -= 1
+        self.worker.inflight_batch -= self._batch
         self._call.cancel()
 
     async def aclose(self) -> None:
@@ -311,14 +348,22 @@ class WorkerPool:
         """The ready workers, other than those in `exclude`, that serve the model."""
         return [w for w in self.ready_workers() if w.address not in exclude and w.serves(model, adapter)]
 
-    def pick(self, model: str, adapter: str, exclude: set[str], *, raw_prompt: bool = False) -> WorkerClient:
-        """The least-loaded ready worker that serves the model (ties broken at random). A raw prompt
-        (/v1/completions) prefers workers whose engine completes it verbatim (`raw_completions`); the others
-        serve it as one user turn, so they are used only when no such worker can take it."""
+    def pick(
+        self, model: str, adapter: str, exclude: set[str], *, raw_prompt: bool = False, priority: str | None = None
+    ) -> WorkerClient:
+        """The least-loaded ready worker that serves the model (ties broken at random); given a `priority`
+        (admission control), the one with the shortest estimated wait for that class, the least-loaded among
+        equals. A raw prompt (/v1/completions) prefers workers whose engine completes it verbatim
+        (`raw_completions`); the others serve it as one user turn, so they are used only when no such worker
+        can take it."""
         candidates = self.candidates(model, adapter, exclude)
         if not candidates:
             raise Unavailable("no inference worker can take this request now")
         if raw_prompt:
             candidates = [w for w in candidates if w.capabilities.raw_completions] or candidates
-        best = min(w.score() for w in candidates)
-        return random.choice([w for w in candidates if w.score() == best])
+
+        def rank(w: WorkerClient) -> tuple[float, float]:
+            return (0.0 if priority is None else w.estimated_wait_s(priority), w.score())
+
+        best = min(rank(w) for w in candidates)
+        return random.choice([w for w in candidates if rank(w) == best])  # nosec B311 # load balancing, not crypto

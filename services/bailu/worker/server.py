@@ -46,10 +46,13 @@ class WorkerServer:
         self.engine = engine or create_engine(settings)
         self.metrics_registry = metrics_registry or CollectorRegistry()
         self.metrics = WorkerMetrics(self.metrics_registry)
-        self.admission = Admission(self.engine.capacity, settings.max_queue)
+        self.admission = Admission(
+            self.engine.capacity, settings.max_queue, on_evict=lambda p: self.metrics.evicted.labels(p).inc()
+        )
         self.metrics.capacity.set(self.engine.capacity)
         # Read at scrape time, so that the queue depth autoscaling sees is never stale.
         self.metrics.queued.set_function(lambda: self.admission.queued)
+        self.metrics.queued_batch.set_function(lambda: self.admission.queued_batch)
         self.metrics.running.set_function(lambda: self.admission.running)
         self.metrics.adapters_loaded.set_function(lambda: len(self.engine.adapters))
         self.engine.register_metrics(self.metrics_registry)

@@ -56,7 +56,9 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
             req = wire.request_from_pb(request)
             req.validate()
             self.engine.check_target(req)
-            async with self.admission.slot(req.deadline):
+            async with self.admission.slot(
+                req.deadline, priority=req.priority, first_token_deadline=req.first_token_deadline
+            ):
                 stream = self.engine.generate(req)
                 try:
                     async for chunk in stream:

@@ -26,7 +26,10 @@ class EngineKind(enum.StrEnum):
 class WorkerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="BAILU_WORKER_", extra="ignore", frozen=True)
 
-    host: str = Field("0.0.0.0", description="Address the gRPC server binds to.")
+    host: str = Field(
+        "0.0.0.0",  # nosec B104 # in a pod: the gateway comes through its Service
+        description="Address the gRPC server binds to.",
+    )
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
     http_port: int = Field(
         9091, ge=0, le=65535, description="Port of the HTTP server for /healthz, /readyz and /metrics."

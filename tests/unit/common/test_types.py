@@ -166,3 +166,10 @@ def test_reported_model_names_the_adapter() -> None:
 def test_usage_total_and_free_slots() -> None:
     assert Usage(prompt_tokens=7, completion_tokens=5).total_tokens == 12
     assert LoadReport(queued=1, running=2, capacity=2, max_queue=4, ready=True).free_slots == 3
+
+
+def test_a_request_has_a_known_priority_class() -> None:
+    GenerateRequest("r", "m", prompt="hi", priority="batch").validate()
+    with pytest.raises(InvalidRequest) as info:
+        GenerateRequest("r", "m", prompt="hi", priority="urgent").validate()
+    assert info.value.param == "priority"

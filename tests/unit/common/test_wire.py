@@ -131,3 +131,31 @@ def test_model_card_round_trip(card: ModelCard) -> None:
 def test_load_report_round_trip(ready: bool) -> None:
     load = LoadReport(queued=3, running=4, capacity=4, max_queue=32, ready=ready)
     assert wire.load_from_pb(pb.LoadReport.FromString(wire.load_to_pb(load).SerializeToString())) == load
+
+
+@pytest.mark.parametrize("priority", ["interactive", "batch"])
+def test_priority_and_first_token_deadline_round_trip(priority: str) -> None:
+    request = GenerateRequest(
+        "r", "base", prompt="hi", deadline=1_700_000_100.0, priority=priority, first_token_deadline=1_700_000_010.25
+    )
+    assert _through_the_wire(request) == request
+
+
+def test_a_request_from_an_older_gateway_is_interactive_without_a_first_token_deadline() -> None:
+    message = pb.GenerateRequest(request_id="r", model="base", prompt="hi")  # fields 8 and 9 unset
+    request = wire.request_from_pb(pb.GenerateRequest.FromString(message.SerializeToString()))
+    assert (request.priority, request.first_token_deadline) == ("interactive", None)
+    # A priority value newer than this worker is served as interactive too.
+    message.priority = 7  # type: ignore[assignment]
+    assert wire.request_from_pb(pb.GenerateRequest.FromString(message.SerializeToString())).priority == "interactive"
+
+
+def test_load_report_figures_for_the_wait_estimate_round_trip() -> None:
+    load = LoadReport(queued=5, running=4, capacity=4, max_queue=32, ready=True, queued_batch=3, service_s=1.375)
+    assert wire.load_from_pb(pb.LoadReport.FromString(wire.load_to_pb(load).SerializeToString())) == load
+
+
+def test_a_load_report_from_an_older_worker_has_no_batch_count_nor_service_time() -> None:
+    message = pb.LoadReport(queued=2, running=4, capacity=4, max_queue=8, ready=True)
+    load = wire.load_from_pb(pb.LoadReport.FromString(message.SerializeToString()))
+    assert (load.queued_batch, load.service_s) == (0, 0.0)

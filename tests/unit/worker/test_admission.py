@@ -157,16 +157,32 @@ async def test_drain_after_a_queued_request_was_cancelled() -> None:
     first, second = Holder(admission), Holder(admission)
     await settle()
     first.release.set()
-    await asyncio.sleep(0)  # first leaves its slot and wakes second, which has not run yet
+    await asyncio.sleep(0)  # first leaves its slot and hands it to second, which has not run yet
     assert first.task.done()
-    assert (admission.running, admission.queued) == (0, 1)
-    second.task.cancel()  # the client went away while it waited
+    assert (admission.running, admission.queued) == (1, 0)
+    second.task.cancel()  # the client went away before it could use the slot
     with pytest.raises(asyncio.CancelledError):
         await second.task
     assert admission.queued == admission.running == 0
+    # The slot the cancelled waiter was handed is free again.
+    async with admission.slot():
+        assert admission.running == 1
     assert await admission.drain(0.5) is True
-    # The slot the cancelled waiter might have taken is free again.
-    assert admission._slots.locked() is False
+
+
+async def test_a_slot_handed_to_a_cancelled_waiter_goes_to_the_next_one() -> None:
+    admission = ready_admission(1, 4)
+    first, second, third = Holder(admission), Holder(admission), Holder(admission)
+    await settle()
+    first.release.set()
+    await asyncio.sleep(0)  # the slot is handed to second, which has not run yet
+    second.task.cancel()
+    await asyncio.wait_for(third.admitted.wait(), 1)
+    assert (admission.running, admission.queued) == (1, 0)
+    third.release.set()
+    await asyncio.gather(first.task, third.task)
+    assert second.task.cancelled()
+    assert admission.running == 0
 
 
 async def test_drain_refuses_new_work_and_waits_for_running_work() -> None:
@@ -223,4 +239,8 @@ async def test_report() -> None:
     for holder in holders:
         holder.release.set()
     await asyncio.gather(*(h.task for h in holders))
-    assert admission.report() == LoadReport(queued=0, running=0, capacity=2, max_queue=5, ready=True)
+    report = admission.report()
+    assert report == LoadReport(
+        queued=0, running=0, capacity=2, max_queue=5, ready=True, queued_batch=0, service_s=report.service_s
+    )
+    assert report.service_s > 0  # measured once requests left their slots
