@@ -22,7 +22,8 @@ IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 DOCKER ?= docker
 
 .PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e test-faults \
-        check lint lint-docker format typecheck docs proto proto-check bench bench-loop bench-soak images clean
+        check lint lint-docker security format typecheck docs proto proto-check bench bench-loop bench-soak \
+        bench-admission images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -76,7 +77,7 @@ test-e2e: setup model ## End-to-end tests against the processes `make dev` start
 test-faults: setup ## The whole fault suite (killed, frozen, restarted processes), its slow tests included
 	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
-check: lint typecheck proto-check lint-docker ## Lint, type check, proto drift check and Dockerfile lint
+check: lint typecheck proto-check lint-docker security ## Lint, type check, proto drift check, Dockerfile lint and bandit
 
 lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .
@@ -84,6 +85,9 @@ lint: $(STAMP) ## ruff check and format check
 
 lint-docker: $(STAMP) ## hadolint the Dockerfiles
 	$(VENV)/bin/hadolint docker/*.Dockerfile
+
+security: $(STAMP) ## bandit on services/bailu ([tool.bandit] in pyproject.toml; see docs/security.md)
+	$(VENV)/bin/bandit -c pyproject.toml -r services/bailu -q
 
 format: $(STAMP) ## Format the code with ruff
 	$(VENV)/bin/ruff check --fix .
@@ -117,6 +121,9 @@ bench-loop: $(STAMP) model ## Does the loop learn? Train SmolLM2 on CPU on a syn
 
 bench-soak: $(STAMP) system-deps ## Soak: 16 streaming clients for 4 min on sim workers, slow readers and leavers included; RSS per process (~6 min)
 	$(PY) -m bench.soak
+
+bench-admission: $(STAMP) ## Admission control off vs on: interactive (TTFT deadline) and batch clients on saturated sim workers (~1.5 min)
+	$(PY) -m bench.admission
 
 # Needs a Docker engine (none runs on the project's development machines: this target was not run there).
 images: ## Build the gateway, worker (no model), worker-cpu (SmolLM2 inside), worker-vllm/-sglang/-lmdeploy (engine servers) and trainer images with docker

@@ -45,8 +45,9 @@ async def _answers(url: str) -> bool:
 
 def run_trainer(settings: CliSettings, trainer_args: list[str]) -> int:
     argv = [sys.executable, "-m", TRAINER_MODULE, *trainer_args]
+    env = trainer_env(settings, dict(os.environ))
     try:
-        process = subprocess.Popen(argv, env=trainer_env(settings, dict(os.environ)))
+        process = subprocess.Popen(argv, env=env)  # nosec B603 # an argv list, no shell: the operator's arguments
     except OSError as exc:
         raise CliError(f"cannot start the trainer: {exc}") from exc
     try:

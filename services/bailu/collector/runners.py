@@ -90,7 +90,7 @@ class LocalRunner:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with log_path.open("ab") as log:
-                return subprocess.Popen(
+                return subprocess.Popen(  # nosec B603 # argv list, no shell: the operator's LOCAL_COMMAND
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=log,

@@ -29,7 +29,10 @@ class CollectorSettings(ServiceSettings):
         default_factory=socket.gethostname,
         description="This replica's consumer name in the group (default: the host name, i.e. the pod name).",
     )
-    host: str = Field("0.0.0.0", description="Address of the HTTP server for /healthz, /readyz and /metrics.")
+    host: str = Field(
+        "0.0.0.0",  # nosec B104 # in a pod: probes and Prometheus come from outside it
+        description="Address of the HTTP server for /healthz, /readyz and /metrics.",
+    )
     http_port: int = Field(9092, ge=0, le=65535, description="Port of that HTTP server.")
     dataset_dir: Path = Field(Path("datasets"), description="Directory of the dataset shards and versions.")
     batch_size: int = Field(256, ge=1, description="Feedback events read and committed together.")

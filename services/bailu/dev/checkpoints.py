@@ -56,7 +56,8 @@ def _publish(build: Any, out_dir: Path) -> Path:
 def load_gguf_tokenizer(gguf: Path) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    directory = str(gguf.parent)
+    return AutoTokenizer.from_pretrained(directory, gguf_file=gguf.name)  # nosec B615 # a local directory, not a Hub id
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> Path:
@@ -66,7 +67,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         from transformers import AutoModelForCausalLM, GgufConfig
 
         log.info("converting %s", gguf)
-        model = AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(  # nosec B615 # a local directory, not a Hub id
             str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
         )
         # The weights are plain tensors now; detach the GGUF quantizer so that they can be saved.
