@@ -292,7 +292,17 @@ def main() -> None:
         "--lanes", default="", help="the lanes by kind instead of --clients' mix, e.g. stream=14,disconnect=2"
     )
     parser.add_argument("--name", default=NAME, help="results file bench/results/NAME.json")
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the gateway process (repeatable), e.g. LD_PRELOAD=libjemalloc.so.2",
+    )
     args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.gateway_env if "=" in item)
+    if len(extra_env) != len(args.gateway_env):
+        parser.error("--gateway-env takes NAME=VALUE")
     if args.clients < 4 or args.rate <= 0 or not 0 < args.minutes <= 120:
         parser.error("--clients >= 4, --rate > 0, 0 < --minutes <= 120")
     try:
@@ -330,6 +340,7 @@ def main() -> None:
             "BAILU_GATEWAY_API_KEY_HASHES": hash_key(key),
             "BAILU_GATEWAY_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
             "BAILU_GATEWAY_LOG_LEVEL": "WARNING",
+            **extra_env,
         }
         return env, f"http://127.0.0.1:{ports['gateway']}/readyz"
 
@@ -363,6 +374,7 @@ def main() -> None:
             "minutes": args.minutes,
             "rate_per_s": args.rate,
             "settle_s": args.settle_s,
+            "gateway_env": extra_env,
             "lanes": measured["lanes"],
             "sim": SIM,
             "gateway_client_write_timeout_s": GatewaySettings.model_fields["client_write_timeout_s"].default,

@@ -184,8 +184,10 @@ async def test_an_interactive_request_evicts_batch_from_a_full_worker_queue(star
     async with gateway([worker], AdmissionPolicy(batch_queue_share=1.0)) as gw:
         gw.start(make_request(BATCH))
         await eventually(lambda: worker.admission.running == 1)
-        queued = [make_request(BATCH), make_request(BATCH)]
-        waiting = [gw.start(r) for r in queued]
+        # One after the other, so that which one is the newest is known.
+        waiting = [gw.start(make_request(BATCH))]
+        await eventually(lambda: worker.admission.queued_batch == 1)
+        waiting.append(gw.start(make_request(BATCH)))
         await eventually(lambda: worker.admission.queued_batch == 2)
         interactive = gw.start(make_request(INTERACTIVE))
         await asyncio.wait_for(interactive, 10)

@@ -23,7 +23,7 @@ from bailu.common import redis_keys
 from bailu.common.errors import ConcurrencyLimited, RateLimited, TokensRateLimited
 from bailu.common.metrics import GatewayMetrics
 from bailu.gateway.errors import error_response
-from bailu.gateway.quotas import Admission, Quotas
+from bailu.gateway.quotas import QuotaGrant, Quotas
 from bailu.keys.model import ApiKey, Limits, hash_key, new_key, new_key_id
 from tests.conftest import RedisServer, free_port
 
@@ -34,7 +34,7 @@ def make_key(**limits: int) -> ApiKey:
     return ApiKey(id=new_key_id(), name="writer-7", hash=hash_key(new_key()), limits=Limits(**limits))
 
 
-def remaining(admission: Admission, name: str) -> int:
+def remaining(admission: QuotaGrant, name: str) -> int:
     return int(admission.headers[f"x-ratelimit-remaining-{name}"])
 
 
@@ -59,7 +59,9 @@ async def reconnected(quotas: Quotas, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.05)
 
 
-async def admit_until(quotas: Quotas, key: ApiKey, ok: Callable[[Admission], bool], timeout: float = 15.0) -> Admission:
+async def admit_until(
+    quotas: Quotas, key: ApiKey, ok: Callable[[QuotaGrant], bool], timeout: float = 15.0
+) -> QuotaGrant:
     """Admit until an admission satisfies `ok` (refusals and other admissions are retried, settled at once)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -199,7 +201,7 @@ async def test_exactly_concurrency_parallel_admits_succeed_across_replicas(make_
     outcomes = await asyncio.gather(
         *(replica.admit(key, tokens=1) for replica in replicas for _ in range(10)), return_exceptions=True
     )
-    admitted = [o for o in outcomes if isinstance(o, Admission)]
+    admitted = [o for o in outcomes if isinstance(o, QuotaGrant)]
     refused = [o for o in outcomes if isinstance(o, ConcurrencyLimited)]
     assert len(admitted) == 3
     assert len(refused) == 27
@@ -291,20 +293,20 @@ async def test_a_local_admission_settles_locally(make_quotas: QuotasFactory, red
     assert count(quotas, metric_names.GATEWAY_QUOTA_FALLBACKS, op="settle") == 1
 
 
-async def test_a_settle_redis_does_not_answer_never_raises_and_its_lease_expires(
+async def test_a_settle_redis_does_not_answer_never_raises_and_is_retried(
     make_quotas: QuotasFactory, redis_server: RedisServer
 ) -> None:
-    quotas, key = make_quotas(lease_ttl_s=5.0), make_key(concurrency=1)
+    # A long lease: only the retried settle, not the lease's expiry, can free the slot within the test.
+    quotas, key = make_quotas(lease_ttl_s=300.0), make_key(concurrency=1)
     admission = await quotas.admit(key, tokens=1)
     assert not admission.local
     redis_server.stop()
-    await admission.settle(1)
-    assert count(quotas, metric_names.GATEWAY_QUOTA_FALLBACKS, op="settle") == 1
+    await admission.settle(1)  # Redis down: does not raise; retried behind, `retry_interval_s` apart
+    assert count(quotas, metric_names.GATEWAY_QUOTA_FALLBACKS, op="settle") >= 1
     redis_server.start()
     await reconnected(quotas)
-    with pytest.raises(ConcurrencyLimited):  # the lease the lost settle would have ended is still held
-        await quotas.admit(key, tokens=1)
-    await admit_until(quotas, key, lambda a: not a.local)  # until it expired
+    # A retry reached Redis and released the lease: the key may run a completion again, decided in Redis.
+    await admit_until(quotas, key, lambda a: not a.local)
 
 
 async def test_redis_that_hangs_is_bounded_by_the_timeout(

@@ -35,7 +35,9 @@ class CollectorService:
         trigger: TriggerCheck | None = None,  # default: the retraining trigger the settings describe
     ) -> None:
         self.settings = settings
-        self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=max(5.0, settings.block_ms / 1000 + 5))
+        self.redis = redis or Redis.from_url(
+            settings.redis_url, socket_connect_timeout=5.0, socket_timeout=max(5.0, settings.block_ms / 1000 + 5)
+        )
         self.metrics_registry = metrics_registry or CollectorRegistry()
         self.metrics = CollectorMetrics(self.metrics_registry)
         self.store = DatasetStore(settings.dataset_dir)

@@ -24,6 +24,9 @@ from bailu.keys.store import KeyRegistry
 
 log = logging.getLogger(__name__)
 
+# After Redis failed to answer a key lookup, how long lookups use the cached records without asking it again.
+STORE_RETRY_S = 1.0
+
 
 def _normalise(entry: str) -> str:
     fields = entry.split()
@@ -83,8 +86,9 @@ class Authenticator:
 
     A record read from Redis (or its absence) is trusted for `cache_s`, so that revoking or changing a key takes
     effect on every replica within that time while a busy replica asks Redis at most once per key and period.
-    While Redis does not answer, the last record read stays in use (a key seen before keeps working, a
-    revocation made meanwhile waits for Redis); a key never seen gets 503, never a 401 it does not deserve."""
+    While Redis does not answer, the last record read stays in use for up to `stale_s` (a key seen before keeps
+    working, a revocation made meanwhile waits for Redis or that bound); a key never seen, or seen longer ago,
+    gets 503, never a 401 it does not deserve."""
 
     def __init__(
         self,
@@ -93,6 +97,7 @@ class Authenticator:
         metrics: GatewayMetrics,
         *,
         cache_s: float = 2.0,
+        stale_s: float = 600.0,
         max_cached: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -100,6 +105,8 @@ class Authenticator:
         self.registry = registry
         self.metrics = metrics
         self.cache_s = cache_s
+        self.stale_s = stale_s
+        self._down_until = 0.0
         self.max_cached = max_cached
         self.clock = clock
         # digest -> (when read, the record or None for "no such key"), oldest first.
@@ -139,19 +146,30 @@ class Authenticator:
         now = self.clock()
         if cached is not None and now - cached[0] < self.cache_s:
             return cached[1]
+        if now < self._down_until:
+            return self._stale(digest, cached, now)
         try:
             key = await self.registry.by_hash(digest)
         except (RedisError, OSError) as exc:
-            if cached is not None:
-                return cached[1]  # stale, but the best this replica knows
-            self.metrics.auth_rejections.labels("store_unavailable").inc()
+            # Redis is not asked again for `STORE_RETRY_S`: a hung Redis must not add its timeout to every request.
+            self._down_until = self.clock() + STORE_RETRY_S
             log.warning("API key store unreachable", extra={"error": type(exc).__name__})
-            raise Unavailable("the API key store is unreachable; retry shortly") from None
+            return self._stale(digest, cached, now)
+        except ValueError:  # a record that is not one (written by hand?): no key, said once per lookup
+            log.warning("unreadable API key record in Redis", extra={"hash_prefix": digest[7:15]})
+            key = None
         self._cache[digest] = (now, key)
         self._cache.move_to_end(digest)
         while len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
         return key
+
+    def _stale(self, digest: str, cached: tuple[float, ApiKey | None] | None, now: float) -> ApiKey | None:
+        """While Redis does not answer: the last record read, up to `stale_s` old; else 503."""
+        if cached is not None and now - cached[0] < self.stale_s:
+            return cached[1]
+        self.metrics.auth_rejections.labels("store_unavailable").inc()
+        raise Unavailable("the API key store is unreachable; retry shortly")
 
 
 def main() -> None:

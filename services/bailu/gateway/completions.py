@@ -143,7 +143,7 @@ class CompletionHandler:
         """Admit the request under the key's quotas, run it, and answer (every answer, errors included, carries
         the key's `x-ratelimit-*` headers)."""
         reserved = estimated_prompt_tokens(gen)
-        admission = await self.quotas.admit(key, tokens=reserved)
+        quota = await self.quotas.admit(key, tokens=reserved)
         store = body.store if body.store is not None else self.settings.store_default
         try:
             completion = Completion(
@@ -157,24 +157,24 @@ class CompletionHandler:
                 completion_log=self.completion_log if store else None,
                 stream_buffer_chunks=self.settings.stream_buffer_chunks,
                 client_write_timeout_s=self.settings.client_write_timeout_s,
-                admission=admission,
+                quota=quota,
                 reserved_tokens=reserved,
             )
         except BaseException:
-            await admission.settle(0)
+            await quota.settle(0)
             raise
         streaming = False
         try:
             firsts = await until_disconnect(request, completion.first_chunks())
             if body.stream:
-                response = completion.stream(self._sse(completion, firsts), {**SSE_HEADERS, **admission.headers})
+                response = completion.stream(self._sse(completion, firsts), {**SSE_HEADERS, **quota.headers})
                 streaming = True  # from here the response closes the completion
                 return response
             await until_disconnect(request, completion.collect(firsts))
             completion.finish()
-            return JSONResponse(completion.builder.full(completion.candidates), headers=admission.headers)
+            return JSONResponse(completion.builder.full(completion.candidates), headers=quota.headers)
         except BailuError as exc:
-            exc.headers = {**admission.headers, **exc.headers}
+            exc.headers = {**quota.headers, **exc.headers}
             raise
         finally:
             if not streaming:
@@ -205,9 +205,4 @@ class CompletionHandler:
 
     @staticmethod
     def _event(builder: ResponseBuilder, candidate: Candidate, chunk: GenerateChunk) -> bytes:
-        candidate.add(chunk)
-        if chunk.finish_reason is not None:
-            return sse(builder.chunk(chunk.text, chunk.finish_reason, index=candidate.index))
-        if chunk.text:
-            return builder.text_event(chunk.text, candidate.index)
-        return b""
+        return builder.event(candidate, chunk)

@@ -43,7 +43,7 @@ def request_class(
         asked = asked.strip().lower()
         if asked not in PRIORITIES:
             raise InvalidRequest(
-                f"{PRIORITY_HEADER} must be one of {', '.join(PRIORITIES)}, got {asked!r}", param=PRIORITY_HEADER
+                f"{PRIORITY_HEADER} must be one of {', '.join(PRIORITIES)}, got {asked[:32]!r}", param=PRIORITY_HEADER
             )
         if PRIORITIES.index(asked) < PRIORITIES.index(key_priority):
             raise PriorityDenied(
@@ -61,10 +61,11 @@ def request_class(
 
 def _deadline_ms(text: str, request_timeout_s: float) -> int:
     limit_ms = int(request_timeout_s * 1000)
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) <= limit_ms:
+    # The length first: int() of thousands of digits raises (Python's integer-string limit).
+    if len(text) > 12 or not text.isascii() or not text.isdigit() or not 0 < int(text) <= limit_ms:
         raise InvalidRequest(
             f"{TTFT_DEADLINE_HEADER} must be a whole number of milliseconds from 1 to {limit_ms} (the request "
-            f"timeout), got {text!r}",
+            f"timeout), got {text[:32]!r}",
             param=TTFT_DEADLINE_HEADER,
         )
     return int(text)

@@ -31,7 +31,8 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -48,6 +49,8 @@ REQUESTS, TOKENS, CONCURRENCY = "requests", "tokens", "concurrency"  # the `limi
 ADMIT, SETTLE = "admit", "settle"  # the `op` label of the fallbacks
 IDLE_TTL_MS = 120_000  # a bucket's name lives this long after the bucket is full again
 WARNING_INTERVAL_S = 30.0
+# Tries of a settle (or of undoing an admit that timed out) Redis did not answer, `retry_interval_s` apart.
+SETTLE_RETRIES = 3
 
 # Shared by both scripts. `now` is Redis's clock in ms; a missing bucket is full.
 _LUA_BUCKETS = """
@@ -195,7 +198,7 @@ def _limit_name(error: RateLimited) -> str:
     return TOKENS if isinstance(error, TokensRateLimited) else REQUESTS
 
 
-class Admission:
+class QuotaGrant:
     """One admitted request. `settle` must follow when its completion ends, however it ends."""
 
     def __init__(
@@ -251,14 +254,14 @@ class Quotas:
         self._settle_script = redis.register_script(_SETTLE_LUA) if redis is not None else None
         self._failed_at: float | None = None  # when Redis last failed to answer; None while it answers
         self._warned_at: float | None = None
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Task[bool]] = set()
 
-    async def admit(self, key: ApiKey, *, tokens: int) -> Admission:
+    async def admit(self, key: ApiKey, *, tokens: int) -> QuotaGrant:
         """Admit one request of `key` with a prompt of about `tokens` tokens, or raise `RateLimited`
         (requests), `TokensRateLimited` or `ConcurrencyLimited`. A key without limits costs nothing."""
         limits = key.limits
         if limits.unlimited:
-            return Admission(None, key, tokens=tokens)
+            return QuotaGrant(None, key, tokens=tokens)
         tokens = max(1, tokens)  # every request reserves at least one token
         lease_id = secrets.token_hex(8) if limits.concurrency is not None else ""
         decision, local = await self._decide(key, tokens, lease_id)
@@ -267,12 +270,15 @@ class Quotas:
             self.metrics.quota_rejections.labels(_limit_name(error)).inc()
             raise error
         headers = quota_headers(limits, decision)
-        return Admission(self, key, tokens=tokens, lease_id=lease_id, local=local, headers=headers)
+        self.metrics.quota_admitted.labels(key.priority).inc()
+        return QuotaGrant(self, key, tokens=tokens, lease_id=lease_id, local=local, headers=headers)
 
-    async def _settle(self, admission: Admission, tokens_used: int) -> None:
-        """`Admission.settle`'s work (not idempotent: `Admission.settle` guards it)."""
+    async def _settle(self, admission: QuotaGrant, tokens_used: int) -> None:
+        """`QuotaGrant.settle`'s work (not idempotent: `QuotaGrant.settle` guards it)."""
         limits = admission.key.limits
         delta = max(0, tokens_used) - admission.tokens if limits.tpm is not None else 0
+        if limits.tpm is not None:
+            self.metrics.quota_tokens.labels(admission.key.priority).inc(max(0, tokens_used))
         if not delta and not admission.lease_id:
             return
         if admission.local or self.redis is None:
@@ -280,15 +286,23 @@ class Quotas:
                 self.metrics.quota_fallbacks.labels(SETTLE).inc()
             self.local.settle(admission.key.id, limits, tokens_delta=delta, lease_id=admission.lease_id)
             return
-        task = asyncio.create_task(self._settle_in_redis(admission, delta))
+        # The first attempt is awaited (bounded by timeout_s); retries, if Redis did not answer, go on behind.
+        if not await asyncio.shield(self._background(self._settle_in_redis(admission.key, delta, admission.lease_id))):
+            self._background(self._settle_in_redis(admission.key, delta, admission.lease_id, attempts=SETTLE_RETRIES))
+
+    def _background(self, work: Coroutine[Any, Any, bool]) -> asyncio.Task[bool]:
+        """`work` as a task that `close` waits for."""
+        task = asyncio.create_task(work)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
-        await asyncio.shield(task)
+        return task
 
     async def close(self) -> None:
-        """Wait (up to `timeout_s`) for settles still being written to Redis."""
+        """Wait (up to `timeout_s`) for settles still being written to Redis; cancel the rest."""
         if self._settling:
-            await asyncio.wait(set(self._settling), timeout=self.timeout_s)
+            _, pending = await asyncio.wait(set(self._settling), timeout=self.timeout_s)
+            for task in pending:
+                task.cancel()
 
     async def _decide(self, key: ApiKey, tokens: int, lease_id: str) -> tuple[Decision, bool]:
         """The decision and whether it was local."""
@@ -299,6 +313,12 @@ class Quotas:
                         decision = await self._admit_in_redis(key, tokens, lease_id)
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._failed(ADMIT, exc)
+                    if isinstance(exc, TimeoutError):
+                        # The script may have run after all: give back what it took (the tokens, the lease)
+                        # once Redis answers, or the key stays charged until the lease expires.
+                        self._background(
+                            self._settle_in_redis(key, -tokens, lease_id, attempts=SETTLE_RETRIES, first_delay=True)
+                        )
                 else:
                     self._answered()
                     return decision, False
@@ -320,17 +340,25 @@ class Quotas:
         req_ok, tok_ok, conc_ok, req_level, tok_level, leases = await self._admit_script(keys=keys, args=args)
         return Decision(bool(req_ok), bool(tok_ok), bool(conc_ok), float(req_level), float(tok_level), int(leases))
 
-    async def _settle_in_redis(self, admission: Admission, delta: int) -> None:
+    async def _settle_in_redis(
+        self, key: ApiKey, delta: int, lease_id: str, *, attempts: int = 1, first_delay: bool = False
+    ) -> bool:
+        """Debit `delta` tokens (negative: refund) and release `lease_id` in Redis; up to `attempts` tries,
+        `retry_interval_s` apart (the first too, with `first_delay`). Whether it was done."""
         assert self._settle_script is not None
-        key = admission.key
         keys = [redis_keys.quota_tokens_key(key.id), redis_keys.quota_leases_key(key.id)]
-        args: list[int | str] = [key.limits.tpm or 0, delta, admission.lease_id, IDLE_TTL_MS]
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self._settle_script(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self.metrics.quota_fallbacks.labels(SETTLE).inc()
-            self._failed(SETTLE, exc)
+        args: list[int | str] = [key.limits.tpm or 0, delta, lease_id, IDLE_TTL_MS]
+        for attempt in range(attempts):
+            if attempt or first_delay:
+                await asyncio.sleep(self.retry_interval_s)
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await self._settle_script(keys=keys, args=args)
+                return True
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.metrics.quota_fallbacks.labels(SETTLE).inc()
+                self._failed(SETTLE, exc)
+        return False
 
     def _failed(self, op: str, exc: BaseException) -> None:
         now = self.clock()

@@ -42,7 +42,13 @@ class GatewaySettings(ServiceSettings):
         ge=0,
         description="How long a replica trusts its copy of an API key's record from Redis (`bailu keys`) before "
         "reading it again: a revoked or changed key takes effect on every replica within this time. While Redis "
-        "does not answer, the last copy read stays in use.",
+        "does not answer, the last copy read stays in use for up to key_stale_s.",
+    )
+    key_stale_s: float = Field(
+        600.0,
+        gt=0,
+        description="While Redis does not answer, how old a replica's copy of an API key's record may be and still "
+        "be used (a revocation made meanwhile waits at most this long); keys not seen within it get 503.",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (413 above).")
     max_prompt_chars: int = Field(
@@ -128,10 +134,12 @@ class GatewaySettings(ServiceSettings):
         "share of its max_queue, so that batch work never fills the room interactive requests need.",
     )
     interactive_ttft_deadline_s: float = Field(
-        10.0,
+        30.0,
         ge=0,
         description="Time-to-first-token deadline of an interactive request when it gives none "
-        "(X-Bailu-TTFT-Deadline-Ms); 0: none.",
+        "(X-Bailu-TTFT-Deadline-Ms); 0: none. The default equals first_token_timeout_s, so that admission control "
+        "refuses early only what would time out anyway; set it to the deployment's TTFT objective (e.g. 2-10 s) to "
+        "shed interactive work that would miss it.",
     )
     batch_ttft_deadline_s: float = Field(
         0.0,

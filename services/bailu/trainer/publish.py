@@ -65,7 +65,7 @@ def publish(registry: Registry, redis_url: str, release: Release) -> Published:
         from redis.exceptions import RedisError
 
         async def indexed() -> Published:
-            client = Redis.from_url(redis_url)
+            client = Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5)
             try:
                 return await _apply(ModelRegistry(registry, RegistryIndex(client)), release)
             finally:
