@@ -1,4 +1,5 @@
-"""`bailu datasets ...`: the collector's sealed dataset versions, read from their manifests."""
+"""`bailu datasets ...`: the collector's sealed dataset versions, read from their manifests (and, for counts by
+a `metadata` key, from their batches' provenance)."""
 
 from __future__ import annotations
 
@@ -74,8 +75,9 @@ def show_dataset(args: argparse.Namespace, settings: CliSettings) -> int:
         known = ", ".join(versions[-5:]) or "none"
         raise CliError(f"no dataset version {args.version!r} in {store.root} (newest: {known})")
     manifest = read_manifest(store, version)
+    by_metadata = metadata_rows(store, version, args.by_metadata) if args.by_metadata else None
     if args.json:
-        dump_json(manifest)
+        dump_json(manifest if by_metadata is None else {**manifest, "by_metadata": by_metadata})
         return 0
     time_range = manifest.get("time_range") or {}
     fields = [
@@ -101,7 +103,24 @@ def show_dataset(args: argparse.Namespace, settings: CliSettings) -> int:
     for name, info in sorted((manifest.get("files") or {}).items()):
         detail = info if not isinstance(info, dict) else {k: short_value(v) for k, v in info.items()}
         print(f"  {name}: {json.dumps(detail, sort_keys=True)}")
+    keys = manifest.get("metadata_keys") or {}
+    print("metadata keys:" + ("" if keys else " none"))
+    for name, number in sorted(keys.items()):
+        print(f"  {name}: {number}")
+    if by_metadata is not None:
+        print(f"by metadata {args.by_metadata!r}:")
+        rows = [["(none)" if r["value"] is None else str(r["value"]), *(str(r[k]) for k in KINDS)] for r in by_metadata]
+        print(table(["VALUE", *(kind.upper() for kind in KINDS)], rows))
     return 0
+
+
+def metadata_rows(store: DatasetStore, version: str, key: str) -> list[dict[str, Any]]:
+    """One row per value of the metadata `key` in `version` (value None: records without it), with counts by kind."""
+    try:
+        counts = store.metadata_counts(version, key)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f"cannot read the batches of dataset version {version}: {exc}") from exc
+    return [{"value": value, **{kind: kinds[kind] for kind in KINDS}} for value, kinds in counts.items()]
 
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -115,4 +134,9 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=list_datasets)
     p = sub.add_parser("show", parents=[common], help="one version's manifest (default: the newest)")
     p.add_argument("version", nargs="?", metavar="VERSION", help="e.g. v000003 (default: the newest)")
+    p.add_argument(
+        "--by-metadata",
+        metavar="KEY",
+        help="also count the version's records by the value of this `metadata` key of their completion requests",
+    )
     p.set_defaults(handler=show_dataset)

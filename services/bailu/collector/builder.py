@@ -6,7 +6,8 @@
 - edit: the edited text is an SFT example (the gold answer) and a pair (edited over original).
 
 Examples are in the dataset format of `bailu.datasets.format` (ms-swift's: `messages` for SFT, `messages`
-ending with the chosen answer plus `rejected_response` for preference pairs).
+ending with the chosen answer plus `rejected_response` for preference pairs). Each carries the `metadata` of
+the completion whose prompt it answers (for a comparison, the chosen response's).
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ def build(
     candidates: list[Example] = []
     rating = None
 
-    def example(
-        kind: str, source: str, prompt: list[dict[str, str]], answer: str, rejected: str | None = None
-    ) -> Example:
-        return Example(kind, source, event.id, event.created, prompt, answer, rejected)
+    def example(kind: str, source: str, record: CompletionRecord, answer: str, rejected: str | None = None) -> Example:
+        """An example answering `record`'s prompt, tagged with its request's metadata."""
+        return Example(
+            kind, source, event.id, event.created, prompt_of(record), answer, rejected, metadata=dict(record.metadata)
+        )
 
     if event.kind == "rating":
         assert event.target is not None
@@ -82,27 +84,26 @@ def build(
         score = event.score if event.score is not None else THUMB_SCORES[event.thumb or "down"]
         rating = Rating(ref_key(event.target), score, text)
         if score >= sft_min_score:
-            candidates.append(example(SFT, "rating", prompt_of(record), text))
+            candidates.append(example(SFT, "rating", record, text))
         others = [r for r in earlier_ratings if r.ref != rating.ref and r.score != score]
         if others:
             # Pair with the rating furthest from this one: the clearest preference.
             other = max(others, key=lambda r: abs(r.score - score))
             high, low = (rating, other) if score > other.score else (other, rating)
-            candidates.append(example(PREFERENCE, "ratings", prompt_of(record), high.text, low.text))
+            candidates.append(example(PREFERENCE, "ratings", record, high.text, low.text))
     elif event.kind == "comparison":
         assert event.chosen is not None
         assert event.rejected is not None
         record = records[event.chosen.response_id]
         chosen, rejected = text_of(records, event.chosen), text_of(records, event.rejected)
-        candidates.append(example(PREFERENCE, "comparison", prompt_of(record), chosen, rejected))
+        candidates.append(example(PREFERENCE, "comparison", record, chosen, rejected))
     elif event.kind == "edit":
         assert event.target is not None
         assert event.edited_text is not None
         record = records[event.target.response_id]
-        prompt = prompt_of(record)
         original = text_of(records, event.target)
-        candidates.append(example(SFT, "edit", prompt, event.edited_text))
-        candidates.append(example(PREFERENCE, "edit", prompt, event.edited_text, original))
+        candidates.append(example(SFT, "edit", record, event.edited_text))
+        candidates.append(example(PREFERENCE, "edit", record, event.edited_text, original))
     else:
         raise ValueError(f"unknown feedback kind {event.kind!r}")
 

@@ -55,6 +55,12 @@ class InvalidRequest(BailuError):
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class UnsupportedValue(InvalidRequest):
+    """A known OpenAI field with a value that asks for a feature this deployment does not serve."""
+
+    openai_code = "unsupported_value"
+
+
 class AuthenticationFailed(BailuError):
     """The API key is missing or unknown."""
 
@@ -232,6 +238,7 @@ ERROR_CLASSES: dict[str, type[BailuError]] = {
     cls.__name__: cls
     for cls in (
         InvalidRequest,
+        UnsupportedValue,
         AuthenticationFailed,
         KeyRevoked,
         KeyExpired,

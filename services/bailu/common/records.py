@@ -51,8 +51,10 @@ class CompletionRecord:
 
     `model` is the name the client asked for (e.g. `bailu-poet`); `resolved_model` is the name it was served
     under (e.g. `bailu-poet@v0003`: the registry version that generated it, which feedback is attributed to);
-    `served_model` is what the worker reported. Records written before `resolved_model` existed read with it
-    empty; fields this code does not know (written by a newer version) are ignored on reading."""
+    `served_model` is what the worker reported; `metadata` is the request's OpenAI `metadata` (string pairs
+    the collector carries into the dataset). Records written before `resolved_model` or `metadata` existed
+    read with them empty; fields this code does not know (written by a newer version) are ignored on
+    reading."""
 
     id: str
     created: float
@@ -70,6 +72,7 @@ class CompletionRecord:
     request_id: str
     prompt_hash: str = ""
     resolved_model: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def messages_of(messages: tuple[ChatMessage, ...] | None) -> list[dict[str, str]] | None:

@@ -4,8 +4,9 @@
 - preference pairs (`preference.jsonl`): the same, ending with the chosen answer, plus
   `"rejected_response": rejected`.
 
-Each record's provenance (kind, source, feedback event id, time, content hash) is kept beside it in
-the batch's `meta.json` (see `bailu.datasets.store`).
+Each record's provenance (kind, source, feedback event id, time, content hash, and the `metadata` its
+completion request was tagged with) is kept beside it in the batch's `meta.json` (see
+`bailu.datasets.store`), not in the ms-swift record.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class Example:
     prompt: list[dict[str, str]]
     answer: str  # the (chosen) answer
     rejected: str | None = None
+    # The OpenAI `metadata` of the completion the prompt came from: tags to filter a dataset by. Not part of
+    # the identity: the same prompt and answer tagged differently is still a duplicate.
+    metadata: dict[str, str] = field(default_factory=dict)
     # Identity for near-duplicate removal: the same prompt and answer(s), up to case and punctuation.
     # Computed once: it is read several times per example on the collector's hot path.
     hash: str = field(init=False)

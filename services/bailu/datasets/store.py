@@ -2,8 +2,13 @@
 
     <root>/shards/<batch>/sft.jsonl          ms-swift `messages` records (`bailu.datasets.format`)
     <root>/shards/<batch>/preference.jsonl   ms-swift `messages` + `rejected_response` records
-    <root>/shards/<batch>/meta.json          per record: kind, source, feedback event id, time, content hash
+    <root>/shards/<batch>/meta.json          per record: kind, source, feedback event id, time, content hash,
+                                             and `metadata` when its completion request had some
     <root>/versions/v000001/{sft,preference}.jsonl, manifest.json
+
+The records of a kind in `meta.json` are in the order of that kind's JSONL lines, and a version's files are
+its batches' files in the manifest's batch order: `records` pairs each line with its provenance, so that a
+version can be filtered by it (e.g. by a `metadata` tag).
 
 A batch directory is built under a temporary name, every file fsynced, then
 renamed into place: the rename is the commit point, so a half-written batch is
@@ -19,6 +24,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,20 @@ from bailu.datasets.format import KINDS, PREFERENCE_FILE, SFT_FILE, Example, fil
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def provenance_of(example: Example) -> dict[str, Any]:
+    """What `meta.json` keeps of an example beside its ms-swift record."""
+    record: dict[str, Any] = {
+        "kind": example.kind,
+        "source": example.source,
+        "event_id": example.event_id,
+        "created": example.created,
+        "hash": example.hash,
+    }
+    if example.metadata:
+        record["metadata"] = dict(example.metadata)
+    return record
 
 
 class DatasetStore:
@@ -72,10 +92,7 @@ class DatasetStore:
             "batch": name,
             "consumer": consumer,
             "created": _iso(time.time()),
-            "records": [
-                {"kind": e.kind, "source": e.source, "event_id": e.event_id, "created": e.created, "hash": e.hash}
-                for e in examples
-            ],
+            "records": [provenance_of(e) for e in examples],
         }
         write_durable(tmp / "meta.json", json.dumps(meta, ensure_ascii=False).encode())
         fsync_dir(tmp)
@@ -85,6 +102,28 @@ class DatasetStore:
 
     def batch_meta(self, name: str) -> dict[str, Any]:
         return dict(json.loads((self.shards / name / "meta.json").read_text()))
+
+    def provenance(self, version: str) -> Iterator[dict[str, Any]]:
+        """The provenance (`meta.json` entry) of every record of `version`, batch by batch."""
+        for batch in self.manifest(version)["batches"]:
+            yield from self.batch_meta(batch)["records"]
+
+    def records(self, version: str, kind: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every `kind` record of `version` in file order, as (provenance, ms-swift record)."""
+        provenance = (p for p in self.provenance(version) if p["kind"] == kind)
+        path = self.versions_dir / version / file_name(kind)
+        with path.open(encoding="utf-8") as lines:
+            for meta, line in zip(provenance, lines, strict=True):
+                yield meta, json.loads(line)
+
+    def metadata_counts(self, version: str, key: str) -> dict[str | None, Counter[str]]:
+        """How many records of each kind `version` has per value of the metadata `key`: the most frequent value
+        first, then None (the records without the key)."""
+        counts: dict[str | None, Counter[str]] = {}
+        for record in self.provenance(version):
+            value = (record.get("metadata") or {}).get(key)
+            counts.setdefault(value, Counter())[record["kind"]] += 1
+        return dict(sorted(counts.items(), key=lambda item: (item[0] is None, -item[1].total(), item[0] or "")))
 
     def remove_stale_tmp(self) -> int:
         """Delete half-written batches and versions left by a crash; they were never committed."""
@@ -142,6 +181,7 @@ class DatasetStore:
     ) -> dict[str, Any]:
         counts: Counter[str] = Counter()
         sources: Counter[str] = Counter()
+        metadata_keys: Counter[str] = Counter()
         hashes: list[str] = []
         times: list[float] = []
         files: dict[str, Any] = {}
@@ -163,6 +203,7 @@ class DatasetStore:
             for record in self.batch_meta(batch)["records"]:
                 counts[record["kind"]] += 1
                 sources[f"{record['kind']}/{record['source']}"] += 1
+                metadata_keys.update((record.get("metadata") or {}).keys())
                 hashes.append(record["hash"])
                 times.append(record["created"])
         before = previous["counts"] if previous else {}
@@ -175,6 +216,8 @@ class DatasetStore:
             "counts": {kind: counts[kind] for kind in KINDS},
             "new_since_previous": {kind: counts[kind] - int(before.get(kind, 0)) for kind in KINDS},
             "sources": dict(sorted(sources.items())),
+            # How many records carry each metadata key (`bailu datasets show --by-metadata KEY` counts values).
+            "metadata_keys": dict(sorted(metadata_keys.items())),
             "content_sha256": hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest(),
             "time_range": {"first": _iso(min(times)), "last": _iso(max(times))} if times else None,
             "batches": batches,

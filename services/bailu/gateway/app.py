@@ -7,13 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Path, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
 from bailu import __version__
-from bailu.common.errors import PermissionDenied
+from bailu.common.errors import ModelNotFound, PermissionDenied
 from bailu.common.metrics import GatewayMetrics
 from bailu.gateway import errors, openapi
 from bailu.gateway.auth import Authenticator, KeyStore
@@ -109,7 +109,13 @@ def create_app(
         idle_timeout_s=settings.stream_idle_timeout_s,
         admission=AdmissionPolicy.from_settings(settings),
     )
-    auth = Authenticator(keys, KeyRegistry(redis) if redis is not None else None, metrics, cache_s=settings.key_cache_s)
+    auth = Authenticator(
+        keys,
+        KeyRegistry(redis) if redis is not None else None,
+        metrics,
+        cache_s=settings.key_cache_s,
+        stale_s=settings.key_stale_s,
+    )
     # A lease outlives the longest completion, so that a replica that dies leaks a key's slot only that long.
     quotas = Quotas(redis, metrics, lease_ttl_s=settings.request_timeout_s + 30, timeout_s=settings.redis_timeout_s)
     handler = CompletionHandler(settings, resolver, router, metrics, completion_log, quotas)
@@ -154,7 +160,7 @@ def create_app(
     def caller(scope: str) -> Any:
         """The dependency that hands a route its caller's key, refusing (403) a key without `scope`."""
 
-        def check(request: Request) -> ApiKey:
+        async def check(request: Request) -> ApiKey:  # async: no thread hop per request
             key: ApiKey = request.scope["state"]["api_key"]
             if not key.allows(scope):
                 metrics.auth_rejections.labels("scope").inc()
@@ -227,6 +233,21 @@ def create_app(
             for card in [*pool.models(), *resolver.listed()]
         ]
         return ModelList(data=data)
+
+    @app.get(
+        "/v1/models/{model_id:path}",
+        response_model=Model,
+        response_model_exclude_none=True,
+        summary="Retrieve one model",
+        responses=openapi.error_responses(openapi.MODEL_ERRORS),
+    )
+    async def retrieve_model(
+        model_id: Annotated[str, Path(description="A name `GET /v1/models` lists (it may hold `/` and `@`).")],
+    ) -> Model:
+        model = next((m for m in (await list_models()).data if m.id == model_id), None)
+        if model is None:
+            raise ModelNotFound(f"the model '{model_id}' does not exist", param="model")
+        return model
 
     @app.get("/healthz", response_class=PlainTextResponse, summary="Liveness: the process answers")
     async def healthz() -> PlainTextResponse:

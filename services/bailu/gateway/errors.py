@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from bailu.common.errors import BailuError, InternalError, InvalidRequest, NotFound
+from bailu.common.errors import BailuError, InternalError, InvalidRequest, NotFound, UnsupportedValue
+from bailu.gateway.field_policy import NOT_SUPPORTED
 from bailu.gateway.schemas import INVALID_UNICODE
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ def from_validation_error(errors: list[Any]) -> InvalidRequest:
         return InvalidRequest(f"unrecognized request argument supplied: {param}", param=param)
     if kind == "missing":
         return InvalidRequest(f"missing required parameter: {param}", param=param)
+    if kind == NOT_SUPPORTED:
+        return UnsupportedValue(f"unsupported value for {param}: {first.get('msg', 'not supported')}", param=param)
     if kind == INVALID_UNICODE:
         return InvalidRequest(f"{param} is {first.get('msg', 'not valid Unicode text')}", param=param)
     return InvalidRequest(f"invalid value for {param}: {first.get('msg', 'invalid')}", param=param)

@@ -59,6 +59,7 @@ COMPLETION_ERRORS: dict[int, str] = {
     504: "The request's deadline (`BAILU_GATEWAY_REQUEST_TIMEOUT_S`) passed (`code: deadline_exceeded`), or its "
     "worker stopped sending (`code: upstream_stalled`)",
 }
+MODEL_ERRORS: dict[int, str] = {404: "No model of that id is listed by `GET /v1/models` (`code: model_not_found`)"}
 FEEDBACK_ERRORS: dict[int, str] = {
     400: ERROR_DESCRIPTIONS[400] + "; or fields that do not fit the feedback's `type`",
     403: "The API key lacks the `feedback` scope (`code: missing_scope`)",

@@ -1,5 +1,11 @@
 """OpenAI request bodies, validated strictly: wrong types and unknown fields are 400s naming the field.
 
+Every field of OpenAI's chat-completions and completions bodies is known: those served are declared on the
+models below, the others in one table per body (`CHAT_FIELD_POLICY`, `COMPLETION_FIELD_POLICY`, and those of
+a message and of `stream_options`; see `bailu.gateway.field_policy`), which accept them at their no-op values
+(`null`, `[]`, the default) and refuse anything else as not supported. A field that becomes served leaves its
+table for a declaration here. `null` is accepted for every optional field and means its default.
+
 Every value is checked here, at the edge, against what the rest of the way can carry: each string is
 `WireText` (text that UTF-8, hence protobuf and Redis, can encode: no lone surrogate such as the legal JSON
 `"\ud800"`), and each integer lies in the range its wire field holds (`max_tokens` and `top_k` well inside
@@ -8,9 +14,9 @@ uint32, `seed` in int64). A value that passes these models never fails further o
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from bailu.common.errors import InvalidRequest
@@ -19,10 +25,12 @@ from bailu.common.types import (
     INT64_MIN,
     MAX_STOP_SEQUENCES,
     MAX_TOKENS_LIMIT,
+    MAX_TOP_LOGPROBS,
     TOP_K_LIMIT,
     ChatMessage,
     SamplingParams,
 )
+from bailu.gateway.field_policy import FieldPolicy, Ignored, Unserved, not_supported, policy_model
 
 MAX_CANDIDATES = 8
 # The model the documented request examples name (the one `make dev` serves).
@@ -30,6 +38,22 @@ EXAMPLE_MODEL = "smollm2-135m-instruct"
 MAX_MODEL_NAME_CHARS = 256
 # The pydantic error type of a string that is not valid Unicode (`bailu.gateway.errors` words its 400).
 INVALID_UNICODE = "invalid_unicode"
+# OpenAI's limits on `metadata`.
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+# Bounds on the strings that are accepted and ignored.
+MAX_HINT_CHARS = 1024
+MAX_SAFETY_IDENTIFIER_CHARS = 64
+# OpenAI's bound on the legacy completions `logprobs` (alternatives per token).
+MAX_COMPLETION_LOGPROBS = 5
+
+
+def _unicode_error(exc: UnicodeEncodeError, what: str = "") -> PydanticCustomError:
+    return PydanticCustomError(
+        INVALID_UNICODE, "not valid Unicode text ({what}lone surrogate at position {position})",
+        {"what": what, "position": exc.start},
+    )  # fmt: skip
 
 
 def _encodable(value: object) -> object:
@@ -40,21 +64,58 @@ def _encodable(value: object) -> object:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise PydanticCustomError(
-            INVALID_UNICODE, "not valid Unicode text (lone surrogate at position {position})", {"position": exc.start}
-        ) from None
+        raise _unicode_error(exc) from None
     return value
 
 
-def _boolean(value: object) -> object:
-    """Only a JSON boolean (`Literal[False]` alone would take `0`, which equals `False` in Python)."""
-    if not isinstance(value, bool):
-        raise PydanticCustomError("bool_type", "Input should be a valid boolean")
+def _null_is(default: object) -> BeforeValidator:
+    """`null` read as the field's default (`n: null` is one candidate)."""
+    return BeforeValidator(lambda value: default if value is None else value)
+
+
+def _or_null(schema: dict[str, Any]) -> None:
+    """The field's JSON Schema, with `null` also taken (for a field whose `null` means its default)."""
+    inner = {k: schema.pop(k) for k in list(schema) if k not in ("default", "description", "title")}
+    schema["anyOf"] = [inner, {"type": "null"}]
+
+
+def _metadata_keys(value: object) -> object:
+    """The key checks of `metadata` that pydantic would report under the key itself, worded for the field."""
+    if not isinstance(value, dict):
+        return value
+    if len(value) > MAX_METADATA_PAIRS:
+        raise PydanticCustomError(
+            "too_long",
+            "at most {limit} key-value pairs, not {count}",
+            {"limit": MAX_METADATA_PAIRS, "count": len(value)},
+        )
+    for key in value:
+        if not isinstance(key, str):
+            continue
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _unicode_error(exc, "a key has a ") from None
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise PydanticCustomError(
+                "string_too_long", "the key {key} is longer than {limit} characters",
+                {"key": repr(key[:24] + "..."), "limit": MAX_METADATA_KEY_CHARS},
+            )  # fmt: skip
     return value
 
 
 WireText = Annotated[str, BeforeValidator(_encodable)]
 """A string that crosses the gRPC hop or goes to Redis: valid Unicode (a lone surrogate is a 400)."""
+
+Metadata = Annotated[
+    dict[
+        Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS), BeforeValidator(_encodable)],
+        Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS), BeforeValidator(_encodable)],
+    ],
+    Field(max_length=MAX_METADATA_PAIRS),
+    BeforeValidator(_metadata_keys),
+]
+"""OpenAI's `metadata`: up to 16 string pairs (keys up to 64 characters, values up to 512)."""
 
 
 class StrictBody(BaseModel):
@@ -68,19 +129,131 @@ class TextPart(StrictBody):
     text: WireText
 
 
-class Message(StrictBody):
+class UrlCitation(StrictBody):
+    start_index: int
+    end_index: int
+    title: WireText
+    url: WireText
+
+
+class Annotation(StrictBody):
+    type: Literal["url_citation"]
+    url_citation: UrlCitation
+
+
+# What an SDK echoes back of an assistant reply (`message.model_dump()`) besides its text.
+MESSAGE_FIELD_POLICY: dict[str, FieldPolicy] = {
+    "audio": Unserved("audio replies in history"),
+    "function_call": Unserved("function calling"),
+    "tool_calls": Unserved("tool calling", (None, [])),
+    "annotations": Ignored(list[Annotation], "an assistant reply's URL citations"),
+}
+ASSISTANT_FIELDS = ("refusal", "annotations")
+# Roles OpenAI takes in history that need a feature this deployment does not serve.
+UNSERVED_ROLES = {"tool": "tool results (role 'tool')", "function": "function results (role 'function')"}
+
+
+class PromptCacheOptions(StrictBody):
+    mode: Literal["implicit", "explicit"] | None = None
+    ttl: Literal["30m"] | None = None
+
+
+CHAT_FIELD_POLICY: dict[str, FieldPolicy] = {
+    "audio": Unserved("audio output"),
+    "function_call": Unserved("function calling", (None, "none", "auto")),
+    "functions": Unserved("function calling", (None, [])),
+    "logit_bias": Unserved("logit_bias", (None, {})),
+    "modalities": Unserved("audio output", (None, ["text"])),
+    "moderation": Unserved("moderation"),
+    "parallel_tool_calls": Ignored(bool, "it only matters with tools"),
+    "prediction": Unserved("predicted outputs"),
+    "prompt_cache_key": Ignored(
+        Annotated[str, Field(max_length=MAX_HINT_CHARS), BeforeValidator(_encodable)], "a prompt-cache hint"
+    ),
+    "prompt_cache_options": Ignored(PromptCacheOptions, "a prompt-cache hint"),
+    "prompt_cache_retention": Ignored(Literal["in_memory", "24h"], "a prompt-cache hint"),
+    "reasoning_effort": Unserved("reasoning effort", (None, "none")),
+    "response_format": Unserved("structured outputs (json_object, json_schema)", (None, {"type": "text"})),
+    "safety_identifier": Ignored(
+        Annotated[str, Field(max_length=MAX_SAFETY_IDENTIFIER_CHARS), BeforeValidator(_encodable)],
+        "an end-user id for OpenAI's abuse checks",
+    ),
+    "service_tier": Unserved("service tiers", (None, "auto", "default")),
+    "tool_choice": Unserved("tool calling", (None, "none", "auto")),
+    "tools": Unserved("tool calling", (None, [])),
+    "verbosity": Unserved("verbosity", (None, "medium")),
+    "web_search_options": Unserved("web search"),
+}
+COMPLETION_FIELD_POLICY: dict[str, FieldPolicy] = {
+    "best_of": Unserved("best_of (use n for candidates)", (None, 1)),
+    "echo": Unserved("echo", (None, False)),
+    "logit_bias": Unserved("logit_bias", (None, {})),
+    "suffix": Unserved("suffix (insertion)", (None, "")),
+}
+STREAM_OPTIONS_FIELD_POLICY: dict[str, FieldPolicy] = {
+    "include_obfuscation": Ignored(bool, "streams are not obfuscated"),
+}
+
+if TYPE_CHECKING:
+
+    class _MessagePolicy(StrictBody): ...
+
+    class _ChatPolicy(StrictBody): ...
+
+    class _CompletionPolicy(StrictBody): ...
+
+    class _StreamOptionsPolicy(StrictBody): ...
+
+else:
+    # Base classes with one field per table entry, built at import (mypy sees the empty classes above).
+    _MessagePolicy = policy_model("MessageFieldPolicy", StrictBody, MESSAGE_FIELD_POLICY)
+    _ChatPolicy = policy_model("ChatFieldPolicy", StrictBody, CHAT_FIELD_POLICY)
+    _CompletionPolicy = policy_model("CompletionFieldPolicy", StrictBody, COMPLETION_FIELD_POLICY)
+    _StreamOptionsPolicy = policy_model("StreamOptionsFieldPolicy", StrictBody, STREAM_OPTIONS_FIELD_POLICY)
+
+
+class Message(_MessagePolicy):
+    """One turn of `messages`. An assistant turn may be one of this API's replies echoed back as SDKs dump it
+    (`refusal`, `annotations`, `audio`, `function_call`, `tool_calls` at their nulls)."""
+
     role: Literal["system", "developer", "user", "assistant"]
-    content: WireText | list[TextPart]
+    content: WireText | list[TextPart] | None = Field(description="Null only on an assistant turn with `refusal`.")
     name: WireText | None = None
+    refusal: WireText | None = Field(None, description="An assistant turn's refusal: its text when `content` is null.")
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _served_role(cls, role: object) -> object:
+        if isinstance(role, str) and role in UNSERVED_ROLES:
+            raise not_supported(UNSERVED_ROLES[role], "roles system, developer, user, assistant")
+        return role
+
+    @model_validator(mode="after")
+    def _fits_the_role(self) -> Message:
+        if self.role != "assistant":
+            if self.content is None:
+                raise PydanticCustomError("message_content", "a {role} message needs content", {"role": self.role})
+            for name in ASSISTANT_FIELDS:
+                if getattr(self, name) is not None:
+                    raise PydanticCustomError(
+                        "message_field", "{field} is an assistant message's field, not a {role} message's",
+                        {"field": name, "role": self.role},
+                    )  # fmt: skip
+        elif self.content is None and self.refusal is None:
+            raise PydanticCustomError("message_content", "an assistant message needs content (or a refusal)")
+        return self
 
     def to_domain(self) -> ChatMessage:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        if self.content is None:
+            text = self.refusal or ""
+        else:
+            text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
         # "developer" is OpenAI's newer name for the system role.
         return ChatMessage("system" if self.role == "developer" else self.role, text)
 
 
-class StreamOptions(StrictBody):
-    include_usage: bool = False
+class StreamOptions(_StreamOptionsPolicy):
+    include_usage: Annotated[bool, _null_is(False)] = Field(False, json_schema_extra=_or_null)
 
 
 StopText = Annotated[WireText, Field(min_length=1)]
@@ -104,16 +277,25 @@ class _Sampling(StrictBody):
     seed: int | None = Field(
         None, ge=INT64_MIN, le=INT64_MAX, description="Fixes the sampling; candidates (`n` > 1) get `seed + i`."
     )
-    n: int = Field(1, ge=1, le=MAX_CANDIDATES, description="How many candidates to generate (to compare them).")
+    n: Annotated[int, Field(ge=1, le=MAX_CANDIDATES), _null_is(1)] = Field(
+        1, description="How many candidates to generate (to compare them).", json_schema_extra=_or_null
+    )
     store: bool | None = Field(
         None, description="Whether to keep this completion for feedback and training (default: the deployment's)."
     )
-    stream: bool = False
+    stream: Annotated[bool, _null_is(False)] = Field(False, json_schema_extra=_or_null)
     stream_options: StreamOptions | None = None
     user: WireText | None = Field(None, max_length=256)
+    metadata: Metadata | None = Field(
+        None,
+        description="Tags stored with the completion and carried into the datasets built from its feedback, to "
+        "filter them by (up to 16 pairs; keys up to 64 characters, values up to 512). An extension on "
+        "/v1/completions.",
+    )
 
     def sampling(self, max_tokens: int | None) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        logprobs, top_logprobs = self.logprobs_wanted()
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
@@ -124,14 +306,20 @@ class _Sampling(StrictBody):
             repetition_penalty=self.repetition_penalty,
             stop=stop,
             seed=self.seed,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
         )
+
+    def logprobs_wanted(self) -> tuple[bool, int]:
+        """Whether log probabilities are asked for, and how many alternatives per token."""
+        return False, 0
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(_ChatPolicy, _Sampling):
     """`POST /v1/chat/completions`."""
 
     model_config = ConfigDict(
@@ -147,12 +335,32 @@ class ChatCompletionRequest(_Sampling):
                     "temperature": 0.8,
                     "max_tokens": 64,
                 },
+                {
+                    # As SDKs that send every field do: the fields not served at their no-op values.
+                    "model": EXAMPLE_MODEL,
+                    "messages": [{"role": "user", "content": "A poem about frost"}],
+                    "metadata": {"campaign": "autumn"},
+                    "tools": [],
+                    "tool_choice": "none",
+                    "logit_bias": None,
+                    "response_format": {"type": "text"},
+                    "reasoning_effort": None,
+                },
             ]
         }
     )
 
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: MaxTokens | None = None
+    logprobs: Annotated[bool, _null_is(False)] = Field(
+        False, description="Return each output token's log probability.", json_schema_extra=_or_null
+    )
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_TOP_LOGPROBS, description="With `logprobs`, the most likely tokens to list at each position."
+    )
+
+    def logprobs_wanted(self) -> tuple[bool, int]:
+        return self.logprobs, self.top_logprobs or 0
 
     def messages_domain(self) -> tuple[ChatMessage, ...]:
         return tuple(m.to_domain() for m in self.messages)
@@ -163,7 +371,7 @@ class ChatCompletionRequest(_Sampling):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(_CompletionPolicy, _Sampling):
     """`POST /v1/completions`."""
 
     model_config = ConfigDict(
@@ -171,7 +379,16 @@ class CompletionRequest(_Sampling):
     )
 
     prompt: PromptText | Annotated[list[PromptText], Field(min_length=1, max_length=1)]
-    echo: Annotated[Literal[False], BeforeValidator(_boolean)] = False
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_COMPLETION_LOGPROBS,
+        description="Return each output token's log probability and this many most likely tokens at each position "
+        "(0: the sampled token's alone).",
+    )
+
+    def logprobs_wanted(self) -> tuple[bool, int]:
+        return self.logprobs is not None, self.logprobs or 0
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

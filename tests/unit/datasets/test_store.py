@@ -67,3 +67,54 @@ def test_half_written_batches_and_versions_are_invisible_and_removed(tmp_path: P
     assert store.versions() == []
     assert store.remove_stale_tmp() == 2
     assert list(store.shards.iterdir()) == []
+
+
+def tagged(kind: str, number: int, metadata: dict[str, str]) -> Example:
+    rejected = f"Worse {number}." if kind == PREFERENCE else None
+    answer = f"Answer number {number}."
+    return Example(kind, "edit", f"{number}-t", 1_750_000_000.0 + number, PROMPT, answer, rejected, metadata)
+
+
+def test_metadata_is_kept_beside_the_records_and_a_version_can_be_filtered_by_it(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path)
+    store.write_batch(
+        "0001-a",
+        [tagged(SFT, 1, {"campaign": "autumn"}), tagged(PREFERENCE, 2, {"campaign": "spring", "tier": "pro"})],
+        "c",
+    )
+    store.write_batch("0002-a", [tagged(SFT, 3, {}), tagged(SFT, 4, {"campaign": "autumn"})], "c")
+    version = store.seal()
+    assert version is not None
+
+    # The ms-swift records stay as ms-swift reads them; the tags are in the provenance.
+    sft_lines = (store.versions_dir / version / "sft.jsonl").read_text().splitlines()
+    assert all(set(json.loads(line)) == {"messages"} for line in sft_lines)
+    assert [r.get("metadata") for r in store.batch_meta("0001-a")["records"]] == [
+        {"campaign": "autumn"},
+        {"campaign": "spring", "tier": "pro"},
+    ]
+    assert "metadata" not in store.batch_meta("0002-a")["records"][0]
+
+    autumn = [
+        record["messages"][-1]["content"]
+        for meta, record in store.records(version, SFT)
+        if meta.get("metadata", {}).get("campaign") == "autumn"
+    ]
+    assert autumn == ["Answer number 1.", "Answer number 4."]
+    [(meta, pair)] = list(store.records(version, PREFERENCE))
+    assert (meta["metadata"]["tier"], pair["rejected_response"]) == ("pro", "Worse 2.")
+
+    assert store.manifest(version)["metadata_keys"] == {"campaign": 3, "tier": 1}
+    counts = store.metadata_counts(version, "campaign")
+    assert list(counts) == ["autumn", "spring", None]  # most frequent first, the records without the key last
+    assert counts["autumn"] == {SFT: 2}
+    assert counts["spring"] == {PREFERENCE: 1}
+    assert counts[None] == {SFT: 1}
+
+
+def test_records_without_metadata_count_as_untagged(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path)
+    store.write_batch("0001-a", examples(2), "c")
+    version = store.seal()
+    assert version is not None
+    assert store.metadata_counts(version, "campaign") == {None: {SFT: 2, PREFERENCE: 2}}

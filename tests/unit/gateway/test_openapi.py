@@ -63,6 +63,7 @@ EXPECTED_STATUSES = {
     ("/v1/feedback", "post"): {"202", "400", "401", "403", "404", "409", "413", "503"},
     # 503: the API key store does not answer.
     ("/v1/models", "get"): {"200", "401", "503"},
+    ("/v1/models/{model_id}", "get"): {"200", "401", "404", "503"},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
     ("/metrics", "get"): {"200"},
