@@ -31,6 +31,8 @@ GATEWAY_SHED = "bailu_gateway_shed_total"
 GATEWAY_AUTH_REJECTIONS = "bailu_gateway_auth_rejections_total"
 GATEWAY_QUOTA_REJECTIONS = "bailu_gateway_quota_rejections_total"
 GATEWAY_QUOTA_FALLBACKS = "bailu_gateway_quota_fallbacks_total"
+GATEWAY_QUOTA_ADMITTED = "bailu_gateway_quota_admitted_total"
+GATEWAY_QUOTA_TOKENS = "bailu_gateway_quota_tokens_total"
 
 # worker
 WORKER_REQUESTS = "bailu_worker_requests_total"
@@ -143,6 +145,18 @@ class GatewayMetrics:
             GATEWAY_QUOTA_REJECTIONS,
             "Requests refused by a per-key quota, by the limit reached (requests, tokens, concurrency)",
             ["limit"],
+            registry=metrics_registry,
+        )
+        self.quota_admitted = Counter(
+            GATEWAY_QUOTA_ADMITTED,
+            "Requests of API keys with quotas admitted, by the key's priority class (with rejections: the quotas' use)",
+            ["priority"],
+            registry=metrics_registry,
+        )
+        self.quota_tokens = Counter(
+            GATEWAY_QUOTA_TOKENS,
+            "Tokens (prompt + completion) charged to API keys with a tokens-per-minute quota, by priority class",
+            ["priority"],
             registry=metrics_registry,
         )
         self.quota_fallbacks = Counter(

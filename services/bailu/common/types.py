@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from bailu.common.errors import InvalidRequest
 
@@ -16,6 +17,8 @@ MAX_STOP_SEQUENCES = 4
 MAX_TOKENS_LIMIT = 1 << 20
 TOP_K_LIMIT = 1 << 20
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+# The most alternatives per token `top_logprobs` may ask for (OpenAI's chat-completions bound).
+MAX_TOP_LOGPROBS = 20
 ROLES = frozenset({"system", "user", "assistant"})
 # Priority classes of a request (an API key's `priority`): interactive requests go before batch ones in a
 # worker's queue, and batch ones are shed first under load.
@@ -49,6 +52,15 @@ class SamplingParams:
     repetition_penalty: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Report each generated token's log probability (`GenerateChunk.logprobs`), with the `top_logprobs` most
+    # likely alternatives at each position (0: none).
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    def requested(self) -> dict[str, Any]:
+        """The parameters the request set (those that differ from their defaults), as the completion record
+        keeps them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
     def validate(self) -> None:
         """Raise `InvalidRequest` naming the first out-of-range parameter."""
@@ -64,6 +76,9 @@ class SamplingParams:
             raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed", param="stop")
         if any(not s for s in self.stop):
             raise InvalidRequest("stop sequences must be non-empty", param="stop")
+        _check_range("top_logprobs", self.top_logprobs, 0, MAX_TOP_LOGPROBS)
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
 
 
 def _check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False) -> None:
@@ -146,14 +161,39 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One of the most likely tokens at a position: its text, natural-log probability and UTF-8 bytes."""
+
+    token: str
+    logprob: float
+    token_bytes: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The log probability of one generated token, with the most likely alternatives at its position (most
+    likely first). `token_bytes` are exact even where `token`, a piece of a multi-byte character, is not."""
+
+    token: str
+    logprob: float
+    token_bytes: bytes
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateChunk:
-    """A piece of a streamed completion; the last one has `finish_reason` and `usage`."""
+    """A piece of a streamed completion; the last one has `finish_reason` and `usage`.
+
+    With `SamplingParams.logprobs`, `logprobs` holds one entry per token the chunk covers (`token_count` of
+    them), in output order; an engine that learns of a token's log probability late attaches it to a later
+    chunk, at the latest the last one, so that every generated token has exactly one entry."""
 
     text: str
     token_count: int = 0
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     served_model: str = ""
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

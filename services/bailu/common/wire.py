@@ -13,6 +13,8 @@ from bailu.common.types import (
     LoadReport,
     ModelCard,
     SamplingParams,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 from bailu.v1 import worker_pb2 as pb
@@ -35,7 +37,9 @@ _OPTIONAL_SAMPLING = (
 
 
 def request_to_pb(req: GenerateRequest) -> pb.GenerateRequest:
-    sampling = pb.SamplingParams(stop=list(req.sampling.stop))
+    sampling = pb.SamplingParams(
+        stop=list(req.sampling.stop), logprobs=req.sampling.logprobs, top_logprobs=req.sampling.top_logprobs
+    )
     for name in _OPTIONAL_SAMPLING:
         value = getattr(req.sampling, name)
         if value is not None:
@@ -60,6 +64,8 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerateRequest:
     s = msg.sampling
     sampling = SamplingParams(
         stop=tuple(s.stop),
+        logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs,
         **{name: getattr(s, name) for name in _OPTIONAL_SAMPLING if s.HasField(name)},
     )
     which = msg.WhichOneof("input")
@@ -83,6 +89,15 @@ def chunk_to_pb(chunk: GenerateChunk) -> pb.GenerateResponse:
     if chunk.usage is not None:
         msg.usage.prompt_tokens = chunk.usage.prompt_tokens
         msg.usage.completion_tokens = chunk.usage.completion_tokens
+    for entry in chunk.logprobs:
+        msg.logprobs.append(
+            pb.TokenLogprob(
+                token=entry.token,
+                logprob=entry.logprob,
+                bytes=entry.token_bytes,
+                top=[pb.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.token_bytes) for t in entry.top],
+            )
+        )
     return msg
 
 
@@ -93,6 +108,10 @@ def chunk_from_pb(msg: pb.GenerateResponse) -> GenerateChunk:
         finish_reason=_FINISH_FROM_PB.get(msg.finish_reason),
         usage=Usage(msg.usage.prompt_tokens, msg.usage.completion_tokens) if msg.HasField("usage") else None,
         served_model=msg.served_model,
+        logprobs=tuple(
+            TokenLogprob(e.token, e.logprob, e.bytes, tuple(TopLogprob(t.token, t.logprob, t.bytes) for t in e.top))
+            for e in msg.logprobs
+        ),
     )
 
 

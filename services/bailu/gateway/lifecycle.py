@@ -30,7 +30,7 @@ from bailu.gateway.backpressure import ClientWriteTimeout, send_within
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.model_names import Target
 from bailu.gateway.openai_format import Candidate, ResponseBuilder, new_id, total_usage
-from bailu.gateway.quotas import Admission
+from bailu.gateway.quotas import QuotaGrant
 from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -80,22 +80,22 @@ class Completion:
         completion_log: CompletionLog | None,
         stream_buffer_chunks: int = 32,
         client_write_timeout_s: float = 30.0,
-        admission: Admission | None = None,
+        quota: QuotaGrant | None = None,
         reserved_tokens: int = 0,
     ) -> None:
         """`completion_log` is where `finish` submits the record (None: not stored). `stream_buffer_chunks`
         bounds the chunks the merge of `n` > 1 candidates holds for a slow client; a streaming response
         gives up on a client that takes longer than `client_write_timeout_s` to accept one write.
-        `admission` is the key's quota admission, settled with the tokens used when the completion closes
+        `quota` is the key's quota grant, settled with the tokens used when the completion closes
         (`reserved_tokens`, the prompt's estimate, stands for the prompt when no usage came back)."""
         self.body, self.target, self.gen, self.key_id = body, target, gen, key_id
-        self.admission = admission
+        self.quota = quota
         self.reserved_tokens = reserved_tokens
         self.metrics = metrics
         self.completion_log = completion_log
         self.stream_buffer_chunks = stream_buffer_chunks
         self.client_write_timeout_s = client_write_timeout_s
-        self.builder = ResponseBuilder(kind, target.resolved, new_id(kind))
+        self.builder = ResponseBuilder(kind, target.resolved, new_id(kind), logprobs=gen.sampling.logprobs)
         self.candidates = [Candidate(i) for i in range(body.n)]
         self.start = time.monotonic()
         self.ttft = 0.0
@@ -191,19 +191,23 @@ class Completion:
                 messages=messages,
                 prompt=gen.prompt,
                 choices=[Choice(c.index, c.text, c.finish.value if c.finish else None) for c in candidates],
-                sampling={k: v for k, v in dataclasses.asdict(gen.sampling).items() if v not in (None, ())},
+                sampling=gen.sampling.requested(),
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,
                 ttft_ms=round(self.ttft * 1000, 1),
                 total_ms=round((time.monotonic() - self.start) * 1000, 1),
                 request_id=gen.request_id,
                 prompt_hash=prompt_hash(messages, gen.prompt),
+                metadata=dict(self.body.metadata or {}),
             )
         )
 
     def tokens_used(self) -> int:
         """Prompt plus completion tokens, for the key's tokens-per-minute quota: the usage the workers reported,
-        else (a completion cut short) the prompt's estimate and the tokens streamed so far."""
+        else (a completion cut short) the prompt's estimate and the tokens streamed so far; nothing when no
+        worker generated anything (refused, shed, failed before its first token)."""
+        if not any(c.parts for c in self.candidates):
+            return 0
         usage = total_usage(self.candidates)
         prompt = usage.prompt_tokens if usage is not None else self.reserved_tokens
         return prompt + sum(c.usage.completion_tokens if c.usage else c.tokens for c in self.candidates)
@@ -215,10 +219,16 @@ class Completion:
             return
         self._closed = True
         self.metrics.inflight.dec()
-        # Shielded: a caller cancelled once more while closing must not leave a worker call open.
-        await asyncio.shield(self._close_streams())
-        if self.admission is not None:
-            await asyncio.shield(self.admission.settle(self.tokens_used()))
+        # Shielded: a caller cancelled once more while closing must not leave a worker call open, nor the
+        # key's quota unsettled (its concurrency slot held until the lease expires).
+        await asyncio.shield(self._close_and_settle())
+
+    async def _close_and_settle(self) -> None:
+        try:
+            await self._close_streams()
+        finally:
+            if self.quota is not None:
+                await self.quota.settle(self.tokens_used())
 
     async def _close_streams(self) -> None:
         # The body first: closing it stops the tasks that read the streams (`chunks`), which cannot be

@@ -8,7 +8,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from bailu.common.types import FinishReason, GenerateChunk, Usage
+from bailu.common.types import FinishReason, GenerateChunk, TokenLogprob, Usage
+
+# The floor of a reported log probability, as vLLM reports it: JSON has no -Infinity.
+LOGPROB_FLOOR = -9999.0
 
 
 def new_id(kind: str) -> str:
@@ -45,6 +48,10 @@ class Candidate:
     usage: Usage | None = None
     tokens: int = 0
     served_model: str = ""
+    # Log probabilities of the tokens so far (when asked for), and the characters of their tokens: the legacy
+    # format's `text_offset` of the next one.
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    logprob_chars: int = 0
 
     @property
     def text(self) -> str:
@@ -56,6 +63,45 @@ class Candidate:
         self.finish = chunk.finish_reason or self.finish
         self.usage = chunk.usage or self.usage
         self.served_model = chunk.served_model or self.served_model
+        self.logprobs.extend(chunk.logprobs)
+        self.logprob_chars += sum(len(entry.token) for entry in chunk.logprobs)
+
+
+def _logprob(value: float) -> float:
+    return value if value >= LOGPROB_FLOOR else LOGPROB_FLOOR  # -inf and NaN alike
+
+
+def chat_logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """OpenAI's chat `choices[].logprobs`: `{"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}`."""
+    return {
+        "content": [
+            {
+                "token": e.token,
+                "logprob": _logprob(e.logprob),
+                "bytes": list(e.token_bytes),
+                "top_logprobs": [
+                    {"token": t.token, "logprob": _logprob(t.logprob), "bytes": list(t.token_bytes)} for t in e.top
+                ],
+            }
+            for e in entries
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(entries: list[TokenLogprob] | tuple[TokenLogprob, ...], text_offset: int) -> dict[str, Any]:
+    """OpenAI's legacy completions `choices[].logprobs`: `{"tokens", "token_logprobs", "top_logprobs",
+    "text_offset"}`, offsets counted from `text_offset` by the tokens' lengths (as vLLM counts them)."""
+    offsets = []
+    for e in entries:
+        offsets.append(text_offset)
+        text_offset += len(e.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [_logprob(e.logprob) for e in entries],
+        "top_logprobs": [{t.token: _logprob(t.logprob) for t in e.top} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def total_usage(candidates: list[Candidate]) -> Usage | None:
@@ -69,10 +115,12 @@ def total_usage(candidates: list[Candidate]) -> Usage | None:
 class ResponseBuilder:
     """Formats one completion (chat or text, with one or more candidates) as OpenAI objects."""
 
-    def __init__(self, kind: str, model: str, response_id: str) -> None:
+    def __init__(self, kind: str, model: str, response_id: str, *, logprobs: bool = False) -> None:
+        """`logprobs`: the request asked for log probabilities (`SamplingParams.logprobs`)."""
         self.kind = kind
         self.model = model
         self.id = response_id
+        self.logprobs = logprobs
         self.created = int(time.time())
         self._templates: dict[int, tuple[bytes, bytes]] = {}
 
@@ -87,12 +135,40 @@ class ResponseBuilder:
             template = self._templates[index] = (prefix, suffix)
         return template[0] + json.dumps(text).encode() + template[1]
 
+    def event(self, candidate: Candidate, chunk: GenerateChunk) -> bytes:
+        """Add `chunk` to `candidate` and return its SSE event (empty when there is nothing to send)."""
+        offset = candidate.logprob_chars
+        candidate.add(chunk)
+        if self.logprobs:
+            if chunk.finish_reason is None and not chunk.text and not chunk.logprobs:
+                return b""
+            logprobs = self._choice_logprobs(chunk.logprobs, offset)
+            return sse(self.chunk(chunk.text, chunk.finish_reason, index=candidate.index, logprobs=logprobs))
+        if chunk.finish_reason is not None:
+            return sse(self.chunk(chunk.text, chunk.finish_reason, index=candidate.index))
+        if chunk.text:
+            return self.text_event(chunk.text, candidate.index)
+        return b""
+
+    def _choice_logprobs(
+        self, entries: list[TokenLogprob] | tuple[TokenLogprob, ...], text_offset: int
+    ) -> dict[str, Any] | None:
+        if not self.logprobs:
+            return None
+        return chat_logprobs(entries) if self.kind == "chat" else completion_logprobs(entries, text_offset)
+
     def _envelope(self, chunk: bool) -> dict[str, Any]:
         obj = ("chat.completion.chunk" if chunk else "chat.completion") if self.kind == "chat" else "text_completion"
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
     def chunk(
-        self, text: str | None, finish: FinishReason | None, *, index: int = 0, first: bool = False
+        self,
+        text: str | None,
+        finish: FinishReason | None,
+        *,
+        index: int = 0,
+        first: bool = False,
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         body = self._envelope(chunk=True)
         if self.kind == "chat":
@@ -101,9 +177,9 @@ class ResponseBuilder:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None}
+            choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs}
         else:
-            choice = {"index": index, "text": text or "", "logprobs": None}
+            choice = {"index": index, "text": text or "", "logprobs": logprobs}
         choice["finish_reason"] = finish.value if finish else None
         body["choices"] = [choice]
         return body
@@ -119,11 +195,12 @@ class ResponseBuilder:
         choices = []
         for c in candidates:
             reason = (c.finish or FinishReason.STOP).value
+            logprobs = self._choice_logprobs(c.logprobs, 0)
             if self.kind == "chat":
                 message = {"role": "assistant", "content": c.text}
-                choices.append({"index": c.index, "message": message, "logprobs": None, "finish_reason": reason})
+                choices.append({"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": reason})
             else:
-                choices.append({"index": c.index, "text": c.text, "logprobs": None, "finish_reason": reason})
+                choices.append({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": reason})
         body["choices"] = choices
         body["usage"] = usage_dict(total_usage(candidates))
         return body

@@ -32,6 +32,32 @@ class Usage(BaseModel):
     total_tokens: int = Field(ge=0)
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float = Field(le=0, description="Natural log of the token's probability (-9999.0 for -inf).")
+    bytes: list[int] | None = Field(description="The token's UTF-8 bytes (a token may be part of a character).")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="The most likely tokens at this position (`top_logprobs`).")
+
+
+class ChatLogprobs(BaseModel):
+    """`logprobs: true`: one entry per generated token."""
+
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
+class TextLogprobs(BaseModel):
+    """Completions' `logprobs: k` (the legacy format): parallel lists, one entry per generated token."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
     content: str
@@ -40,7 +66,7 @@ class AssistantMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int = Field(ge=0, description="Which candidate (`n` > 1).")
     message: AssistantMessage
-    logprobs: None
+    logprobs: ChatLogprobs | None
     finish_reason: FinishReasonName
 
 
@@ -63,7 +89,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = Field(ge=0)
     delta: ChatDelta
-    logprobs: None
+    logprobs: ChatLogprobs | None
     finish_reason: FinishReasonName | None
 
 
@@ -82,7 +108,7 @@ class ChatCompletionChunk(BaseModel):
 class TextChoice(BaseModel):
     index: int = Field(ge=0)
     text: str
-    logprobs: None
+    logprobs: TextLogprobs | None
     finish_reason: FinishReasonName | None
 
 

@@ -24,49 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ilu/v1/worker.proto\x12\x08\x62\x61ilu.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"7\n\x0c\x43hatMessages\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.bailu.v1.ChatMessage\"\xea\x02\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x11\n\x04seed\x18\t \x01(\x03H\x07\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\x9a\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12&\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x16.bailu.v1.ChatMessagesH\x00\x12\x10\n\x06prompt\x18\x05 \x01(\tH\x00\x12*\n\x08sampling\x18\x06 \x01(\x0b\x32\x18.bailu.v1.SamplingParams\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x07 \x01(\x03\x12$\n\x08priority\x18\x08 \x01(\x0e\x32\x12.bailu.v1.Priority\x12$\n\x1c\x66irst_token_deadline_unix_ms\x18\t \x01(\x03\x42\x07\n\x05input\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xa0\x01\n\x10GenerateResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\r\x12-\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.bailu.v1.FinishReason\x12\x1e\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.bailu.v1.Usage\x12\x14\n\x0cserved_model\x18\x05 \x01(\t\"\x13\n\x11ListModelsRequest\"R\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\"\xb7\x01\n\x0c\x43\x61pabilities\x12\x10\n\x08\x61\x64\x61pters\x18\x01 \x01(\x08\x12\x1f\n\x17runtime_adapter_loading\x18\x02 \x01(\x08\x12$\n\x1c\x61\x64\x61pter_load_restarts_engine\x18\x03 \x01(\x08\x12\x1d\n\x15mixed_adapter_batches\x18\x04 \x01(\x08\x12\x16\n\x0enative_metrics\x18\x05 \x01(\x08\x12\x17\n\x0fraw_completions\x18\x06 \x01(\x08\"w\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.bailu.v1.ModelCard\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12,\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x16.bailu.v1.Capabilities\"0\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"9\n\x13LoadAdapterResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.bailu.v1.ModelCard\"$\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15UnloadAdapterResponse\"\x10\n\x0eGetLoadRequest\"\x8a\x01\n\nLoadReport\x12\x0e\n\x06queued\x18\x01 \x01(\r\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x11\n\tmax_queue\x18\x04 \x01(\r\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x14\n\x0cqueued_batch\x18\x06 \x01(\r\x12\x11\n\tservice_s\x18\x07 \x01(\x01*R\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n\x0ePRIORITY_BATCH\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xf8\x02\n\x0fInferenceWorker\x12\x43\n\x08Generate\x12\x19.bailu.v1.GenerateRequest\x1a\x1a.bailu.v1.GenerateResponse0\x01\x12G\n\nListModels\x12\x1b.bailu.v1.ListModelsRequest\x1a\x1c.bailu.v1.ListModelsResponse\x12J\n\x0bLoadAdapter\x12\x1c.bailu.v1.LoadAdapterRequest\x1a\x1d.bailu.v1.LoadAdapterResponse\x12P\n\rUnloadAdapter\x12\x1e.bailu.v1.UnloadAdapterRequest\x1a\x1f.bailu.v1.UnloadAdapterResponse\x12\x39\n\x07GetLoad\x12\x18.bailu.v1.GetLoadRequest\x1a\x14.bailu.v1.LoadReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ilu/v1/worker.proto\x12\x08\x62\x61ilu.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"7\n\x0c\x43hatMessages\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.bailu.v1.ChatMessage\"\x92\x03\n\x0eSamplingParams\x12\x17\n\nmax_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x11\n\x04seed\x18\t \x01(\x03H\x07\x88\x01\x01\x12\x10\n\x08logprobs\x18\n \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0b \x01(\rB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"\x9a\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12&\n\x04\x63hat\x18\x04 \x01(\x0b\x32\x16.bailu.v1.ChatMessagesH\x00\x12\x10\n\x06prompt\x18\x05 \x01(\tH\x00\x12*\n\x08sampling\x18\x06 \x01(\x0b\x32\x18.bailu.v1.SamplingParams\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x07 \x01(\x03\x12$\n\x08priority\x18\x08 \x01(\x0e\x32\x12.bailu.v1.Priority\x12$\n\x1c\x66irst_token_deadline_unix_ms\x18\t \x01(\x03\x42\x07\n\x05input\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\xca\x01\n\x10GenerateResponse\x12\x12\n\ntext_delta\x18\x01 \x01(\t\x12\x13\n\x0btoken_count\x18\x02 \x01(\r\x12-\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.bailu.v1.FinishReason\x12\x1e\n\x05usage\x18\x04 \x01(\x0b\x32\x0f.bailu.v1.Usage\x12\x14\n\x0cserved_model\x18\x05 \x01(\t\x12(\n\x08logprobs\x18\x06 \x03(\x0b\x32\x16.bailu.v1.TokenLogprob\"`\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\x12!\n\x03top\x18\x04 \x03(\x0b\x32\x14.bailu.v1.TopLogprob\";\n\nTopLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\"\x13\n\x11ListModelsRequest\"R\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\"\xb7\x01\n\x0c\x43\x61pabilities\x12\x10\n\x08\x61\x64\x61pters\x18\x01 \x01(\x08\x12\x1f\n\x17runtime_adapter_loading\x18\x02 \x01(\x08\x12$\n\x1c\x61\x64\x61pter_load_restarts_engine\x18\x03 \x01(\x08\x12\x1d\n\x15mixed_adapter_batches\x18\x04 \x01(\x08\x12\x16\n\x0enative_metrics\x18\x05 \x01(\x08\x12\x17\n\x0fraw_completions\x18\x06 \x01(\x08\"w\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.bailu.v1.ModelCard\x12\x0e\n\x06\x65ngine\x18\x02 \x01(\t\x12,\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32\x16.bailu.v1.Capabilities\"0\n\x12LoadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"9\n\x13LoadAdapterResponse\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.bailu.v1.ModelCard\"$\n\x14UnloadAdapterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15UnloadAdapterResponse\"\x10\n\x0eGetLoadRequest\"\x8a\x01\n\nLoadReport\x12\x0e\n\x06queued\x18\x01 \x01(\r\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\r\x12\x11\n\tmax_queue\x18\x04 \x01(\r\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x14\n\x0cqueued_batch\x18\x06 \x01(\r\x12\x11\n\tservice_s\x18\x07 \x01(\x01*R\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n\x0ePRIORITY_BATCH\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xf8\x02\n\x0fInferenceWorker\x12\x43\n\x08Generate\x12\x19.bailu.v1.GenerateRequest\x1a\x1a.bailu.v1.GenerateResponse0\x01\x12G\n\nListModels\x12\x1b.bailu.v1.ListModelsRequest\x1a\x1c.bailu.v1.ListModelsResponse\x12J\n\x0bLoadAdapter\x12\x1c.bailu.v1.LoadAdapterRequest\x1a\x1d.bailu.v1.LoadAdapterResponse\x12P\n\rUnloadAdapter\x12\x1e.bailu.v1.UnloadAdapterRequest\x1a\x1f.bailu.v1.UnloadAdapterResponse\x12\x39\n\x07GetLoad\x12\x18.bailu.v1.GetLoadRequest\x1a\x14.bailu.v1.LoadReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bailu.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=1753
-  _globals['_PRIORITY']._serialized_end=1835
-  _globals['_FINISHREASON']._serialized_start=1837
-  _globals['_FINISHREASON']._serialized_end=1932
+  _globals['_PRIORITY']._serialized_start=1994
+  _globals['_PRIORITY']._serialized_end=2076
+  _globals['_FINISHREASON']._serialized_start=2078
+  _globals['_FINISHREASON']._serialized_end=2173
   _globals['_CHATMESSAGE']._serialized_start=35
   _globals['_CHATMESSAGE']._serialized_end=79
   _globals['_CHATMESSAGES']._serialized_start=81
   _globals['_CHATMESSAGES']._serialized_end=136
   _globals['_SAMPLINGPARAMS']._serialized_start=139
-  _globals['_SAMPLINGPARAMS']._serialized_end=501
-  _globals['_GENERATEREQUEST']._serialized_start=504
-  _globals['_GENERATEREQUEST']._serialized_end=786
-  _globals['_USAGE']._serialized_start=788
-  _globals['_USAGE']._serialized_end=845
-  _globals['_GENERATERESPONSE']._serialized_start=848
-  _globals['_GENERATERESPONSE']._serialized_end=1008
-  _globals['_LISTMODELSREQUEST']._serialized_start=1010
-  _globals['_LISTMODELSREQUEST']._serialized_end=1029
-  _globals['_MODELCARD']._serialized_start=1031
-  _globals['_MODELCARD']._serialized_end=1113
-  _globals['_CAPABILITIES']._serialized_start=1116
-  _globals['_CAPABILITIES']._serialized_end=1299
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1301
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1420
-  _globals['_LOADADAPTERREQUEST']._serialized_start=1422
-  _globals['_LOADADAPTERREQUEST']._serialized_end=1470
-  _globals['_LOADADAPTERRESPONSE']._serialized_start=1472
-  _globals['_LOADADAPTERRESPONSE']._serialized_end=1529
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1531
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1567
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1569
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1592
-  _globals['_GETLOADREQUEST']._serialized_start=1594
-  _globals['_GETLOADREQUEST']._serialized_end=1610
-  _globals['_LOADREPORT']._serialized_start=1613
-  _globals['_LOADREPORT']._serialized_end=1751
-  _globals['_INFERENCEWORKER']._serialized_start=1935
-  _globals['_INFERENCEWORKER']._serialized_end=2311
+  _globals['_SAMPLINGPARAMS']._serialized_end=541
+  _globals['_GENERATEREQUEST']._serialized_start=544
+  _globals['_GENERATEREQUEST']._serialized_end=826
+  _globals['_USAGE']._serialized_start=828
+  _globals['_USAGE']._serialized_end=885
+  _globals['_GENERATERESPONSE']._serialized_start=888
+  _globals['_GENERATERESPONSE']._serialized_end=1090
+  _globals['_TOKENLOGPROB']._serialized_start=1092
+  _globals['_TOKENLOGPROB']._serialized_end=1188
+  _globals['_TOPLOGPROB']._serialized_start=1190
+  _globals['_TOPLOGPROB']._serialized_end=1249
+  _globals['_LISTMODELSREQUEST']._serialized_start=1251
+  _globals['_LISTMODELSREQUEST']._serialized_end=1270
+  _globals['_MODELCARD']._serialized_start=1272
+  _globals['_MODELCARD']._serialized_end=1354
+  _globals['_CAPABILITIES']._serialized_start=1357
+  _globals['_CAPABILITIES']._serialized_end=1540
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1542
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1661
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1663
+  _globals['_LOADADAPTERREQUEST']._serialized_end=1711
+  _globals['_LOADADAPTERRESPONSE']._serialized_start=1713
+  _globals['_LOADADAPTERRESPONSE']._serialized_end=1770
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1772
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1808
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1810
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1833
+  _globals['_GETLOADREQUEST']._serialized_start=1835
+  _globals['_GETLOADREQUEST']._serialized_end=1851
+  _globals['_LOADREPORT']._serialized_start=1854
+  _globals['_LOADREPORT']._serialized_end=1992
+  _globals['_INFERENCEWORKER']._serialized_start=2176
+  _globals['_INFERENCEWORKER']._serialized_end=2552
 # @@protoc_insertion_point(module_scope)

@@ -50,3 +50,11 @@ def test_fields_of_a_newer_writer_are_ignored() -> None:
     newer = json.loads(record().to_json())
     newer["experiment"] = "blue"
     assert CompletionRecord.from_json(json.dumps(newer)) == record()
+
+
+def test_metadata_round_trips_and_old_records_read_without_it() -> None:
+    tagged = record(metadata={"campaign": "autumn", "user_tier": "pro"})
+    assert CompletionRecord.from_json(tagged.to_json()).metadata == {"campaign": "autumn", "user_tier": "pro"}
+    old = json.loads(record().to_json())
+    del old["metadata"]
+    assert CompletionRecord.from_json(json.dumps(old)).metadata == {}

@@ -9,17 +9,32 @@ Adapters are checked as the real engine checks them (a directory holding
 same way. A request to an adapter starts with the adapter's fingerprint (the
 first 8 hex digits of the SHA-256 of its `adapter_config.json`) as its first
 word, so that tests can tell which version actually generated a text.
+
+Log probabilities (`SamplingParams.logprobs`) are synthetic but consistent: each word is one token whose
+log probability is a deterministic function of the word and its position, in [-1, -0.01]; its alternatives
+are other words of the text, each less likely than the one before and than the emitted word, so that the
+probabilities never add up to more than 1 and the emitted word is always the most likely.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import AsyncGenerator
 
 from bailu.common.errors import RequestTooLarge
-from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
+from bailu.common.types import (
+    FinishReason,
+    GenerateChunk,
+    GenerateRequest,
+    ModelCard,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from bailu.worker.engines.adapters import read_adapter_config
 from bailu.worker.engines.base import Engine
 from bailu.worker.settings import WorkerSettings
@@ -141,11 +156,30 @@ class SimEngine(Engine):
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 self.tokens_generated += 1
                 word = prefix[i] if i < len(prefix) else _TEXT[(offset + i - len(prefix)) % len(_TEXT)]
-                yield GenerateChunk(text=word if i == 0 else " " + word, token_count=1, served_model=served)
+                token = word if i == 0 else " " + word
+                logprobs = (sim_logprob(token, i, request.sampling),) if request.sampling.logprobs else ()
+                yield GenerateChunk(text=token, token_count=1, served_model=served, logprobs=logprobs)
             finish = FinishReason.LENGTH if n == request.sampling.max_tokens else FinishReason.STOP
             yield GenerateChunk("", 0, finish, Usage(prompt_tokens, n), served)
         finally:
             self.active -= 1
+
+
+def sim_logprob(token: str, position: int, sampling: SamplingParams) -> TokenLogprob:
+    """The synthetic log probability of `token` at `position` (see the module docstring)."""
+    digest = hashlib.sha256(f"{position}:{token}".encode()).digest()
+    logprob = -0.01 - 0.99 * digest[0] / 255
+    spaced = token.startswith(" ")
+    alternatives = [w for w in dict.fromkeys(_TEXT) if w != token.strip()]
+    start = digest[1] % len(alternatives)
+    top = [TopLogprob(token, logprob, token.encode())]
+    rest = math.log1p(-math.exp(logprob))  # the probability mass left to the other tokens
+    for k in range(max(0, sampling.top_logprobs - 1)):
+        other = (" " if spaced else "") + alternatives[(start + k) % len(alternatives)]
+        # Halving shares of the rest add up to less than it; the first, rest / 2, is below the emitted word's
+        # probability, which is at least exp(-1) > 1/3.
+        top.append(TopLogprob(other, rest - (k + 1) * math.log(2), other.encode()))
+    return TokenLogprob(token, logprob, token.encode(), tuple(top[: sampling.top_logprobs]))
 
 
 def adapter_fingerprint(path: str) -> str:

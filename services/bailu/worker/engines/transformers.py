@@ -10,6 +10,11 @@ Cancellation: every request's row in a batch is tagged with a private id
 ms-swift's `pre_infer_hook` forces end-of-sequence on rows whose request is
 no longer live, so a cancelled request stops generating at the next token
 without disturbing the other rows of its batch.
+
+Log probabilities: a batch holding a request with `logprobs` also gets a `LogprobRecorder` (see
+`token_logprobs.py`), and the template's `generate` is wrapped (on this engine's own template object) so that
+the recorder sees every sampled token before ms-swift's streamer does. ms-swift's own `RequestConfig.logprobs`
+is not used: it replaces the batch's logits processors, which would drop the cancellation above.
 """
 
 from __future__ import annotations
@@ -28,15 +33,26 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from bailu.common.checkpoint import require_checkpoint
 from bailu.common.errors import InvalidRequest, ModelNotFound, RequestTooLarge
 from bailu.common.logging import reclaim_logging
-from bailu.common.types import ChatMessage, FinishReason, GenerateChunk, GenerateRequest, ModelCard, Usage
+from bailu.common.types import (
+    ChatMessage,
+    FinishReason,
+    GenerateChunk,
+    GenerateRequest,
+    ModelCard,
+    TokenLogprob,
+    Usage,
+)
 from bailu.worker.engines.adapters import engine_adapter_name
 from bailu.worker.engines.base import Engine
 from bailu.worker.engines.stops import StopStringFilter
+from bailu.worker.engines.token_logprobs import LogprobRecorder, LogprobSink, TeeStreamer, TokenText
 from bailu.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 _ROW_TAG = "bailu_row"
+# The key under which a batch's `LogprobRecorder` travels from the pre-infer hook to the wrapped `generate`.
+_RECORDER_KEY = "bailu_logprob_recorder"
 # A temperature below this is raised to it, as vLLM does (`_MAX_TEMP` in vllm/sampling_params.py), and so is a
 # repetition penalty: the logits are divided by them in float32, where 1e-300 is 0, so a tinier one makes them
 # inf; sampling then fails on NaN probabilities in ms-swift's generate thread, and ms-swift's stream never ends:
@@ -88,6 +104,9 @@ class TransformersEngine(Engine):
         self._eos_token_id = 0
         # Tags of requests still wanted: changed on the event loop only, read by ms-swift's generate thread.
         self._live: set[str] = set()
+        # Tags of live requests that asked for log probabilities, and where their entries go.
+        self._logprob_sinks: dict[str, LogprobSink] = {}
+        self._token_text: TokenText | None = None
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> TransformersEngine:
@@ -133,6 +152,8 @@ class TransformersEngine(Engine):
         self._swift.template.max_length = self.max_model_len
         eos = self._swift.tokenizer.eos_token_id
         self._eos_token_id = int(eos[0] if isinstance(eos, list) else eos)
+        self._token_text = TokenText(self._swift.tokenizer)
+        self._tap_generate(self._swift.template)
         log.info("model loaded", extra={"model_path": str(self.model_path), "model": self.model_name})
 
     def _infer_request(self, request: GenerateRequest, tag: str) -> Any:
@@ -155,10 +176,28 @@ class TransformersEngine(Engine):
 
     def _pre_infer_hook(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         tags = [inputs.objects.get(_ROW_TAG, [""])[0] for inputs in kwargs["template_inputs"]]
-        kwargs["inputs"]["logits_processor"] = LogitsProcessorList(
-            [_StopCancelledRows(tags, self._live, self._eos_token_id)]
-        )
+        processors: list[LogitsProcessor] = [_StopCancelledRows(tags, self._live, self._eos_token_id)]
+        sinks = {row: self._logprob_sinks[tag] for row, tag in enumerate(tags) if tag in self._logprob_sinks}
+        if sinks and self._token_text is not None:
+            # Last, so that it sees the scores every other processor left: the ones the sampler draws from.
+            recorder = LogprobRecorder(sinks, self._token_text)
+            processors.append(recorder)
+            kwargs["inputs"][_RECORDER_KEY] = recorder
+        kwargs["inputs"]["logits_processor"] = LogitsProcessorList(processors)
         return kwargs
+
+    @staticmethod
+    def _tap_generate(template: Any) -> None:
+        """Wrap `template.generate` (this instance only) to pass a batch's sampled tokens to its recorder."""
+        plain = template.generate
+
+        def generate(model: Any, *args: Any, **kwargs: Any) -> Any:
+            recorder = kwargs.pop(_RECORDER_KEY, None)
+            if recorder is not None and kwargs.get("streamer") is not None:
+                kwargs["streamer"] = TeeStreamer(kwargs["streamer"], recorder)
+            return plain(model, *args, **kwargs)
+
+        template.generate = generate
 
     def _request_config(self, request: GenerateRequest, max_tokens: int) -> Any:
         from swift.infer_engine import RequestConfig
@@ -217,6 +256,13 @@ class TransformersEngine(Engine):
         await self._gather()
         tag = uuid.uuid4().hex
         self._live.add(tag)
+        sink = None
+        if request.sampling.logprobs:
+            sink = self._logprob_sinks[tag] = LogprobSink(request.sampling.top_logprobs)
+
+        def logprobs(count: int) -> tuple[TokenLogprob, ...]:
+            return sink.take(count) if sink is not None else ()
+
         stops = StopStringFilter(request.sampling.stop)
         served = request.reported_model
         completion_tokens = 0
@@ -235,16 +281,18 @@ class TransformersEngine(Engine):
                 if choice.finish_reason is not None or stops.stopped:
                     text += stops.flush()
                     if text:
-                        yield GenerateChunk(text, tokens, served_model=served)
+                        yield GenerateChunk(text, tokens, served_model=served, logprobs=logprobs(tokens))
                         tokens = 0
                     stopped = stops.stopped or choice.finish_reason == "stop"
                     finish = FinishReason.STOP if stopped else FinishReason.LENGTH
-                    yield GenerateChunk("", tokens, finish, Usage(prompt_tokens, completion_tokens), served)
+                    usage = Usage(prompt_tokens, completion_tokens)
+                    yield GenerateChunk("", tokens, finish, usage, served, logprobs(tokens))
                     return
                 if text or tokens:
-                    yield GenerateChunk(text, tokens, served_model=served)
+                    yield GenerateChunk(text, tokens, served_model=served, logprobs=logprobs(tokens))
         finally:
             self._live.discard(tag)
+            self._logprob_sinks.pop(tag, None)
 
     async def load_adapter(self, name: str, path: str) -> ModelCard:
         if self.adapters.get(name) == path:

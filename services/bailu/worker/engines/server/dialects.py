@@ -83,6 +83,9 @@ class Dialect:
     env: Mapping[str, str] = field(default_factory=dict)
     # Extra stream_options keys (vLLM and SGLang report usage on every chunk when asked).
     stream_options: Mapping[str, bool] = field(default_factory=dict)
+    # /v1/completions takes OpenAI's legacy `logprobs: <count>` (vLLM, SGLang, LmDeploy); False: the chat fields
+    # `logprobs: true, top_logprobs: <count>` (ms-swift's CompletionRequest shares its RequestConfig).
+    legacy_completion_logprobs: bool = True
 
     def argv(self, config: LaunchConfig, executable: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> list[str]:
         """The engine's full command line: command (or `executable`), flags from `config`, then `extra`."""
@@ -280,6 +283,7 @@ SWIFT = Dialect(
     ),
     # Local files only: ms-swift never contacts a hub.
     env={"HF_HUB_OFFLINE": "1", "USE_HF": "1"},
+    legacy_completion_logprobs=False,
 )
 
 DIALECTS: dict[str, Dialect] = {d.kind: d for d in (VLLM, SGLANG, LMDEPLOY, SWIFT)}

@@ -153,9 +153,15 @@ class HttpEngine(Engine):
         self.check_target(request)
         engine_adapter = self.adapter_lifecycle.engine_name(request.adapter) if request.adapter else ""
         model = self.dialect.request_model(self.model_name, engine_adapter)
-        body = oai.request_body(request, model, self.default_max_tokens, self.dialect.stream_options)
+        body = oai.request_body(
+            request,
+            model,
+            self.default_max_tokens,
+            self.dialect.stream_options,
+            legacy_completion_logprobs=self.dialect.legacy_completion_logprobs,
+        )
         param = request.input_param
-        assembler = oai.StreamAssembler(request.reported_model)
+        assembler = oai.StreamAssembler(request.reported_model, top_logprobs=request.sampling.top_logprobs)
         timeout = None if request.deadline is None else max(0.001, request.deadline - time.time())
         options = self.server.options
         started = False

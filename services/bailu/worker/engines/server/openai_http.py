@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bailu.common.errors import (
@@ -21,7 +21,8 @@ from bailu.common.errors import (
     RequestTooLarge,
     Unavailable,
 )
-from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, Usage
+from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, TokenLogprob, Usage
+from bailu.worker.engines.server import openai_logprobs
 
 DONE = "[DONE]"
 
@@ -43,9 +44,15 @@ _MODEL_PATTERNS = re.compile(
 
 
 def request_body(
-    request: GenerateRequest, model: str, default_max_tokens: int, stream_options: Mapping[str, bool]
+    request: GenerateRequest,
+    model: str,
+    default_max_tokens: int,
+    stream_options: Mapping[str, bool],
+    *,
+    legacy_completion_logprobs: bool = True,
 ) -> dict[str, Any]:
-    """The JSON body of a streamed /v1/chat/completions (messages) or /v1/completions (prompt) request."""
+    """The JSON body of a streamed /v1/chat/completions (messages) or /v1/completions (prompt) request;
+    `legacy_completion_logprobs` is the dialect's way of asking /v1/completions for log probabilities."""
     s = request.sampling
     body: dict[str, Any] = {
         "model": model,
@@ -69,6 +76,7 @@ def request_body(
     body.update({k: v for k, v in optional.items() if v is not None})
     if s.stop:
         body["stop"] = list(s.stop)
+    body.update(openai_logprobs.request_fields(s, chat=request.is_chat, legacy_completions=legacy_completion_logprobs))
     return body
 
 
@@ -140,13 +148,19 @@ class StreamAssembler:
     chunk with no choices (`stream_options.include_usage`), or both; token counts per chunk follow the
     reported completion tokens when present, else one token per text delta, and the last chunk carries what
     the two disagree by, so that the chunks' token counts always add up to the usage.
+
+    Log probabilities (chat or legacy format, `openai_logprobs`) go with the text chunk of their event; those
+    of an event without text (an end-of-sequence token, a piece of a character held back) wait for the next
+    text chunk or the last one, so that none is lost.
     """
 
     served_model: str
+    top_logprobs: int = 0
     counted: int = 0
     reported: int | None = None
     prompt_tokens: int = 0
     finish: str | None = None
+    pending: list[TokenLogprob] = field(default_factory=list)
 
     def feed(self, payload: str) -> GenerateChunk | None:
         """One event's data; returns the text chunk to send now, if any. Raises on an error event."""
@@ -172,6 +186,7 @@ class StreamAssembler:
             delta = choice.get("delta")
             piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
             text += piece or ""
+            self.pending.extend(openai_logprobs.parse(choice.get("logprobs"), self.top_logprobs))
             if choice.get("finish_reason"):
                 self.finish = str(choice["finish_reason"])
         if not text:
@@ -179,7 +194,8 @@ class StreamAssembler:
         # Continuous usage: this chunk covers what the count grew by; otherwise one token per text delta.
         tokens = max(0, (self.reported or 0) - self.counted) if has_usage else 1
         self.counted += tokens
-        return GenerateChunk(text, tokens, served_model=self.served_model)
+        logprobs, self.pending = tuple(self.pending), []
+        return GenerateChunk(text, tokens, served_model=self.served_model, logprobs=logprobs)
 
     def last(self) -> GenerateChunk:
         """The final chunk, once the stream has ended; raises if it ended without a finish reason."""
@@ -189,8 +205,14 @@ class StreamAssembler:
             raise Unavailable("the engine aborted the request")
         completion = self.reported if self.reported is not None else self.counted
         finish = FinishReason.LENGTH if self.finish == "length" else FinishReason.STOP
+        logprobs, self.pending = tuple(self.pending), []
         return GenerateChunk(
-            "", max(0, completion - self.counted), finish, Usage(self.prompt_tokens, completion), self.served_model
+            "",
+            max(0, completion - self.counted),
+            finish,
+            Usage(self.prompt_tokens, completion),
+            self.served_model,
+            logprobs,
         )
 
 
