@@ -23,7 +23,7 @@ DOCKER ?= docker
 
 .PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e test-faults \
         check lint lint-docker security format typecheck docs proto proto-check bench bench-loop bench-soak \
-        bench-admission images clean
+        bench-admission bench-structured images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -124,6 +124,9 @@ bench-soak: $(STAMP) system-deps ## Soak: 16 streaming clients for 4 min on sim 
 
 bench-admission: $(STAMP) ## Admission control off vs on: interactive (TTFT deadline) and batch clients on saturated sim workers (~1.5 min)
 	$(PY) -m bench.admission
+
+bench-structured: $(STAMP) model ## Structured outputs' cost: SmolLM2 tokens/s with and without a JSON Schema, one run (~3 min)
+	$(PY) -m bench.structured
 
 # Needs a Docker engine (none runs on the project's development machines: this target was not run there).
 images: ## Build the gateway, worker (no model), worker-cpu (SmolLM2 inside), worker-vllm/-sglang/-lmdeploy (engine servers) and trainer images with docker

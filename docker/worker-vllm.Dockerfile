@@ -10,7 +10,7 @@
 # images ship another) in /opt/bailu, with the worker's light dependencies only (gRPC, pydantic,
 # prometheus-client, httpx). Nothing is installed into the engine's environment, so the engine's torch,
 # CUDA libraries and pinned packages stay exactly as its maintainers built them. The ML stack of the
-# worker extra (bailu[ml]: ms-swift, transformers, peft, torch; and gguf) is left out: it serves only
+# worker extra (bailu[ml]: ms-swift, transformers, peft, torch; and gguf, xgrammar) is left out: it serves only
 # the in-process transformers engine, never used in this image. uv (from PyPI, pinned) installs that
 # Python: a standalone CPython build, downloaded at build time as the engine images fetch their own.
 #
@@ -42,7 +42,7 @@ COPY pyproject.toml README.md ./
 COPY services/ services/
 # pyproject.toml stays the one list of the worker's dependencies: this reads it and leaves out the ML stack.
 RUN /opt/bailu/venv/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-skip = ('bailu[', 'ms-swift', 'transformers', 'peft', 'torch', 'gguf'); \
+skip = ('bailu[', 'ms-swift', 'transformers', 'peft', 'torch', 'gguf', 'xgrammar'); \
 deps = p['dependencies'] + [d for d in p['optional-dependencies']['worker'] if not d.startswith(skip)]; \
 open('/tmp/worker-requirements.txt', 'w').write(chr(10).join(deps))" \
  && /opt/bailu/uv/bin/uv pip install --python /opt/bailu/venv/bin/python \

@@ -163,10 +163,10 @@ async def test_a_feature_not_served_is_a_400_that_says_so(start_worker, start_ga
     async with client(gateway) as sdk:
         with pytest.raises(openai.BadRequestError) as info:
             await sdk.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "hi"}], response_format={"type": "json_object"}
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], service_tier="flex"
             )
     assert info.value.code == "unsupported_value"
-    assert info.value.param == "response_format"
+    assert info.value.param == "service_tier"
 
     unknown = await http.post(gateway.url + CHAT, json=chat_body(frobnicate=True), headers=gateway.headers)
     assert unknown.status_code == 400

@@ -6,6 +6,7 @@ Protobuf stops at the edges (`bailu.common.wire`); everything inside uses these.
 from __future__ import annotations
 
 import enum
+import json
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -19,6 +20,10 @@ TOP_K_LIMIT = 1 << 20
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 # The most alternatives per token `top_logprobs` may ask for (OpenAI's chat-completions bound).
 MAX_TOP_LOGPROBS = 20
+# The longest JSON Schema (`SamplingParams.json_schema`, as compact JSON text) and its deepest nesting of
+# objects and arrays: bounds on what the gateway checks and the engines compile.
+MAX_JSON_SCHEMA_CHARS = 1 << 16
+MAX_JSON_SCHEMA_DEPTH = 32
 ROLES = frozenset({"system", "user", "assistant"})
 # Priority classes of a request (an API key's `priority`): interactive requests go before batch ones in a
 # worker's queue, and batch ones are shed first under load.
@@ -56,6 +61,16 @@ class SamplingParams:
     # likely alternatives at each position (0: none).
     logprobs: bool = False
     top_logprobs: int = 0
+    # Structured outputs, by constrained decoding: the output is a JSON object (`json_object`), or a JSON value
+    # valid against `json_schema` (a JSON Schema as JSON text); neither: free text.
+    json_object: bool = False
+    json_schema: str = ""
+
+    @property
+    def response_format(self) -> str:
+        """The constraint on the output, by its OpenAI `response_format` type: "json_schema", "json_object" or
+        "text" (none)."""
+        return "json_schema" if self.json_schema else "json_object" if self.json_object else "text"
 
     def requested(self) -> dict[str, Any]:
         """The parameters the request set (those that differ from their defaults), as the completion record
@@ -79,6 +94,49 @@ class SamplingParams:
         _check_range("top_logprobs", self.top_logprobs, 0, MAX_TOP_LOGPROBS)
         if self.top_logprobs and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
+        if self.json_schema:
+            _check_json_schema(self.json_schema, json_object=self.json_object)
+
+
+JSON_SCHEMA_PARAM = "response_format.json_schema.schema"
+
+
+def _check_json_schema(text: str, *, json_object: bool) -> None:
+    """Raise `InvalidRequest` unless `text` is a JSON object within the bounds (whether it is a valid JSON Schema
+    is the gateway's check, and the engine's when it compiles it)."""
+    if json_object:
+        raise InvalidRequest("give json_object or json_schema, not both", param="response_format")
+    if len(text) > MAX_JSON_SCHEMA_CHARS:
+        raise InvalidRequest(
+            f"the JSON Schema is longer than {MAX_JSON_SCHEMA_CHARS} characters", param=JSON_SCHEMA_PARAM
+        )
+    try:
+        schema = json.loads(text)
+    except (ValueError, RecursionError):
+        schema = None
+    if not isinstance(schema, dict):
+        raise InvalidRequest("the JSON Schema must be a JSON object", param=JSON_SCHEMA_PARAM)
+    if json_depth(schema) > MAX_JSON_SCHEMA_DEPTH:
+        raise InvalidRequest(
+            f"the JSON Schema nests deeper than {MAX_JSON_SCHEMA_DEPTH} levels", param=JSON_SCHEMA_PARAM
+        )
+
+
+def json_depth(value: object) -> int:
+    """How deeply objects and arrays nest in a JSON value (a scalar: 0, `{}`: 1), counted without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        else:
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+    return deepest
 
 
 def _check_range(name: str, value: float | None, low: float, high: float, *, low_open: bool = False) -> None:
@@ -209,8 +267,8 @@ class EngineCapabilities:
     """What a worker's engine can do, so that routing and operators never depend on the engine's name.
 
     The defaults describe the in-process engines (transformers, sim): adapters load at run time without
-    interrupting service, but a batch holds one adapter, there are no engine-native metrics, and a raw
-    prompt is served as one user turn of the chat template.
+    interrupting service, but a batch holds one adapter, there are no engine-native metrics, a raw
+    prompt is served as one user turn of the chat template, and the output can be constrained to JSON.
     """
 
     # Serves LoRA adapters at all (LoadAdapter can succeed).
@@ -225,6 +283,9 @@ class EngineCapabilities:
     native_metrics: bool = False
     # A raw prompt (/v1/completions) is given to the model verbatim, not wrapped in the chat template.
     raw_completions: bool = False
+    # Chat requests can constrain the output to a JSON object or a JSON Schema (`SamplingParams.json_object`,
+    # `json_schema`) by constrained decoding; without it the gateway refuses them rather than send free text.
+    structured_outputs: bool = True
 
 
 @dataclass(frozen=True, slots=True)

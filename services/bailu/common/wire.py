@@ -37,11 +37,16 @@ _OPTIONAL_SAMPLING = (
 
 
 def request_to_pb(req: GenerateRequest) -> pb.GenerateRequest:
+    s = req.sampling
     sampling = pb.SamplingParams(
-        stop=list(req.sampling.stop), logprobs=req.sampling.logprobs, top_logprobs=req.sampling.top_logprobs
+        stop=list(s.stop),
+        logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs,
+        json_object=s.json_object,
+        json_schema=s.json_schema,
     )
     for name in _OPTIONAL_SAMPLING:
-        value = getattr(req.sampling, name)
+        value = getattr(s, name)
         if value is not None:
             setattr(sampling, name, value)
     msg = pb.GenerateRequest(
@@ -66,6 +71,8 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerateRequest:
         stop=tuple(s.stop),
         logprobs=s.logprobs,
         top_logprobs=s.top_logprobs,
+        json_object=s.json_object,
+        json_schema=s.json_schema,
         **{name: getattr(s, name) for name in _OPTIONAL_SAMPLING if s.HasField(name)},
     )
     which = msg.WhichOneof("input")
@@ -154,6 +161,7 @@ _CAPABILITY_FIELDS = (
     "mixed_adapter_batches",
     "native_metrics",
     "raw_completions",
+    "structured_outputs",
 )
 
 

@@ -68,6 +68,7 @@ class Router:
                     tried,
                     raw_prompt=not request.is_chat,
                     priority=None if self.admission is None else request.priority,
+                    response_format=request.sampling.response_format,
                 )
             except BailuError:
                 if last_error is not None:

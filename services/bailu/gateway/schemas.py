@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from bailu.common.errors import InvalidRequest
@@ -31,6 +31,7 @@ from bailu.common.types import (
     SamplingParams,
 )
 from bailu.gateway.field_policy import FieldPolicy, Ignored, Unserved, not_supported, policy_model
+from bailu.gateway.json_schemas import check_json_schema, schema_text
 
 MAX_CANDIDATES = 8
 # The model the documented request examples name (the one `make dev` serves).
@@ -173,7 +174,6 @@ CHAT_FIELD_POLICY: dict[str, FieldPolicy] = {
     "prompt_cache_options": Ignored(PromptCacheOptions, "a prompt-cache hint"),
     "prompt_cache_retention": Ignored(Literal["in_memory", "24h"], "a prompt-cache hint"),
     "reasoning_effort": Unserved("reasoning effort", (None, "none")),
-    "response_format": Unserved("structured outputs (json_object, json_schema)", (None, {"type": "text"})),
     "safety_identifier": Ignored(
         Annotated[str, Field(max_length=MAX_SAFETY_IDENTIFIER_CHARS), BeforeValidator(_encodable)],
         "an end-user id for OpenAI's abuse checks",
@@ -252,6 +252,46 @@ class Message(_MessagePolicy):
         return ChatMessage("system" if self.role == "developer" else self.role, text)
 
 
+class JsonSchemaFormat(StrictBody):
+    """OpenAI's `response_format.json_schema`."""
+
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")] = Field(
+        description="The format's name (letters, digits, `_` and `-`, up to 64): not used for decoding."
+    )
+    description: WireText | None = Field(None, max_length=MAX_HINT_CHARS, description="Accepted and ignored.")
+    schema_: Annotated[dict[str, Any], AfterValidator(check_json_schema)] = Field(
+        alias="schema",
+        description="A JSON Schema (Draft 2020-12 unless `$schema` says otherwise; an object) that the output "
+        "is decoded to match.",
+    )
+    strict: bool | None = Field(
+        None, description="Accepted: the output always matches the schema (constrained decoding), strict or not."
+    )
+
+
+class ResponseFormat(StrictBody):
+    """OpenAI's `response_format`: free text, a JSON object, or JSON matching a schema (structured outputs)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = Field(None, description="With type `json_schema` only.")
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise PydanticCustomError("response_format", "type json_schema needs json_schema")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise PydanticCustomError(
+                "response_format", "json_schema goes with type json_schema, not {type}", {"type": self.type}
+            )
+        return self
+
+    def constraint(self) -> tuple[bool, str]:
+        """`SamplingParams.json_object` and `json_schema` for this format."""
+        if self.json_schema is not None:
+            return False, schema_text(self.json_schema.schema_)
+        return self.type == "json_object", ""
+
+
 class StreamOptions(_StreamOptionsPolicy):
     include_usage: Annotated[bool, _null_is(False)] = Field(False, json_schema_extra=_or_null)
 
@@ -296,6 +336,7 @@ class _Sampling(StrictBody):
     def sampling(self, max_tokens: int | None) -> SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         logprobs, top_logprobs = self.logprobs_wanted()
+        json_object, json_schema = self.constraint()
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
@@ -308,11 +349,17 @@ class _Sampling(StrictBody):
             seed=self.seed,
             logprobs=logprobs,
             top_logprobs=top_logprobs,
+            json_object=json_object,
+            json_schema=json_schema,
         )
 
     def logprobs_wanted(self) -> tuple[bool, int]:
         """Whether log probabilities are asked for, and how many alternatives per token."""
         return False, 0
+
+    def constraint(self) -> tuple[bool, str]:
+        """The constraint on the output (`SamplingParams.json_object`, `json_schema`): none here."""
+        return False, ""
 
     @property
     def include_usage(self) -> bool:
@@ -358,9 +405,18 @@ class ChatCompletionRequest(_ChatPolicy, _Sampling):
     top_logprobs: int | None = Field(
         None, ge=0, le=MAX_TOP_LOGPROBS, description="With `logprobs`, the most likely tokens to list at each position."
     )
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="Structured outputs: `json_object` (a JSON object) or `json_schema` (JSON valid against the "
+        "schema), by constrained decoding; `text` (the default): free text. A 400 on a model whose engine cannot "
+        "constrain its output.",
+    )
 
     def logprobs_wanted(self) -> tuple[bool, int]:
         return self.logprobs, self.top_logprobs or 0
+
+    def constraint(self) -> tuple[bool, str]:
+        return self.response_format.constraint() if self.response_format is not None else (False, "")
 
     def messages_domain(self) -> tuple[ChatMessage, ...]:
         return tuple(m.to_domain() for m in self.messages)

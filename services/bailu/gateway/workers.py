@@ -14,7 +14,7 @@ from collections.abc import Callable
 import grpc
 
 from bailu.common import grpc_keepalive, wire
-from bailu.common.errors import BailuError, Stalled, Unavailable
+from bailu.common.errors import BailuError, Stalled, Unavailable, UnsupportedValue
 from bailu.common.grpc_errors import from_status
 from bailu.common.tasks import cancel_and_wait
 from bailu.common.types import BATCH, EngineCapabilities, GenerateChunk, GenerateRequest, LoadReport, ModelCard
@@ -67,8 +67,9 @@ class WorkerClient:
         self.stub = pb_grpc.InferenceWorkerStub(self.channel)
         self.load: LoadReport | None = None
         self.models: list[ModelCard] = []
-        # What the worker's engine can do (unset by workers older than the field: the in-process default).
-        self.capabilities = EngineCapabilities()
+        # What the worker's engine can do (unset by workers older than the field: the in-process default, less
+        # structured outputs, which such a worker would ignore).
+        self.capabilities = EngineCapabilities(structured_outputs=False)
         self.engine = ""
         self.inflight = 0
         self.inflight_batch = 0  # of `inflight`, the batch requests
@@ -349,16 +350,34 @@ class WorkerPool:
         return [w for w in self.ready_workers() if w.address not in exclude and w.serves(model, adapter)]
 
     def pick(
-        self, model: str, adapter: str, exclude: set[str], *, raw_prompt: bool = False, priority: str | None = None
+        self,
+        model: str,
+        adapter: str,
+        exclude: set[str],
+        *,
+        raw_prompt: bool = False,
+        priority: str | None = None,
+        response_format: str = "text",
     ) -> WorkerClient:
         """The least-loaded ready worker that serves the model (ties broken at random); given a `priority`
         (admission control), the one with the shortest estimated wait for that class, the least-loaded among
         equals. A raw prompt (/v1/completions) prefers workers whose engine completes it verbatim
         (`raw_completions`); the others serve it as one user turn, so they are used only when no such worker
-        can take it."""
+        can take it. A constrained output (`response_format` other than "text") goes only to workers whose
+        engine can constrain it (`structured_outputs`): with none among them, `UnsupportedValue`, never free
+        text instead."""
         candidates = self.candidates(model, adapter, exclude)
         if not candidates:
             raise Unavailable("no inference worker can take this request now")
+        if response_format != "text":
+            candidates = [w for w in candidates if w.capabilities.structured_outputs]
+            if not candidates:
+                name = f"{model}:{adapter}" if adapter else model
+                raise UnsupportedValue(
+                    f"model '{name}' does not support response_format {response_format}: its engine cannot "
+                    "constrain the output",
+                    param="response_format",
+                )
         if raw_prompt:
             candidates = [w for w in candidates if w.capabilities.raw_completions] or candidates
 

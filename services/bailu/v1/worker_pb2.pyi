@@ -40,7 +40,7 @@ class ChatMessages(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "seed", "logprobs", "top_logprobs")
+    __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty", "repetition_penalty", "stop", "seed", "logprobs", "top_logprobs", "json_object", "json_schema")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class SamplingParams(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    JSON_OBJECT_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     top_p: float
@@ -63,7 +65,9 @@ class SamplingParams(_message.Message):
     seed: int
     logprobs: bool
     top_logprobs: int
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ...) -> None: ...
+    json_object: bool
+    json_schema: str
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., json_object: _Optional[bool] = ..., json_schema: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("request_id", "model", "adapter", "chat", "prompt", "sampling", "deadline_unix_ms", "priority", "first_token_deadline_unix_ms")
@@ -150,20 +154,22 @@ class ModelCard(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., base_model: _Optional[str] = ..., max_model_len: _Optional[int] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("adapters", "runtime_adapter_loading", "adapter_load_restarts_engine", "mixed_adapter_batches", "native_metrics", "raw_completions")
+    __slots__ = ("adapters", "runtime_adapter_loading", "adapter_load_restarts_engine", "mixed_adapter_batches", "native_metrics", "raw_completions", "structured_outputs")
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_ADAPTER_LOADING_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_LOAD_RESTARTS_ENGINE_FIELD_NUMBER: _ClassVar[int]
     MIXED_ADAPTER_BATCHES_FIELD_NUMBER: _ClassVar[int]
     NATIVE_METRICS_FIELD_NUMBER: _ClassVar[int]
     RAW_COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     adapters: bool
     runtime_adapter_loading: bool
     adapter_load_restarts_engine: bool
     mixed_adapter_batches: bool
     native_metrics: bool
     raw_completions: bool
-    def __init__(self, adapters: _Optional[bool] = ..., runtime_adapter_loading: _Optional[bool] = ..., adapter_load_restarts_engine: _Optional[bool] = ..., mixed_adapter_batches: _Optional[bool] = ..., native_metrics: _Optional[bool] = ..., raw_completions: _Optional[bool] = ...) -> None: ...
+    structured_outputs: bool
+    def __init__(self, adapters: _Optional[bool] = ..., runtime_adapter_loading: _Optional[bool] = ..., adapter_load_restarts_engine: _Optional[bool] = ..., mixed_adapter_batches: _Optional[bool] = ..., native_metrics: _Optional[bool] = ..., raw_completions: _Optional[bool] = ..., structured_outputs: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "engine", "capabilities")

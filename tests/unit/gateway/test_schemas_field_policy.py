@@ -153,8 +153,6 @@ CHAT_UNSUPPORTED = [
     ("tools", [FUNCTION]),
     ("tool_choice", "required"),
     ("tool_choice", {"type": "function", "function": {"name": "weather"}}),
-    ("response_format", {"type": "json_object"}),
-    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "strict": True}}),
     ("logit_bias", {"50256": -100}),
     ("audio", {"voice": "alloy", "format": "mp3"}),
     ("modalities", ["text", "audio"]),

@@ -14,12 +14,18 @@ Log probabilities (`SamplingParams.logprobs`) are synthetic but consistent: each
 log probability is a deterministic function of the word and its position, in [-1, -0.01]; its alternatives
 are other words of the text, each less likely than the one before and than the emitted word, so that the
 probabilities never add up to more than 1 and the emitted word is always the most likely.
+
+Structured outputs (`SamplingParams.json_object`, `json_schema`): the reply is one deterministic JSON instance
+of the schema (see `sim_json.py` for the keywords it honours), streamed a token (a word, a space run or a
+punctuation mark) at a time at the same pace, the whole document whatever `sim_output_tokens` says; only
+`max_tokens` cuts it short (finish reason `length`, the JSON then incomplete, as with a real engine).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import time
 from collections.abc import AsyncGenerator
@@ -37,6 +43,7 @@ from bailu.common.types import (
 )
 from bailu.worker.engines.adapters import read_adapter_config
 from bailu.worker.engines.base import Engine
+from bailu.worker.engines.sim_json import json_instance, json_object_instance, json_tokens
 from bailu.worker.settings import WorkerSettings
 
 _TEXT = [
@@ -134,7 +141,8 @@ class SimEngine(Engine):
                 f"the prompt has {prompt_tokens} tokens; this model accepts at most {self.max_model_len - 1}",
                 param=request.input_param,
             )
-        n = min(self.output_tokens, self.max_new_tokens(request, prompt_tokens))
+        limit = self.max_new_tokens(request, prompt_tokens)
+        n = min(self.output_tokens, limit)
         served = request.reported_model
         prefix: list[str] = []
         # Checked again: the adapter may have been unloaded while the request waited for a slot.
@@ -147,6 +155,14 @@ class SimEngine(Engine):
         if request.sampling.temperature:
             self._sampled += 1
             offset = self._sampled
+        words = [*prefix, *(_TEXT[(offset + i) % len(_TEXT)] for i in range(len(_TEXT)))]
+        # Structured outputs: the whole JSON document (within max_tokens), whatever sim_output_tokens says.
+        document = structured_tokens(request.sampling, words)
+        truncated = False
+        if document is not None:
+            truncated = len(document) > limit
+            document = document[:limit]
+            n = len(document)
         self.active += 1
         try:
             start = time.monotonic()
@@ -155,14 +171,27 @@ class SimEngine(Engine):
                 due = start + self.ttft_s + i * self.itl_s
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 self.tokens_generated += 1
-                word = prefix[i] if i < len(prefix) else _TEXT[(offset + i - len(prefix)) % len(_TEXT)]
-                token = word if i == 0 else " " + word
+                if document is not None:
+                    token = document[i]
+                else:
+                    word = prefix[i] if i < len(prefix) else _TEXT[(offset + i - len(prefix)) % len(_TEXT)]
+                    token = word if i == 0 else " " + word
                 logprobs = (sim_logprob(token, i, request.sampling),) if request.sampling.logprobs else ()
                 yield GenerateChunk(text=token, token_count=1, served_model=served, logprobs=logprobs)
-            finish = FinishReason.LENGTH if n == request.sampling.max_tokens else FinishReason.STOP
+            length = truncated if document is not None else n == request.sampling.max_tokens
+            finish = FinishReason.LENGTH if length else FinishReason.STOP
             yield GenerateChunk("", 0, finish, Usage(prompt_tokens, n), served)
         finally:
             self.active -= 1
+
+
+def structured_tokens(sampling: SamplingParams, words: list[str]) -> list[str] | None:
+    """The tokens of the sim's JSON reply to a constrained request (`sim_json`); None when unconstrained."""
+    if sampling.json_schema:
+        return json_tokens(json_instance(json.loads(sampling.json_schema), words))
+    if sampling.json_object:
+        return json_tokens(json_object_instance(words))
+    return None
 
 
 def sim_logprob(token: str, position: int, sampling: SamplingParams) -> TokenLogprob:

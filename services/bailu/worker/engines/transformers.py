@@ -15,6 +15,11 @@ Log probabilities: a batch holding a request with `logprobs` also gets a `Logpro
 `token_logprobs.py`), and the template's `generate` is wrapped (on this engine's own template object) so that
 the recorder sees every sampled token before ms-swift's streamer does. ms-swift's own `RequestConfig.logprobs`
 is not used: it replaces the batch's logits processors, which would drop the cancellation above.
+
+Structured outputs: a request with `json_schema` or `json_object` has its grammar compiled first (once per
+schema, `json_constraint.py`), and its batch gets a `JsonConstraint` as its first logits processor: the
+cancellation's forced end-of-sequence comes after it (and wins), and the log-probability recorder, last, sees
+the constrained scores the sampler draws from.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from bailu.common.types import (
 )
 from bailu.worker.engines.adapters import engine_adapter_name
 from bailu.worker.engines.base import Engine
+from bailu.worker.engines.json_constraint import JsonConstraint, JsonGrammars
 from bailu.worker.engines.stops import StopStringFilter
 from bailu.worker.engines.token_logprobs import LogprobRecorder, LogprobSink, TeeStreamer, TokenText
 from bailu.worker.settings import WorkerSettings
@@ -107,6 +113,9 @@ class TransformersEngine(Engine):
         # Tags of live requests that asked for log probabilities, and where their entries go.
         self._logprob_sinks: dict[str, LogprobSink] = {}
         self._token_text: TokenText | None = None
+        # Tags of live requests with a JSON constraint, and its compiled grammar.
+        self._grammar_of: dict[str, Any] = {}
+        self._grammars: JsonGrammars | None = None
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> TransformersEngine:
@@ -153,6 +162,10 @@ class TransformersEngine(Engine):
         eos = self._swift.tokenizer.eos_token_id
         self._eos_token_id = int(eos[0] if isinstance(eos, list) else eos)
         self._token_text = TokenText(self._swift.tokenizer)
+        config = self._swift.model.config
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        vocab_size = int(getattr(text_config, "vocab_size", 0) or len(self._swift.tokenizer))
+        self._grammars = JsonGrammars(self._swift.tokenizer, vocab_size, threads=max(1, self.torch_threads or 1))
         self._tap_generate(self._swift.template)
         log.info("model loaded", extra={"model_path": str(self.model_path), "model": self.model_name})
 
@@ -176,7 +189,12 @@ class TransformersEngine(Engine):
 
     def _pre_infer_hook(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         tags = [inputs.objects.get(_ROW_TAG, [""])[0] for inputs in kwargs["template_inputs"]]
-        processors: list[LogitsProcessor] = [_StopCancelledRows(tags, self._live, self._eos_token_id)]
+        processors: list[LogitsProcessor] = []
+        grammars = {row: self._grammar_of[tag] for row, tag in enumerate(tags) if tag in self._grammar_of}
+        if grammars and self._grammars is not None:
+            # First: the cancellation below overrides its mask, and the recorder sees what it left.
+            processors.append(JsonConstraint(grammars, self._grammars.vocab_size))
+        processors.append(_StopCancelledRows(tags, self._live, self._eos_token_id))
         sinks = {row: self._logprob_sinks[tag] for row, tag in enumerate(tags) if tag in self._logprob_sinks}
         if sinks and self._token_text is not None:
             # Last, so that it sees the scores every other processor left: the ones the sampler draws from.
@@ -246,6 +264,8 @@ class TransformersEngine(Engine):
                 param=request.input_param,
             )
         max_tokens = self.max_new_tokens(request, prompt_tokens)
+        assert self._grammars is not None
+        grammar = await asyncio.to_thread(self._grammars.compile, request.sampling)  # None: unconstrained
         # Checked again: the adapter may have been unloaded while the request waited for a slot.
         self.check_target(request)
         adapter_request = None
@@ -256,6 +276,8 @@ class TransformersEngine(Engine):
         await self._gather()
         tag = uuid.uuid4().hex
         self._live.add(tag)
+        if grammar is not None:
+            self._grammar_of[tag] = grammar
         sink = None
         if request.sampling.logprobs:
             sink = self._logprob_sinks[tag] = LogprobSink(request.sampling.top_logprobs)
@@ -293,6 +315,7 @@ class TransformersEngine(Engine):
         finally:
             self._live.discard(tag)
             self._logprob_sinks.pop(tag, None)
+            self._grammar_of.pop(tag, None)
 
     async def load_adapter(self, name: str, path: str) -> ModelCard:
         if self.adapters.get(name) == path:

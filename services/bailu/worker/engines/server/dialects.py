@@ -18,6 +18,18 @@ Sources, for the versions pinned in `versions.py`:
 - ms-swift (`swift deploy`, the version pinned in pyproject.toml): adapters only through
   `--adapters name=path` at start, `model` = adapter name, /health, no /metrics, and /v1/completions
   serves the prompt as one user turn (swift/pipelines/infer/deploy.py).
+
+Structured outputs (OpenAI's `response_format` `json_object` / `json_schema` with `name`, `schema`, `strict`):
+- vLLM: on /v1/chat/completions and /v1/completions alike (`response_format` on both request models, turned
+  into `StructuredOutputsParams` by `structured_outputs_from_response_format`; xgrammar by default),
+  vllm/entrypoints/openai/{chat_completion,completion}/protocol.py;
+- SGLang: on both (`ResponseFormat` on `ChatCompletionRequest` and `CompletionRequest`; `json_object` becomes
+  the schema `{"type": "object"}`), python/sglang/srt/entrypoints/openai/{protocol,serving_completions}.py;
+- LmDeploy 0.16: on /v1/chat/completions only (`ResponseFormat`, `json_schema.name` required; decoded with
+  xgrammar by the PyTorch backend, lmdeploy/pytorch/engine/guided_process.py); its `CompletionRequest` has no
+  such field, so a constrained raw prompt is refused rather than sent;
+- ms-swift: none through `swift deploy` with the transformers backend (only `structured_outputs_regex`, and
+  only on its vLLM backend: swift/infer_engine/vllm_engine.py), so the worker declares none.
 """
 
 from __future__ import annotations
@@ -86,6 +98,12 @@ class Dialect:
     # /v1/completions takes OpenAI's legacy `logprobs: <count>` (vLLM, SGLang, LmDeploy); False: the chat fields
     # `logprobs: true, top_logprobs: <count>` (ms-swift's CompletionRequest shares its RequestConfig).
     legacy_completion_logprobs: bool = True
+    # /v1/completions takes `response_format` too (vLLM, SGLang); chat's is `capabilities.structured_outputs`.
+    completions_response_format: bool = True
+
+    def serves_response_format(self, *, chat: bool) -> bool:
+        """Whether a request to /v1/chat/completions (`chat`) or /v1/completions may carry `response_format`."""
+        return self.capabilities.structured_outputs and (chat or self.completions_response_format)
 
     def argv(self, config: LaunchConfig, executable: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> list[str]:
         """The engine's full command line: command (or `executable`), flags from `config`, then `extra`."""
@@ -189,7 +207,8 @@ def _swift_args(c: LaunchConfig) -> list[str]:
 
 
 # An engine server that loads and unloads LoRA adapters at run time over HTTP, batches requests for different
-# adapters together, exports its own metrics and takes raw prompts verbatim (vLLM, SGLang).
+# adapters together, exports its own metrics, takes raw prompts verbatim and constrains outputs to JSON (vLLM,
+# SGLang).
 RUNTIME_LORA_SERVER = EngineCapabilities(
     adapters=True,
     runtime_adapter_loading=True,
@@ -197,6 +216,7 @@ RUNTIME_LORA_SERVER = EngineCapabilities(
     mixed_adapter_batches=True,
     native_metrics=True,
     raw_completions=True,
+    structured_outputs=True,
 )
 
 VLLM = Dialect(
@@ -255,6 +275,7 @@ LMDEPLOY = Dialect(
         mixed_adapter_batches=True,
         native_metrics=True,
         raw_completions=True,
+        structured_outputs=True,
     ),
     metric_names=MetricNames(
         queued=("lmdeploy:num_requests_waiting",),
@@ -262,6 +283,7 @@ LMDEPLOY = Dialect(
         cache_usage=("lmdeploy:gpu_cache_usage_perc",),
         ttft=("lmdeploy:time_to_first_token_seconds",),
     ),
+    completions_response_format=False,
 )
 
 SWIFT = Dialect(
@@ -280,10 +302,12 @@ SWIFT = Dialect(
         mixed_adapter_batches=False,
         native_metrics=False,
         raw_completions=False,
+        structured_outputs=False,
     ),
     # Local files only: ms-swift never contacts a hub.
     env={"HF_HUB_OFFLINE": "1", "USE_HF": "1"},
     legacy_completion_logprobs=False,
+    completions_response_format=False,
 )
 
 DIALECTS: dict[str, Dialect] = {d.kind: d for d in (VLLM, SGLANG, LMDEPLOY, SWIFT)}

@@ -22,7 +22,7 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from bailu.common.checkpoint import require_checkpoint
-from bailu.common.errors import DeadlineExceeded, Stalled, Unavailable
+from bailu.common.errors import DeadlineExceeded, Stalled, Unavailable, UnsupportedValue
 from bailu.common.types import EngineCapabilities, GenerateChunk, GenerateRequest, ModelCard
 from bailu.worker.engines.base import Engine
 from bailu.worker.engines.server import openai_http as oai
@@ -148,6 +148,13 @@ class HttpEngine(Engine):
         self.server.register_metrics(metrics_registry)
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
+        response_format = request.sampling.response_format
+        if response_format != "text" and not self.dialect.serves_response_format(chat=request.is_chat):
+            where = "" if request.is_chat else " on /v1/completions"
+            raise UnsupportedValue(
+                f"the {self.dialect.kind} engine does not support response_format {response_format}{where}",
+                param="response_format",
+            )
         await self.server.wait_serving(request.deadline)
         # Checked again: the adapter may have been unloaded while the request waited.
         self.check_target(request)

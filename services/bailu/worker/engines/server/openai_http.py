@@ -21,7 +21,7 @@ from bailu.common.errors import (
     RequestTooLarge,
     Unavailable,
 )
-from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, TokenLogprob, Usage
+from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, SamplingParams, TokenLogprob, Usage
 from bailu.worker.engines.server import openai_logprobs
 
 DONE = "[DONE]"
@@ -77,7 +77,25 @@ def request_body(
     if s.stop:
         body["stop"] = list(s.stop)
     body.update(openai_logprobs.request_fields(s, chat=request.is_chat, legacy_completions=legacy_completion_logprobs))
+    response_format = response_format_field(s)
+    if response_format is not None:
+        body["response_format"] = response_format
     return body
+
+
+# The `json_schema.name` sent with a schema: SGLang and LmDeploy require one; no engine decodes by it.
+RESPONSE_FORMAT_NAME = "response"
+
+
+def response_format_field(sampling: SamplingParams) -> dict[str, Any] | None:
+    """OpenAI's `response_format` for `sampling`'s constraint (None: free text), as vLLM, SGLang and LmDeploy
+    take it (see `dialects.py`); the schema goes as an object, its keys in the client's order."""
+    if sampling.json_schema:
+        schema = json.loads(sampling.json_schema)
+        return {"type": "json_schema", "json_schema": {"name": RESPONSE_FORMAT_NAME, "schema": schema, "strict": True}}
+    if sampling.json_object:
+        return {"type": "json_object"}
+    return None
 
 
 def endpoint(request: GenerateRequest) -> str:
