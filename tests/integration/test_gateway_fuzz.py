@@ -30,11 +30,17 @@ HOOKS = Path(__file__).with_name("gateway_fuzz_hooks.py")
 
 # Schema-valid data the gateway still refuses, each with the reason the schema cannot say so:
 # - 400: cross-field rules JSON Schema does not express (one of `max_tokens`/`max_completion_tokens`;
-#   the last message not from the assistant; which fields each feedback `type` takes);
+#   the last message not from the assistant; which fields each feedback `type` takes; which part kinds a
+#   Responses message of each role may hold);
 #   and a lone surrogate the hook below put into a string (JSON Schema cannot exclude one);
 # - 413: a prompt over `BAILU_GATEWAY_MAX_PROMPT_CHARS` (a deployment setting, not a schema bound).
 # Schemathesis' default would also accept 5xx from valid data: not here.
-POSITIVE_REFUSALS = {"/v1/chat/completions": (400, 413), "/v1/completions": (400, 413), "/v1/feedback": (400,)}
+POSITIVE_REFUSALS = {
+    "/v1/chat/completions": (400, 413),
+    "/v1/completions": (400, 413),
+    "/v1/responses": (400, 413),
+    "/v1/feedback": (400,),
+}
 POSITIVE_DEFAULT = ["2xx", "401", "404", "409", "429", "503"]
 
 

@@ -115,6 +115,12 @@ class NotFound(BailuError):
     grpc_code = grpc.StatusCode.NOT_FOUND
 
 
+class PreviousResponseNotFound(NotFound):
+    """A Responses API `previous_response_id` that names no stored response of the caller's API key."""
+
+    openai_code = "previous_response_not_found"
+
+
 class Conflict(BailuError):
     """The request conflicts with an earlier one (an idempotency key reused with another body)."""
 
@@ -246,6 +252,7 @@ ERROR_CLASSES: dict[str, type[BailuError]] = {
         PriorityDenied,
         ModelNotFound,
         NotFound,
+        PreviousResponseNotFound,
         Conflict,
         RequestTooLarge,
         BodyTooLarge,

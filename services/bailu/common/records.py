@@ -52,9 +52,11 @@ class CompletionRecord:
     `model` is the name the client asked for (e.g. `bailu-poet`); `resolved_model` is the name it was served
     under (e.g. `bailu-poet@v0003`: the registry version that generated it, which feedback is attributed to);
     `served_model` is what the worker reported; `metadata` is the request's OpenAI `metadata` (string pairs
-    the collector carries into the dataset). Records written before `resolved_model` or `metadata` existed
-    read with them empty; fields this code does not know (written by a newer version) are ignored on
-    reading."""
+    the collector carries into the dataset). A response of the Responses API (`resp_...`) also keeps its
+    `instructions` (the system message that leads `messages`, which a follow-up through
+    `previous_response_id` does not carry over) and the `previous_response_id` it continued. Records
+    written before a field existed read with it empty; fields this code does not know (written by a newer
+    version) are ignored on reading."""
 
     id: str
     created: float
@@ -73,6 +75,8 @@ class CompletionRecord:
     prompt_hash: str = ""
     resolved_model: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    instructions: str | None = None
+    previous_response_id: str | None = None
 
     @staticmethod
     def messages_of(messages: tuple[ChatMessage, ...] | None) -> list[dict[str, str]] | None:

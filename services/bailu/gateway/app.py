@@ -8,14 +8,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Path, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bailu import __version__
-from bailu.common.errors import ModelNotFound, PermissionDenied
+from bailu.common.errors import ModelNotFound, NotFound, PermissionDenied, PreviousResponseNotFound, Unavailable
 from bailu.common.metrics import GatewayMetrics
-from bailu.gateway import errors, openapi
+from bailu.common.records import CompletionRecord
+from bailu.gateway import errors, openapi, responses_api_format
 from bailu.gateway.auth import Authenticator, KeyStore
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.completions import COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionHandler
@@ -34,6 +36,9 @@ from bailu.gateway.responses import (
     TextCompletion,
     TextCompletionChunk,
 )
+from bailu.gateway.responses_api import RESPONSE_ID_PREFIX, ResponseCreateRequest
+from bailu.gateway.responses_api_format import ResponsesPresenter
+from bailu.gateway.responses_api_models import RESPONSES_STREAM_EVENTS, ResponseObject
 from bailu.gateway.routing import Router
 from bailu.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from bailu.gateway.settings import GatewaySettings
@@ -196,6 +201,51 @@ def create_app(
         max_tokens = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
         target, gen = handler.build_request(body, max_tokens=max_tokens, key=key, headers=request_headers(request))
         return await handler.respond(request, "text", body, target, gen, key)
+
+    @app.post(
+        "/v1/responses",
+        response_model=None,
+        summary="Create a response (OpenAI's Responses API), streamed with `stream: true`",
+        responses=openapi.responses_api_responses(ResponseObject, RESPONSES_STREAM_EVENTS, openapi.RESPONSES_ERRORS),
+    )
+    async def create_response(body: ResponseCreateRequest, request: Request, key: ApiKey = generating) -> Response:
+        previous = None
+        if body.previous_response_id is not None:
+            previous = await find_stored(body.previous_response_id, key, PreviousResponseNotFound)
+        chat = body.chat_request(previous)
+        target, gen = handler.build_request(
+            chat, max_tokens=chat.effective_max_tokens(), key=key, headers=request_headers(request)
+        )
+        return await handler.respond(request, "chat", chat, target, gen, key, presenter=ResponsesPresenter(body))
+
+    @app.get(
+        "/v1/responses/{response_id}",
+        response_model=ResponseObject,
+        summary="Retrieve a stored response of this API key",
+        responses=openapi.error_responses(openapi.RESPONSE_RETRIEVE_ERRORS),
+    )
+    async def retrieve_response(
+        response_id: Annotated[str, Path(description="The `id` of a stored response (`resp_...`).")],
+        key: ApiKey = generating,
+    ) -> JSONResponse:
+        return JSONResponse(responses_api_format.response_of_record(await find_stored(response_id, key, NotFound)))
+
+    async def find_stored(response_id: str, key: ApiKey, missing: type[NotFound]) -> CompletionRecord:
+        """The stored Responses API response `response_id` of `key`, else `missing` (a 404: unknown, expired,
+        not stored and another key's look the same)."""
+        param = "previous_response_id" if missing is PreviousResponseNotFound else None
+        if completion_log is None:
+            raise missing("responses are not stored on this deployment (no Redis configured)", param=param)
+        record = None
+        if response_id.startswith(RESPONSE_ID_PREFIX):
+            try:
+                record = await completion_log.lookup_for(key.id, response_id)
+            except RedisError as exc:
+                raise Unavailable(f"stored responses cannot be read right now ({type(exc).__name__})") from exc
+        if record is None:
+            what = "Previous response" if param else "Response"
+            raise missing(f"{what} with id '{response_id}' not found.", param=param)
+        return record
 
     @app.post(
         "/v1/feedback",

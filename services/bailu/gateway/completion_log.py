@@ -75,6 +75,17 @@ class CompletionLog:
         data = await self.redis.get(redis_keys.response_key(response_id))
         return None if data is None else CompletionRecord.from_json(data)
 
+    async def lookup_for(self, key_id: str, response_id: str, *, settle_s: float = 0.1) -> CompletionRecord | None:
+        """The record of a response that the API key `key_id` was answered, else None: unknown, expired and
+        another key's look the same, so that nothing is revealed. An unknown id is asked once more after
+        `settle_s`: another gateway replica may have answered it a moment ago and not yet written its log.
+        Raises `RedisError` when Redis cannot be reached."""
+        record = await self.lookup(response_id)
+        if record is None:
+            await asyncio.sleep(settle_s)
+            record = await self.lookup(response_id)
+        return record if record is not None and record.key_id == key_id else None
+
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]

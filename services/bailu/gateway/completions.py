@@ -21,7 +21,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Mapping
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -78,6 +78,22 @@ def estimated_prompt_tokens(gen: GenerateRequest) -> int:
     if gen.messages is not None:
         return sum(math.ceil(len(m.content) / 4) + 4 for m in gen.messages)
     return math.ceil(len(gen.prompt or "") / 4)
+
+
+class Presenter(Protocol):
+    """Another API's format for a completion (the Responses API's): its id, the fields its completion record
+    adds, its JSON body and its stream. `events` must call `completion.finish()` once the completion is
+    complete, as the completion formats' stream does."""
+
+    @property
+    def response_id(self) -> str: ...
+
+    @property
+    def record_extras(self) -> Mapping[str, Any]: ...
+
+    def full(self, completion: Completion) -> dict[str, Any]: ...
+
+    def events(self, completion: Completion, firsts: list[GenerateChunk]) -> AsyncGenerator[bytes, None]: ...
 
 
 class CompletionHandler:
@@ -138,10 +154,18 @@ class CompletionHandler:
         return target, request
 
     async def respond(
-        self, request: Request, kind: str, body: Body, target: Target, gen: GenerateRequest, key: ApiKey
+        self,
+        request: Request,
+        kind: str,
+        body: Body,
+        target: Target,
+        gen: GenerateRequest,
+        key: ApiKey,
+        *,
+        presenter: Presenter | None = None,
     ) -> Response:
         """Admit the request under the key's quotas, run it, and answer (every answer, errors included, carries
-        the key's `x-ratelimit-*` headers)."""
+        the key's `x-ratelimit-*` headers): in OpenAI's completion formats, or as `presenter` formats it."""
         reserved = estimated_prompt_tokens(gen)
         quota = await self.quotas.admit(key, tokens=reserved)
         store = body.store if body.store is not None else self.settings.store_default
@@ -159,6 +183,8 @@ class CompletionHandler:
                 client_write_timeout_s=self.settings.client_write_timeout_s,
                 quota=quota,
                 reserved_tokens=reserved,
+                response_id=presenter.response_id if presenter else None,
+                record_extras=presenter.record_extras if presenter else None,
             )
         except BaseException:
             await quota.settle(0)
@@ -167,12 +193,14 @@ class CompletionHandler:
         try:
             firsts = await until_disconnect(request, completion.first_chunks())
             if body.stream:
-                response = completion.stream(self._sse(completion, firsts), {**SSE_HEADERS, **quota.headers})
+                events = presenter.events(completion, firsts) if presenter else self._sse(completion, firsts)
+                response = completion.stream(events, {**SSE_HEADERS, **quota.headers})
                 streaming = True  # from here the response closes the completion
                 return response
             await until_disconnect(request, completion.collect(firsts))
             completion.finish()
-            return JSONResponse(completion.builder.full(completion.candidates), headers=quota.headers)
+            full = presenter.full(completion) if presenter else completion.builder.full(completion.candidates)
+            return JSONResponse(full, headers=quota.headers)
         except BailuError as exc:
             exc.headers = {**quota.headers, **exc.headers}
             raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 import uuid
@@ -39,7 +38,11 @@ return 'new'
 
 
 class ResponseRefIn(StrictBody):
-    response_id: WireText = Field(min_length=1, max_length=128, description="The `id` of a completion response.")
+    response_id: WireText = Field(
+        min_length=1,
+        max_length=128,
+        description="The `id` of a completion or of a Responses API response (`resp_...`).",
+    )
     choice_index: int = Field(0, ge=0, le=15, description="Which candidate of that response (`n` > 1).")
 
 
@@ -99,13 +102,8 @@ class FeedbackHandler:
         self._script = redis.register_script(_RECORD_ONCE)
 
     async def _response(self, ref: ResponseRef, key_id: str, param: str) -> CompletionRecord:
-        record = await self.completion_log.lookup(ref.response_id)
+        record = await self.completion_log.lookup_for(key_id, ref.response_id)
         if record is None:
-            # Another gateway replica may have answered it a moment ago and not yet written its log.
-            await asyncio.sleep(0.1)
-            record = await self.completion_log.lookup(ref.response_id)
-        if record is None or record.key_id != key_id:
-            # Unknown, expired and someone else's look the same: nothing is revealed.
             raise NotFound(f"no response '{ref.response_id}' that this API key can give feedback on", param=param)
         if record.choice(ref.choice_index) is None:
             raise InvalidRequest(f"response '{ref.response_id}' has no candidate {ref.choice_index}", param=param)

@@ -18,7 +18,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any
 
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -82,12 +83,16 @@ class Completion:
         client_write_timeout_s: float = 30.0,
         quota: QuotaGrant | None = None,
         reserved_tokens: int = 0,
+        response_id: str | None = None,
+        record_extras: Mapping[str, Any] | None = None,
     ) -> None:
         """`completion_log` is where `finish` submits the record (None: not stored). `stream_buffer_chunks`
         bounds the chunks the merge of `n` > 1 candidates holds for a slow client; a streaming response
         gives up on a client that takes longer than `client_write_timeout_s` to accept one write.
         `quota` is the key's quota grant, settled with the tokens used when the completion closes
-        (`reserved_tokens`, the prompt's estimate, stands for the prompt when no usage came back)."""
+        (`reserved_tokens`, the prompt's estimate, stands for the prompt when no usage came back).
+        `response_id` replaces the id of `kind` (a Responses API `resp_...`), and `record_extras` are
+        `CompletionRecord` fields the completion record gets besides those of the request."""
         self.body, self.target, self.gen, self.key_id = body, target, gen, key_id
         self.quota = quota
         self.reserved_tokens = reserved_tokens
@@ -95,7 +100,10 @@ class Completion:
         self.completion_log = completion_log
         self.stream_buffer_chunks = stream_buffer_chunks
         self.client_write_timeout_s = client_write_timeout_s
-        self.builder = ResponseBuilder(kind, target.resolved, new_id(kind), logprobs=gen.sampling.logprobs)
+        self.record_extras = dict(record_extras or {})
+        self.builder = ResponseBuilder(
+            kind, target.resolved, response_id or new_id(kind), logprobs=gen.sampling.logprobs
+        )
         self.candidates = [Candidate(i) for i in range(body.n)]
         self.start = time.monotonic()
         self.ttft = 0.0
@@ -199,6 +207,7 @@ class Completion:
                 request_id=gen.request_id,
                 prompt_hash=prompt_hash(messages, gen.prompt),
                 metadata=dict(self.body.metadata or {}),
+                **self.record_extras,
             )
         )
 

@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute
 from bailu.common.errors import ERROR_CLASSES
 from bailu.gateway.middleware import AUTHENTICATED_PREFIX
 from bailu.gateway.responses import STREAM_EVENTS, ErrorResponse
+from bailu.gateway.responses_api_models import RESPONSES_STREAM_EVENTS
 
 BEARER_SCHEME = "bearerAuth"
 _BODY_METHODS = frozenset({"post", "put", "patch"})
@@ -58,6 +59,17 @@ COMPLETION_ERRORS: dict[int, str] = {
     "retry after `Retry-After`",
     504: "The request's deadline (`BAILU_GATEWAY_REQUEST_TIMEOUT_S`) passed (`code: deadline_exceeded`), or its "
     "worker stopped sending (`code: upstream_stalled`)",
+}
+RESPONSES_ERRORS: dict[int, str] = {
+    **COMPLETION_ERRORS,
+    404: COMPLETION_ERRORS[404] + "; or a `previous_response_id` that is unknown, expired, not stored (`store: "
+    "false`) or another API key's (`code: previous_response_not_found`)",
+    503: COMPLETION_ERRORS[503] + "; or the stored responses (Redis) cannot be read",
+}
+RESPONSE_RETRIEVE_ERRORS: dict[int, str] = {
+    403: "The API key lacks the `generate` scope (`code: missing_scope`)",
+    404: "Unknown or expired response id, one not stored (`store: false`), or another API key's",
+    503: "The stored responses (Redis) cannot be read, or the API key store does not answer; retry after `Retry-After`",
 }
 MODEL_ERRORS: dict[int, str] = {404: "No model of that id is listed by `GET /v1/models` (`code: model_not_found`)"}
 FEEDBACK_ERRORS: dict[int, str] = {
@@ -105,6 +117,29 @@ def completion_responses(
     ok = {
         "model": body,
         "description": "The completion (JSON), or with `stream: true` its server-sent events",
+        "content": {"text/event-stream": {"schema": event}},
+    }
+    return {200: ok, **error_responses(errors)}
+
+
+def responses_api_responses(
+    body: type[BaseModel], events: Iterable[type[BaseModel]], errors: Mapping[int, str]
+) -> dict[int | str, dict[str, Any]]:
+    """The Responses API route's `responses=`: `body` as JSON, or with `stream: true` server-sent events, each
+    named by its `event:` line (the `type` of its `data`), with no `[DONE]`."""
+    payload = {"anyOf": [{"$ref": _COMPONENT.format(model=m.__name__)} for m in events]}
+    event = {
+        "type": "object",
+        "description": "One server-sent event: `event:` its type, `data:` the event as JSON",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": payload},
+        },
+    }
+    ok = {
+        "model": body,
+        "description": "The response (JSON), or with `stream: true` its server-sent events",
         "content": {"text/event-stream": {"schema": event}},
     }
     return {200: ok, **error_responses(errors)}
@@ -169,7 +204,7 @@ def shape(document: dict[str, Any], models: Iterable[tuple[type[BaseModel], Json
     schemas = components.setdefault("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
-    events = [(model, "serialization") for model in (*STREAM_EVENTS, ErrorResponse)]
+    events = [(model, "serialization") for model in (*STREAM_EVENTS, *RESPONSES_STREAM_EVENTS, ErrorResponse)]
     _, exact = models_json_schema([*models, *events], ref_template=_COMPONENT)  # type: ignore[list-item]
     schemas.update(exact.get("$defs", {}))
     components["securitySchemes"] = {

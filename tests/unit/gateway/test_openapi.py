@@ -60,6 +60,8 @@ def test_no_422_anywhere(document: dict[str, Any]) -> None:
 EXPECTED_STATUSES = {
     ("/v1/chat/completions", "post"): {"200", "400", "401", "403", "404", "413", "429", "503", "504"},
     ("/v1/completions", "post"): {"200", "400", "401", "403", "404", "413", "429", "503", "504"},
+    ("/v1/responses", "post"): {"200", "400", "401", "403", "404", "413", "429", "503", "504"},
+    ("/v1/responses/{response_id}", "get"): {"200", "401", "403", "404", "503"},
     ("/v1/feedback", "post"): {"202", "400", "401", "403", "404", "409", "413", "503"},
     # 503: the API key store does not answer.
     ("/v1/models", "get"): {"200", "401", "503"},
@@ -137,7 +139,7 @@ def test_integer_bounds_are_exact(document: dict[str, Any]) -> None:
 
 
 def test_request_examples_are_valid_requests(document: dict[str, Any]) -> None:
-    for name in ("ChatCompletionRequest", "CompletionRequest"):
+    for name in ("ChatCompletionRequest", "CompletionRequest", "ResponseCreateRequest"):
         examples = document["components"]["schemas"][name]["examples"]
         assert examples
         for example in examples:
