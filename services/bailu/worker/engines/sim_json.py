@@ -110,8 +110,8 @@ class _Builder:
             merged = {k: v for k, v in schema.items() if k != "allOf"}
             for part in schema["allOf"]:
                 part = self._resolve(part) if isinstance(part, dict) else {}
-                properties = {**merged.get("properties", {}), **part.get("properties", {})}
-                required = [*merged.get("required", []), *part.get("required", [])]
+                properties = {**_mapping(merged.get("properties")), **_mapping(part.get("properties"))}
+                required = [*_sequence(merged.get("required")), *_sequence(part.get("required"))]
                 merged = {**merged, **part, "properties": properties, "required": required}
             return self.build(merged, depth + 1)
         kind = schema.get("type")
@@ -193,3 +193,13 @@ class _Builder:
         "boolean": _boolean,
         "null": _null,
     }
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    """`value` if it is a JSON object, else empty (a schema need not be valid to reach the simulator)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _sequence(value: object) -> list[Any]:
+    """`value` if it is a JSON array, else empty."""
+    return value if isinstance(value, list) else []
