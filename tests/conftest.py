@@ -51,10 +51,20 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0, inter
         await asyncio.sleep(interval)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, never one this test process handed out before: the kernel may give the
+    same free port to two back-to-back calls (a worker's gRPC and HTTP port once came out equal, and the
+    readiness probe then read the gRPC server's HTTP/2 preface)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @pytest.fixture(scope="session")
@@ -225,6 +235,7 @@ def wait_until_ready(
 ) -> None:
     """Poll `readyz` until it answers 200; a process that exits or takes longer than `timeout` is killed and
     the test fails with its log."""
+    import http.client
     import urllib.request
 
     deadline = time.monotonic() + timeout
@@ -233,7 +244,7 @@ def wait_until_ready(
             with urllib.request.urlopen(readyz, timeout=1) as response:
                 if response.status == 200:
                     return
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not listening yet, or something else answers there
             pass
         if popen.poll() is not None or time.monotonic() > deadline:
             popen.kill()
