@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -24,7 +25,13 @@ MAX_TOP_LOGPROBS = 20
 # objects and arrays: bounds on what the gateway checks and the engines compile.
 MAX_JSON_SCHEMA_CHARS = 1 << 16
 MAX_JSON_SCHEMA_DEPTH = 32
-ROLES = frozenset({"system", "user", "assistant"})
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+# Tool use (OpenAI's `tools`, `tool_choice`): at most this many functions per request (OpenAI's bound), each
+# named by `TOOL_NAME_PATTERN`. `tool_choice` is one of `TOOL_CHOICES`.
+MAX_TOOLS = 128
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+TOOL_NONE, TOOL_AUTO, TOOL_REQUIRED, TOOL_FUNCTION = "none", "auto", "required", "function"
+TOOL_CHOICES = (TOOL_NONE, TOOL_AUTO, TOOL_REQUIRED, TOOL_FUNCTION)
 # Priority classes of a request (an API key's `priority`): interactive requests go before batch ones in a
 # worker's queue, and batch ones are shed first under load.
 INTERACTIVE, BATCH = "interactive", "batch"
@@ -36,12 +43,90 @@ class FinishReason(enum.StrEnum):
 
     STOP = "stop"
     LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model made: its `id` ("call_..."), the function's `name`, and `arguments`, the JSON
+    text of an object."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
+    """One turn: `role` is system, user, assistant or tool. An assistant turn may hold `tool_calls` (its
+    `content` may then be empty); a tool turn holds the result of the call `tool_call_id`."""
+
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call: `parameters` is its arguments' JSON Schema as JSON text ("": none)."""
+
+    name: str
+    description: str = ""
+    parameters: str = ""
+
+    @property
+    def parameters_schema(self) -> dict[str, Any]:
+        """The arguments' JSON Schema (an object schema with no properties when none was given)."""
+        schema = json.loads(self.parameters) if self.parameters else {}
+        return schema if schema else {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUse:
+    """The functions a chat request offers and how the model may use them (OpenAI's `tools`, `tool_choice`,
+    `parallel_tool_calls`): `choice` is one of `TOOL_CHOICES`, `function` the tool to call with
+    `TOOL_FUNCTION`. No tools, or `TOOL_NONE`: a plain text answer."""
+
+    tools: tuple[Tool, ...] = ()
+    choice: str = TOOL_NONE
+    function: str = ""
+    parallel: bool = True
+
+    @property
+    def active(self) -> bool:
+        """Whether the model is shown the tools and may (or must) call them."""
+        return bool(self.tools) and self.choice != TOOL_NONE
+
+    @property
+    def forced(self) -> bool:
+        """Whether a call is required (`required` or a named function): decoding is constrained to calls."""
+        return self.active and self.choice in (TOOL_REQUIRED, TOOL_FUNCTION)
+
+    def validate(self) -> None:
+        """Raise `InvalidRequest` naming the first inconsistency."""
+        if self.choice not in TOOL_CHOICES:
+            raise InvalidRequest(f"tool_choice must be one of {', '.join(TOOL_CHOICES)}", param="tool_choice")
+        if len(self.tools) > MAX_TOOLS:
+            raise InvalidRequest(f"at most {MAX_TOOLS} tools are allowed", param="tools")
+        names: set[str] = set()
+        for i, tool in enumerate(self.tools):
+            if not re.match(TOOL_NAME_PATTERN, tool.name):
+                raise InvalidRequest(
+                    "a function name has 1 to 64 letters, digits, '_' or '-'", param=f"tools[{i}].function.name"
+                )
+            if tool.name in names:
+                raise InvalidRequest(f"two tools are named '{tool.name}'", param=f"tools[{i}].function.name")
+            names.add(tool.name)
+            if tool.parameters:
+                _check_json_schema(tool.parameters, json_object=False, param=f"tools[{i}].function.parameters")
+        if self.choice in (TOOL_REQUIRED, TOOL_FUNCTION) and not self.tools:
+            raise InvalidRequest(f"tool_choice {self.choice} needs tools", param="tool_choice")
+        if self.choice == TOOL_FUNCTION and self.function not in names:
+            raise InvalidRequest(
+                f"tool_choice names the function '{self.function}', which is not among the tools",
+                param="tool_choice.function.name",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,25 +186,21 @@ class SamplingParams:
 JSON_SCHEMA_PARAM = "response_format.json_schema.schema"
 
 
-def _check_json_schema(text: str, *, json_object: bool) -> None:
+def _check_json_schema(text: str, *, json_object: bool, param: str = JSON_SCHEMA_PARAM) -> None:
     """Raise `InvalidRequest` unless `text` is a JSON object within the bounds (whether it is a valid JSON Schema
     is the gateway's check, and the engine's when it compiles it)."""
     if json_object:
         raise InvalidRequest("give json_object or json_schema, not both", param="response_format")
     if len(text) > MAX_JSON_SCHEMA_CHARS:
-        raise InvalidRequest(
-            f"the JSON Schema is longer than {MAX_JSON_SCHEMA_CHARS} characters", param=JSON_SCHEMA_PARAM
-        )
+        raise InvalidRequest(f"the JSON Schema is longer than {MAX_JSON_SCHEMA_CHARS} characters", param=param)
     try:
         schema = json.loads(text)
     except (ValueError, RecursionError):
         schema = None
     if not isinstance(schema, dict):
-        raise InvalidRequest("the JSON Schema must be a JSON object", param=JSON_SCHEMA_PARAM)
+        raise InvalidRequest("the JSON Schema must be a JSON object", param=param)
     if json_depth(schema) > MAX_JSON_SCHEMA_DEPTH:
-        raise InvalidRequest(
-            f"the JSON Schema nests deeper than {MAX_JSON_SCHEMA_DEPTH} levels", param=JSON_SCHEMA_PARAM
-        )
+        raise InvalidRequest(f"the JSON Schema nests deeper than {MAX_JSON_SCHEMA_DEPTH} levels", param=param)
 
 
 def json_depth(value: object) -> int:
@@ -163,6 +244,7 @@ class GenerateRequest:
     deadline: float | None = None  # Unix time in seconds
     priority: str = INTERACTIVE  # one of PRIORITIES
     first_token_deadline: float | None = None  # Unix time in seconds by which the first token is wanted
+    tools: ToolUse = field(default_factory=ToolUse)
 
     def validate(self) -> None:
         """Raise `InvalidRequest` for a request no engine could serve."""
@@ -178,11 +260,29 @@ class GenerateRequest:
                     raise InvalidRequest(
                         f"messages[{i}].role must be one of {sorted(ROLES)}", param=f"messages[{i}].role"
                     )
+                if message.tool_calls and message.role != "assistant":
+                    raise InvalidRequest(
+                        "only an assistant message holds tool_calls", param=f"messages[{i}].tool_calls"
+                    )
+                if (message.role == "tool") != bool(message.tool_call_id):
+                    raise InvalidRequest(
+                        "a tool message, and only a tool message, names its tool_call_id",
+                        param=f"messages[{i}].tool_call_id",
+                    )
             if self.messages[-1].role == "assistant":
-                raise InvalidRequest("the last message must be from the user or the system", param="messages")
+                raise InvalidRequest("the last message must be from the user, the system or a tool", param="messages")
         elif not self.prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
+        elif self.tools.tools:
+            raise InvalidRequest("tools go with chat messages, not a raw prompt", param="tools")
         self.sampling.validate()
+        self.tools.validate()
+        if self.tools.forced and self.sampling.response_format != "text":
+            raise InvalidRequest(
+                f"tool_choice {self.tools.choice} constrains the output to tool calls: give it or response_format "
+                "json_object/json_schema, not both",
+                param="tool_choice",
+            )
 
     @property
     def is_chat(self) -> bool:
@@ -239,6 +339,17 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call as it streams: the first piece of call `index` carries its `id` and `name`, later
+    pieces only more `arguments` text to append. An engine may send each call whole, in one piece."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateChunk:
     """A piece of a streamed completion; the last one has `finish_reason` and `usage`.
 
@@ -252,6 +363,7 @@ class GenerateChunk:
     usage: Usage | None = None
     served_model: str = ""
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +380,8 @@ class EngineCapabilities:
 
     The defaults describe the in-process engines (transformers, sim): adapters load at run time without
     interrupting service, but a batch holds one adapter, there are no engine-native metrics, a raw
-    prompt is served as one user turn of the chat template, and the output can be constrained to JSON.
+    prompt is served as one user turn of the chat template, the output can be constrained to JSON, and tools can
+    be used.
     """
 
     # Serves LoRA adapters at all (LoadAdapter can succeed).
@@ -286,6 +399,11 @@ class EngineCapabilities:
     # Chat requests can constrain the output to a JSON object or a JSON Schema (`SamplingParams.json_object`,
     # `json_schema`) by constrained decoding; without it the gateway refuses them rather than send free text.
     structured_outputs: bool = True
+    # Chat requests can force tool calls (`tool_choice` required or a named function) by constrained decoding.
+    tool_calls: bool = True
+    # Chat requests can leave the choice to the model (`tool_choice` auto): calls are read out of its free output
+    # by a tool parser (the in-process engines: ms-swift's agent template; engine servers: their --tool-call-parser).
+    auto_tool_choice: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,10 @@ from __future__ import annotations
 from bailu.common.types import (
     BATCH,
     INTERACTIVE,
+    TOOL_AUTO,
+    TOOL_FUNCTION,
+    TOOL_NONE,
+    TOOL_REQUIRED,
     ChatMessage,
     EngineCapabilities,
     FinishReason,
@@ -14,16 +18,31 @@ from bailu.common.types import (
     ModelCard,
     SamplingParams,
     TokenLogprob,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolUse,
     TopLogprob,
     Usage,
 )
 from bailu.v1 import worker_pb2 as pb
 
-_FINISH_TO_PB = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH}
+_FINISH_TO_PB = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
+}
 _FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
 _PRIORITY_TO_PB = {INTERACTIVE: pb.PRIORITY_INTERACTIVE, BATCH: pb.PRIORITY_BATCH}
 # PRIORITY_UNSPECIFIED (an older gateway) and values newer than this code are served as interactive.
 _PRIORITY_FROM_PB = {pb.PRIORITY_BATCH: BATCH}
+_TOOL_CHOICE_TO_PB = {
+    TOOL_NONE: pb.TOOL_CHOICE_NONE,
+    TOOL_AUTO: pb.TOOL_CHOICE_AUTO,
+    TOOL_REQUIRED: pb.TOOL_CHOICE_REQUIRED,
+    TOOL_FUNCTION: pb.TOOL_CHOICE_FUNCTION,
+}
+_TOOL_CHOICE_FROM_PB = {v: k for k, v in _TOOL_CHOICE_TO_PB.items()}
 _OPTIONAL_SAMPLING = (
     "max_tokens",
     "temperature",
@@ -59,10 +78,38 @@ def request_to_pb(req: GenerateRequest) -> pb.GenerateRequest:
         first_token_deadline_unix_ms=int(req.first_token_deadline * 1000) if req.first_token_deadline else 0,
     )
     if req.is_chat:
-        msg.chat.messages.extend(pb.ChatMessage(role=m.role, content=m.content) for m in req.as_messages())
+        msg.chat.messages.extend(_message_to_pb(m) for m in req.as_messages())
     elif req.prompt is not None:  # neither: the oneof stays unset, for the worker's validation to refuse
         msg.prompt = req.prompt
+    use = req.tools
+    if use.tools or use.choice != TOOL_NONE:
+        msg.tools.extend(pb.Tool(name=t.name, description=t.description, parameters=t.parameters) for t in use.tools)
+        msg.tool_choice = _TOOL_CHOICE_TO_PB[use.choice]
+        msg.tool_function = use.function
+        msg.parallel_tool_calls = use.parallel
     return msg
+
+
+def _message_to_pb(m: ChatMessage) -> pb.ChatMessage:
+    return pb.ChatMessage(
+        role=m.role,
+        content=m.content,
+        tool_calls=[pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in m.tool_calls],
+        tool_call_id=m.tool_call_id,
+    )
+
+
+def _message_from_pb(m: pb.ChatMessage) -> ChatMessage:
+    calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls)
+    return ChatMessage(m.role, m.content, calls, m.tool_call_id)
+
+
+def _tools_from_pb(msg: pb.GenerateRequest) -> ToolUse:
+    tools = tuple(Tool(t.name, t.description, t.parameters) for t in msg.tools)
+    # Unset (an older gateway, or none given): auto with tools, none without, as OpenAI defaults it.
+    choice = _TOOL_CHOICE_FROM_PB.get(msg.tool_choice, TOOL_AUTO if tools else TOOL_NONE)
+    parallel = msg.parallel_tool_calls if msg.HasField("parallel_tool_calls") else True
+    return ToolUse(tools, choice, msg.tool_function, parallel)
 
 
 def request_from_pb(msg: pb.GenerateRequest) -> GenerateRequest:
@@ -80,12 +127,13 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerateRequest:
         request_id=msg.request_id,
         model=msg.model,
         adapter=msg.adapter,
-        messages=tuple(ChatMessage(m.role, m.content) for m in msg.chat.messages) if which == "chat" else None,
+        messages=tuple(_message_from_pb(m) for m in msg.chat.messages) if which == "chat" else None,
         prompt=msg.prompt if which == "prompt" else None,
         sampling=sampling,
         deadline=msg.deadline_unix_ms / 1000 if msg.deadline_unix_ms else None,
         priority=_PRIORITY_FROM_PB.get(msg.priority, INTERACTIVE),
         first_token_deadline=msg.first_token_deadline_unix_ms / 1000 if msg.first_token_deadline_unix_ms else None,
+        tools=_tools_from_pb(msg),
     )
 
 
@@ -105,6 +153,9 @@ def chunk_to_pb(chunk: GenerateChunk) -> pb.GenerateResponse:
                 top=[pb.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.token_bytes) for t in entry.top],
             )
         )
+    msg.tool_calls.extend(
+        pb.ToolCallDelta(index=d.index, id=d.id, name=d.name, arguments=d.arguments) for d in chunk.tool_calls
+    )
     return msg
 
 
@@ -119,6 +170,7 @@ def chunk_from_pb(msg: pb.GenerateResponse) -> GenerateChunk:
             TokenLogprob(e.token, e.logprob, e.bytes, tuple(TopLogprob(t.token, t.logprob, t.bytes) for t in e.top))
             for e in msg.logprobs
         ),
+        tool_calls=tuple(ToolCallDelta(d.index, d.id, d.name, d.arguments) for d in msg.tool_calls),
     )
 
 
@@ -162,6 +214,8 @@ _CAPABILITY_FIELDS = (
     "native_metrics",
     "raw_completions",
     "structured_outputs",
+    "tool_calls",
+    "auto_tool_choice",
 )
 
 

@@ -69,7 +69,7 @@ class WorkerClient:
         self.models: list[ModelCard] = []
         # What the worker's engine can do (unset by workers older than the field: the in-process default, less
         # structured outputs, which such a worker would ignore).
-        self.capabilities = EngineCapabilities(structured_outputs=False)
+        self.capabilities = EngineCapabilities(structured_outputs=False, tool_calls=False, auto_tool_choice=False)
         self.engine = ""
         self.inflight = 0
         self.inflight_batch = 0  # of `inflight`, the batch requests

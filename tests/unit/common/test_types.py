@@ -124,8 +124,14 @@ def test_empty_prompt_rejected() -> None:
 
 def test_unknown_role_names_the_message() -> None:
     with pytest.raises(InvalidRequest) as info:
-        _request(messages=(ChatMessage("user", "hi"), ChatMessage("tool", "x"))).validate()
+        _request(messages=(ChatMessage("user", "hi"), ChatMessage("function", "x"))).validate()
     assert info.value.param == "messages[1].role"
+
+
+def test_a_tool_message_needs_the_id_of_the_call_it_answers() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _request(messages=(ChatMessage("user", "hi"), ChatMessage("tool", "x"))).validate()
+    assert info.value.param == "messages[1].tool_call_id"
 
 
 def test_last_message_from_assistant_rejected() -> None:
