@@ -39,7 +39,7 @@ from bailu.gateway.settings import GatewaySettings
 from bailu.gateway.workers import WorkerPool
 from bench.common import (
     ServiceGroup,
-    SimWorker,
+    WorkerProcess,
     distribution_ms,
     exit_on_sigterm,
     metadata,
@@ -165,12 +165,14 @@ def summarize(results: list[Outcome], wall_s: float) -> dict[str, Any]:
     return by_class
 
 
-def evicted(workers: list[SimWorker]) -> float:
+def evicted(workers: list[WorkerProcess]) -> float:
     name = f'{WORKER_EVICTED}{{priority="{BATCH}"}}'
     return sum(scrape_metrics(w.metrics_url, (WORKER_EVICTED,)).get(name, 0.0) for w in workers)
 
 
-async def run(mode: str, workers: list[SimWorker], args: argparse.Namespace, rates: dict[str, float]) -> dict[str, Any]:
+async def run(
+    mode: str, workers: list[WorkerProcess], args: argparse.Namespace, rates: dict[str, float]
+) -> dict[str, Any]:
     settings = GatewaySettings(
         admission_control=mode == "on",
         interactive_ttft_deadline_s=args.ttft_deadline_s,

@@ -308,8 +308,8 @@ def start_redis(
 
 
 @dataclass
-class SimWorker:
-    """A worker process with the sim engine, started by `start_sim_worker`."""
+class WorkerProcess:
+    """A worker process started by `start_sim_worker` or `start_transformers_worker`."""
 
     service: Service
     port: int  # gRPC
@@ -324,29 +324,58 @@ class SimWorker:
         return f"http://127.0.0.1:{self.http_port}/metrics"
 
 
-def start_sim_worker(
-    group: ServiceGroup, name: str, model: str, settings: dict[str, str], *, ready_timeout: float = 60
-) -> SimWorker:
-    """Start `python -m bailu.worker` with the sim engine on free ports (others if they were taken meanwhile),
-    logging to bench/results/<name>.log; `settings` are more BAILU_WORKER_* variables, without the prefix
-    (`{"SIM_ITL_MS": "20"}`). Stopped with the group."""
+def _start_worker(
+    group: ServiceGroup, name: str, env: dict[str, str], settings: dict[str, str], *, ready_timeout: float
+) -> WorkerProcess:
+    """Start `python -m bailu.worker` with `env` on free ports (others if they were taken meanwhile); `settings`
+    are more BAILU_WORKER_* variables, without the prefix, and win over `env`."""
     ports = {"grpc": 0, "http": 0}
 
     def make() -> tuple[dict[str, str], str]:
         ports["grpc"], ports["http"] = free_port(), free_port()
-        env = {
-            "BAILU_WORKER_ENGINE": "sim",
+        full = {
             "BAILU_WORKER_HOST": "127.0.0.1",
             "BAILU_WORKER_PORT": str(ports["grpc"]),
             "BAILU_WORKER_HTTP_PORT": str(ports["http"]),
-            "BAILU_WORKER_MODEL_NAME": model,
-            "BAILU_WORKER_LOG_LEVEL": "WARNING",
+            **env,
             **{f"BAILU_WORKER_{key}": value for key, value in settings.items()},
         }
-        return env, f"http://127.0.0.1:{ports['http']}/readyz"
+        return full, f"http://127.0.0.1:{ports['http']}/readyz"
 
     service = group.start(name, "bailu.worker", make, ready_timeout=ready_timeout)
-    return SimWorker(service, ports["grpc"], ports["http"])
+    return WorkerProcess(service, ports["grpc"], ports["http"])
+
+
+def start_sim_worker(
+    group: ServiceGroup, name: str, model: str, settings: dict[str, str], *, ready_timeout: float = 60
+) -> WorkerProcess:
+    """Start `python -m bailu.worker` with the sim engine on free ports (others if they were taken meanwhile),
+    logging to bench/results/<name>.log; `settings` are more BAILU_WORKER_* variables, without the prefix
+    (`{"SIM_ITL_MS": "20"}`). Stopped with the group."""
+    env = {"BAILU_WORKER_ENGINE": "sim", "BAILU_WORKER_MODEL_NAME": model, "BAILU_WORKER_LOG_LEVEL": "WARNING"}
+    return _start_worker(group, name, env, settings, ready_timeout=ready_timeout)
+
+
+def start_transformers_worker(
+    group: ServiceGroup,
+    name: str,
+    model: str,
+    model_path: Path,
+    settings: dict[str, str],
+    *,
+    ready_timeout: float = 300,
+) -> WorkerProcess:
+    """Start `python -m bailu.worker` with the transformers engine on the checkpoint at `model_path`, served as
+    `model`, on free ports (others if they were taken meanwhile), logging at INFO to bench/results/<name>.log (its
+    'worker ready' record gives the load and warm-up times); `settings` are more BAILU_WORKER_* variables, without
+    the prefix (`{"MAX_BATCH_SIZE": "8"}`). Stopped with the group."""
+    env = {
+        "BAILU_WORKER_ENGINE": "transformers",
+        "BAILU_WORKER_MODEL_PATH": str(model_path),
+        "BAILU_WORKER_MODEL_NAME": model,
+        "BAILU_WORKER_LOG_LEVEL": "INFO",
+    }
+    return _start_worker(group, name, env, settings, ready_timeout=ready_timeout)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from bench.common import (
     rnd,
     run_closed_loop,
     scrape_metrics,
+    start_sim_worker,
     table,
     write_results,
 )
@@ -303,45 +304,36 @@ def main() -> None:
     key = new_key()
     ports: dict[str, int] = {}
 
-    def worker_env() -> tuple[dict[str, str], str]:
-        ports["worker"], ports["worker_http"] = free_port(), free_port()
-        env = {
-            "BAILU_WORKER_ENGINE": "sim",
-            "BAILU_WORKER_HOST": "127.0.0.1",
-            "BAILU_WORKER_PORT": str(ports["worker"]),
-            "BAILU_WORKER_HTTP_PORT": str(ports["worker_http"]),
-            "BAILU_WORKER_MODEL_NAME": MODEL,
-            "BAILU_WORKER_SIM_TTFT_MS": str(SIM_TTFT_MS),
-            "BAILU_WORKER_SIM_ITL_MS": str(SIM_ITL_MS),
-            "BAILU_WORKER_SIM_OUTPUT_TOKENS": str(SIM_OUTPUT_TOKENS),
-            "BAILU_WORKER_MAX_BATCH_SIZE": str(WORKER_MAX_BATCH_SIZE),
-            "BAILU_WORKER_MAX_QUEUE": str(WORKER_MAX_QUEUE),
-            "BAILU_WORKER_LOG_LEVEL": "WARNING",
-        }
-        return env, f"http://127.0.0.1:{ports['worker_http']}/readyz"
+    sim = {
+        "SIM_TTFT_MS": str(SIM_TTFT_MS),
+        "SIM_ITL_MS": str(SIM_ITL_MS),
+        "SIM_OUTPUT_TOKENS": str(SIM_OUTPUT_TOKENS),
+        "MAX_BATCH_SIZE": str(WORKER_MAX_BATCH_SIZE),
+        "MAX_QUEUE": str(WORKER_MAX_QUEUE),
+    }
 
     def gateway_env() -> tuple[dict[str, str], str]:
         ports["gateway"] = free_port()
         env = {
             "BAILU_GATEWAY_HOST": "127.0.0.1",
             "BAILU_GATEWAY_PORT": str(ports["gateway"]),
-            "BAILU_GATEWAY_WORKERS": f"127.0.0.1:{ports['worker']}",
+            "BAILU_GATEWAY_WORKERS": worker.address,
             "BAILU_GATEWAY_API_KEY_HASHES": hash_key(key),
             "BAILU_GATEWAY_LOG_LEVEL": "WARNING",
         }
         return env, f"http://127.0.0.1:{ports['gateway']}/readyz"
 
     with ServiceGroup() as group:
-        worker = group.start("gateway_overhead-worker", "bailu.worker", worker_env, ready_timeout=60)
+        worker = start_sim_worker(group, "gateway_overhead-worker", MODEL, sim)
         gateway = group.start("gateway_overhead-gateway", "bailu.gateway", gateway_env, ready_timeout=60)
-        print(f"worker ready on :{ports['worker']}, gateway ready on :{ports['gateway']}", flush=True)
+        print(f"worker ready on :{worker.port}, gateway ready on :{ports['gateway']}", flush=True)
         gateway_url = f"http://127.0.0.1:{ports['gateway']}"
-        measured = asyncio.run(measure(worker, gateway, ports["worker"], gateway_url, key))
+        measured = asyncio.run(measure(worker.service, gateway, worker.port, gateway_url, key))
         service_metrics = {
-            "worker": scrape_metrics(f"http://127.0.0.1:{ports['worker_http']}/metrics", ("bailu_worker_",)),
+            "worker": scrape_metrics(worker.metrics_url, ("bailu_worker_",)),
             "gateway": scrape_metrics(f"{gateway_url}/metrics", ("bailu_gateway_",)),
         }
-    services = {"worker": worker.report(), "gateway": gateway.report()}
+    services = {"worker": worker.service.report(), "gateway": gateway.report()}
     # The key hash is a secret of this run only, but keep it out of the results anyway.
     services["gateway"]["command"] = services["gateway"]["command"].replace(hash_key(key), "sha256:<generated>")
 

@@ -45,6 +45,7 @@ from bench.common import (
     rss_mib,
     scrape_metrics,
     start_redis,
+    start_sim_worker,
     table,
     write_results,
 )
@@ -315,28 +316,12 @@ def main() -> None:
     key = new_key()
     ports: dict[str, int] = {}
 
-    def worker_env(name: str) -> Callable[[], tuple[dict[str, str], str]]:
-        def make() -> tuple[dict[str, str], str]:
-            ports[name], ports[f"{name}_http"] = free_port(), free_port()
-            env = {
-                "BAILU_WORKER_ENGINE": "sim",
-                "BAILU_WORKER_HOST": "127.0.0.1",
-                "BAILU_WORKER_PORT": str(ports[name]),
-                "BAILU_WORKER_HTTP_PORT": str(ports[f"{name}_http"]),
-                "BAILU_WORKER_MODEL_NAME": MODEL,
-                "BAILU_WORKER_LOG_LEVEL": "WARNING",
-                **{f"BAILU_WORKER_{k}": v for k, v in SIM.items()},
-            }
-            return env, f"http://127.0.0.1:{ports[f'{name}_http']}/readyz"
-
-        return make
-
     def gateway_env() -> tuple[dict[str, str], str]:
         ports["gateway"] = free_port()
         env = {
             "BAILU_GATEWAY_HOST": "127.0.0.1",
             "BAILU_GATEWAY_PORT": str(ports["gateway"]),
-            "BAILU_GATEWAY_WORKERS": f"127.0.0.1:{ports['worker-1']},127.0.0.1:{ports['worker-2']}",
+            "BAILU_GATEWAY_WORKERS": ",".join(worker.address for worker in workers),
             "BAILU_GATEWAY_API_KEY_HASHES": hash_key(key),
             "BAILU_GATEWAY_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
             "BAILU_GATEWAY_LOG_LEVEL": "WARNING",
@@ -346,16 +331,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, ServiceGroup() as group:
         redis, ports["redis"] = start_redis(group, Path(tmp), f"{NAME}-redis")
-        workers = [
-            group.start(f"{NAME}-{w}", "bailu.worker", worker_env(w), ready_timeout=60)
-            for w in ("worker-1", "worker-2")
-        ]
+        workers = [start_sim_worker(group, f"{NAME}-{w}", MODEL, SIM) for w in ("worker-1", "worker-2")]
         gateway = group.start(f"{NAME}-gateway", "bailu.gateway", gateway_env, ready_timeout=60)
-        pids = {"gateway": gateway.pid, "worker-1": workers[0].pid, "worker-2": workers[1].pid, "redis": redis.pid}
+        pids = {
+            "gateway": gateway.pid,
+            "worker-1": workers[0].service.pid,
+            "worker-2": workers[1].service.pid,
+            "redis": redis.pid,
+        }
         print(f"gateway on :{ports['gateway']}, {args.clients} clients for {args.minutes} min", flush=True)
         measured = asyncio.run(measure(args, ports["gateway"], key, pids))
         gateway_metrics = scrape_metrics(f"http://127.0.0.1:{ports['gateway']}/metrics", ("bailu_gateway_",))
-    services = {s.name: s.report() for s in (redis, *workers, gateway)}
+    services = {s.name: s.report() for s in (redis, *(w.service for w in workers), gateway)}
     services[gateway.name]["command"] = services[gateway.name]["command"].replace(hash_key(key), "sha256:<generated>")
     rss = measured["rss_mib"]
     growth = {

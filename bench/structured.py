@@ -41,10 +41,10 @@ from bench.common import (
     StreamTimer,
     error_summary,
     exit_on_sigterm,
-    free_port,
     metadata,
     ms,
     rnd,
+    start_transformers_worker,
     table,
     write_results,
 )
@@ -297,28 +297,16 @@ def main() -> None:
     run_started = time.monotonic()
     meta = metadata(("torch", "transformers", "ms-swift", "xgrammar"))
     model_dir = ensure_model()
-    ports: dict[str, int] = {}
-
-    def worker_env() -> tuple[dict[str, str], str]:
-        ports["worker"], ports["worker_http"] = free_port(), free_port()
-        env = {
-            "BAILU_WORKER_ENGINE": "transformers",
-            "BAILU_WORKER_HOST": "127.0.0.1",
-            "BAILU_WORKER_PORT": str(ports["worker"]),
-            "BAILU_WORKER_HTTP_PORT": str(ports["worker_http"]),
-            "BAILU_WORKER_MODEL_PATH": str(model_dir),
-            "BAILU_WORKER_MODEL_NAME": MODEL,
-            "BAILU_WORKER_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
-            # Streams of a round arrive within milliseconds: gather them into one batch.
-            "BAILU_WORKER_BATCH_WAIT_MS": "200",
-            "BAILU_WORKER_LOG_LEVEL": "INFO",
-        }
-        return env, f"http://127.0.0.1:{ports['worker_http']}/readyz"
+    settings = {
+        "MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
+        # Streams of a round arrive within milliseconds: gather them into one batch.
+        "BATCH_WAIT_MS": "200",
+    }
 
     with ServiceGroup() as group:
-        worker = group.start("structured-worker", "bailu.worker", worker_env, ready_timeout=300)
-        print(f"worker ready on :{ports['worker']} after {worker.ready_after_s}s", flush=True)
-        measured = asyncio.run(measure(ports["worker"]))
+        worker = start_transformers_worker(group, "structured-worker", MODEL, model_dir, settings)
+        print(f"worker ready on :{worker.port} after {worker.service.ready_after_s}s", flush=True)
+        measured = asyncio.run(measure(worker.port))
     print("timing the constraint's own step ...", flush=True)
     measured["processor"] = processor = measure_processor(model_dir)
     for level in measured["throughput"]:
@@ -358,9 +346,9 @@ def main() -> None:
             "processor.step_us_batch_N": "mean wall time of one JsonConstraint call on N constrained rows (CPU, "
             "this process, no model): advance each matcher by its last token, fill its mask row, apply the mask",
         },
-        "worker_startup": {"ready_after_s": worker.ready_after_s, **worker_timings(worker)},
+        "worker_startup": {"ready_after_s": worker.service.ready_after_s, **worker_timings(worker.service)},
         **measured,
-        "services": {"worker": worker.report()},
+        "services": {"worker": worker.service.report()},
         "runtime_s": round(time.monotonic() - run_started, 1),
         "notes": [
             f"The benchmark client and the worker share this machine's {meta['nproc']} CPU cores "

@@ -31,7 +31,6 @@ from bench.common import (
     distribution_ms,
     error_summary,
     exit_on_sigterm,
-    free_port,
     grpc_stream,
     make_request,
     metadata,
@@ -39,6 +38,7 @@ from bench.common import (
     percentile,
     rnd,
     run_closed_loop,
+    start_transformers_worker,
     table,
     write_results,
 )
@@ -244,26 +244,12 @@ def main() -> None:
     run_started = time.monotonic()
     meta = metadata(("torch", "transformers", "ms-swift"))
     model_dir = ensure_model()
-    ports: dict[str, int] = {}
-
-    def worker_env() -> tuple[dict[str, str], str]:
-        ports["worker"], ports["worker_http"] = free_port(), free_port()
-        env = {
-            "BAILU_WORKER_ENGINE": "transformers",
-            "BAILU_WORKER_HOST": "127.0.0.1",
-            "BAILU_WORKER_PORT": str(ports["worker"]),
-            "BAILU_WORKER_HTTP_PORT": str(ports["worker_http"]),
-            "BAILU_WORKER_MODEL_PATH": str(model_dir),
-            "BAILU_WORKER_MODEL_NAME": MODEL,
-            "BAILU_WORKER_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
-            "BAILU_WORKER_LOG_LEVEL": "INFO",  # its 'worker ready' record gives the load and warm-up times
-        }
-        return env, f"http://127.0.0.1:{ports['worker_http']}/readyz"
-
     with ServiceGroup() as group:
-        worker = group.start("transformers_engine-worker", "bailu.worker", worker_env, ready_timeout=300)
-        print(f"worker ready on :{ports['worker']} after {worker.ready_after_s}s", flush=True)
-        measured = asyncio.run(measure(worker, ports["worker"]))
+        worker = start_transformers_worker(
+            group, "transformers_engine-worker", MODEL, model_dir, {"MAX_BATCH_SIZE": str(MAX_BATCH_SIZE)}
+        )
+        print(f"worker ready on :{worker.port} after {worker.service.ready_after_s}s", flush=True)
+        measured = asyncio.run(measure(worker.service, worker.port))
     results: dict[str, Any] = {
         "benchmark": "transformers_engine",
         "metadata": meta,
@@ -296,9 +282,9 @@ def main() -> None:
             "per_stream_tokens_per_s": "a stream's tokens / its total time; median over all streams of the level",
             "per_stream_decode_tokens_per_s": "(tokens - 1) / (total - ttft); median over all streams of the level",
         },
-        "worker_startup": {"ready_after_s": worker.ready_after_s, **worker_timings(worker)},
+        "worker_startup": {"ready_after_s": worker.service.ready_after_s, **worker_timings(worker.service)},
         **measured,
-        "services": {"worker": worker.report()},
+        "services": {"worker": worker.service.report()},
         "runtime_s": round(time.monotonic() - run_started, 1),
         "notes": [
             f"The benchmark client and the worker share this machine's {meta['nproc']} CPU cores "
