@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -10,6 +11,18 @@ import time
 from typing import Any
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+
+def reset_request_id(token: contextvars.Token[str]) -> None:
+    """Undo `request_id_var.set(...)` from the `finally` of an async generator (a streaming RPC's handler).
+
+    An abandoned async generator is closed by asyncio's finalizer in a new task, whose context is not the one
+    the token came from: `reset` then raises ValueError ("created in a different Context") out of the
+    generator's cleanup, logged as a task exception nobody retrieved. That context is a throwaway copy, so
+    there is nothing to restore in it."""
+    with contextlib.suppress(ValueError):
+        request_id_var.reset(token)
+
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from bailu.common.errors import BailuError, InternalError, InvalidRequest
 from bailu.common.grpc_errors import to_status
-from bailu.common.logging import request_id_var
+from bailu.common.logging import request_id_var, reset_request_id
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 await _abort(context, method, exc)
             finally:
-                request_id_var.reset(token)
+                reset_request_id(token)
 
         return unary
 
@@ -118,6 +118,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 if responses is not None:
                     await responses.aclose()
-                request_id_var.reset(token)
+                reset_request_id(token)
 
         return stream
