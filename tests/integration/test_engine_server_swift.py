@@ -19,7 +19,7 @@ import pytest_asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bailu.common.errors import BailuError, ModelNotFound, RequestTooLarge, Unavailable
-from bailu.common.types import ChatMessage, FinishReason, GenerateChunk, GenerateRequest, SamplingParams
+from bailu.common.types import ChatMessage, FinishReason, GenerateChunk, GenerateRequest, SamplingParams, ToolCall
 from bailu.worker.engines.server.http import HttpEngine
 from bailu.worker.settings import WorkerSettings
 from tests.conftest import MODEL, make_lora_adapter
@@ -66,11 +66,34 @@ async def engine(tiny_model: Path, adapter: Path) -> AsyncIterator[HttpEngine]:
         engine_start_timeout_s=120,
         engine_restart_backoff_s=0.1,
         engine_stop_grace_s=10,
+        # ms-swift's agent template: histories with tool turns render (the worker serves no tool use on it).
+        agent_template="hermes",
     )
     engine = HttpEngine.from_settings(settings)
     await engine.start()
     yield engine
     await engine.close()
+
+
+async def test_a_history_with_tool_turns_renders_through_the_agent_template(engine: HttpEngine) -> None:
+    assert engine.dialect.argv(engine.config)[-4:-2] == ["--agent_template", "hermes"]  # before --adapters
+    assert not engine.capabilities.tool_calls
+    assert not engine.capabilities.auto_tool_choice
+    call = ToolCall("call_0123456789abcdef01234567", "get_weather", '{"city": "Hangzhou"}')
+    history = (
+        ChatMessage("user", "Weather in Hangzhou?"),
+        ChatMessage("assistant", "", tool_calls=(call,)),
+        ChatMessage("tool", "sunny", tool_call_id=call.id),
+    )
+    sampling = SamplingParams(max_tokens=4, temperature=0.0)
+    chunks = await collect(engine, GenerateRequest("t", MODEL, messages=history, sampling=sampling))
+    question = await collect(engine, GenerateRequest("t", MODEL, messages=history[:1], sampling=sampling))
+    assert chunks[-1].finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+    assert chunks[-1].usage is not None
+    assert question[-1].usage is not None
+    # The call (its name and arguments) and its result were rendered into the prompt.
+    assert chunks[-1].usage.prompt_tokens > question[-1].usage.prompt_tokens + 10
+    assert not [d for c in chunks for d in c.tool_calls]
 
 
 async def test_streamed_chat_keeps_the_contract_and_matches_the_engines_own_answer(engine: HttpEngine) -> None:

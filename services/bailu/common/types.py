@@ -269,20 +269,35 @@ class GenerateRequest:
                         "a tool message, and only a tool message, names its tool_call_id",
                         param=f"messages[{i}].tool_call_id",
                     )
-            if self.messages[-1].role == "assistant":
-                raise InvalidRequest("the last message must be from the user, the system or a tool", param="messages")
+            if self.messages[-1].tool_calls:
+                raise InvalidRequest(
+                    "the last message holds tool calls: send their results as tool messages",
+                    param=f"messages[{len(self.messages) - 1}].tool_calls",
+                )
         elif not self.prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         elif self.tools.tools:
             raise InvalidRequest("tools go with chat messages, not a raw prompt", param="tools")
         self.sampling.validate()
         self.tools.validate()
+        if self.tools.forced and self.continues_assistant:
+            raise InvalidRequest(
+                f"tool_choice {self.tools.choice} constrains the output to tool calls, which cannot continue a "
+                "trailing assistant message",
+                param="tool_choice",
+            )
         if self.tools.forced and self.sampling.response_format != "text":
             raise InvalidRequest(
                 f"tool_choice {self.tools.choice} constrains the output to tool calls: give it or response_format "
                 "json_object/json_schema, not both",
                 param="tool_choice",
             )
+
+    @property
+    def continues_assistant(self) -> bool:
+        """Whether the last message is the assistant's: a prefix that the reply continues (the reply holds only
+        what follows it). Engines that cannot continue a message refuse such requests."""
+        return self.messages is not None and bool(self.messages) and self.messages[-1].role == "assistant"
 
     @property
     def is_chat(self) -> bool:

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from bailu.common import wire
-from bailu.common.errors import BailuError, Cancelled, InternalError, InvalidRequest
-from bailu.common.logging import request_id_var
+from bailu.common.errors import BailuError, Cancelled, InternalError, InvalidRequest, UnsupportedValue
+from bailu.common.logging import request_id_var, reset_request_id
 from bailu.common.metrics import WorkerMetrics
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
@@ -55,6 +55,12 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
         try:
             req = wire.request_from_pb(request)
             req.validate()
+            if req.continues_assistant and not self.engine.continues_assistant:
+                raise UnsupportedValue(
+                    f"the {self.engine.kind} engine does not continue a trailing assistant message: end the "
+                    "messages with a user or tool message",
+                    param=f"messages[{len(req.as_messages()) - 1}].role",
+                )
             self.engine.check_target(req)
             async with self.admission.slot(
                 req.deadline, priority=req.priority, first_token_deadline=req.first_token_deadline
@@ -85,7 +91,7 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
                     "duration_ms": round((time.monotonic() - start) * 1000, 1),
                 },
             )
-            request_id_var.reset(token)
+            reset_request_id(token)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -48,6 +48,16 @@ class WorkerSettings(ServiceSettings):
     )
     model_type: str = Field("llama", description="ms-swift model_type of the checkpoint (transformers and swift).")
     template: str = Field("chatml", description="ms-swift chat template of the model (transformers and swift).")
+    agent_template: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.\-]*$",
+        description="transformers and swift engines: ms-swift's agent template (the tool-call format: how tools are "
+        "written into the system prompt, calls and results into the chat, and calls read out of the output), one of "
+        "ms-swift's agent_template_map, e.g. hermes, react_en, qwen_en. transformers: it fills in for a chat "
+        "template that has none of its own, such as chatml (SmolLM2's); empty: the template's own, hermes where "
+        "it has none. swift: passed as --agent_template (it only lets tool turns render: swift deploy serves no "
+        "tool calls); empty: not passed.",
+    )
     max_model_len: int = Field(
         4096, ge=16, description="Context length in tokens (prompt plus output) the worker accepts."
     )
@@ -108,6 +118,15 @@ class WorkerSettings(ServiceSettings):
         "",
         description="Engine servers: extra arguments appended to the engine's command line as they are, split like "
         'a shell command line (e.g. "--enforce-eager --dtype bfloat16").',
+    )
+    tool_call_parser: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.\-]*$",
+        description="Engine servers: the engine's tool-call parser for the model's call format, by the engine's own "
+        "name (e.g. hermes or llama3_json on vLLM, qwen25 on SGLang, qwen on LmDeploy): vLLM --enable-auto-tool-choice "
+        "--tool-call-parser, SGLang and LmDeploy --tool-call-parser (ms-swift: see agent_template). With one, the "
+        "worker serves tool_choice auto (vLLM and SGLang also required and named calls, by constrained decoding); "
+        "empty: no tool use.",
     )
     tensor_parallel_size: int = Field(1, ge=1, description="Engine servers: GPUs one engine shards the model over.")
     gpu_memory_utilization: float = Field(

@@ -14,6 +14,9 @@ from bailu.common.types import (
     GenerateRequest,
     LoadReport,
     SamplingParams,
+    Tool,
+    ToolCall,
+    ToolUse,
     Usage,
 )
 
@@ -134,11 +137,24 @@ def test_a_tool_message_needs_the_id_of_the_call_it_answers() -> None:
     assert info.value.param == "messages[1].tool_call_id"
 
 
-def test_last_message_from_assistant_rejected() -> None:
+def test_a_last_message_from_the_assistant_is_a_prefix_to_continue() -> None:
+    prefix = _request(messages=(ChatMessage("user", "hi"), ChatMessage("assistant", "hello")))
+    prefix.validate()
+    assert prefix.continues_assistant
+    assert not _request(messages=(ChatMessage("user", "hi"),)).continues_assistant
+    assert not _request(messages=None, prompt="hi").continues_assistant
+
+
+def test_a_last_message_holding_tool_calls_or_a_prefix_with_forced_calls_is_rejected() -> None:
+    calls = (ToolCall("call_1", "ping", "{}"),)
     with pytest.raises(InvalidRequest) as info:
-        _request(messages=(ChatMessage("user", "hi"), ChatMessage("assistant", "hello"))).validate()
-    assert info.value.param == "messages"
-    assert "last message" in info.value.message
+        _request(messages=(ChatMessage("user", "hi"), ChatMessage("assistant", "", calls))).validate()
+    assert info.value.param == "messages[1].tool_calls"
+    forced = ToolUse((Tool("ping"),), "required")
+    with pytest.raises(InvalidRequest) as info:
+        _request(messages=(ChatMessage("user", "hi"), ChatMessage("assistant", "Sure")), tools=forced).validate()
+    assert info.value.param == "tool_choice"
+    assert "trailing assistant message" in info.value.message
 
 
 def test_assistant_message_before_the_last_is_fine() -> None:

@@ -68,3 +68,12 @@ def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str,
     with pytest.raises(pydantic.ValidationError) as info:
         WorkerSettings()
     assert info.value.errors()[0]["loc"] == (name.removeprefix("BAILU_WORKER_").lower(),)
+
+
+def test_agent_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert WorkerSettings().agent_template == ""  # the chat template's own (hermes where it has none)
+    monkeypatch.setenv("BAILU_WORKER_AGENT_TEMPLATE", "react_en")
+    assert WorkerSettings().agent_template == "react_en"
+    monkeypatch.setenv("BAILU_WORKER_AGENT_TEMPLATE", "hermes --verbose")
+    with pytest.raises(pydantic.ValidationError, match="agent_template"):
+        WorkerSettings()

@@ -71,6 +71,13 @@ class Engine(abc.ABC):
         return EngineCapabilities()
 
     @property
+    def continues_assistant(self) -> bool:
+        """Whether a chat whose last message is the assistant's is continued from that message (a response
+        prefix: `GenerateRequest.continues_assistant`); an engine without it refuses such requests (the servicer
+        checks). The in-process engines render the message unclosed and generate on from it."""
+        return False
+
+    @property
     def ready(self) -> bool:
         """Whether the engine takes requests now (False while an engine server restarts)."""
         return True

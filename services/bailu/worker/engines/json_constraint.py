@@ -29,10 +29,14 @@ blanks. `json_schema` is decoded in xgrammar's strict mode (properties the schem
 generated, which keeps the output valid); `json_object` is any JSON object. Where xgrammar cannot represent a
 keyword exactly it says so on stderr and decodes to a superset (a `oneOf` whose branches overlap is decoded as
 `anyOf`; `allOf` of several alternatives is partial): such outputs parse but may not validate.
+
+Forced tool calls (`tool_choice` required or a named function) are decoded the same way, to the schema
+`tool_calls.forced_schema` builds from the tools (`JsonGrammars.compile_tools`).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -41,7 +45,8 @@ import xgrammar as xgr
 from transformers import LogitsProcessor
 
 from bailu.common.errors import InvalidRequest
-from bailu.common.types import JSON_SCHEMA_PARAM, SamplingParams
+from bailu.common.types import JSON_SCHEMA_PARAM, TOOL_FUNCTION, SamplingParams, ToolUse
+from bailu.worker.engines.tool_calls import forced_schema_text
 
 # The JSON Schema that `json_object` compiles to (with strict mode off: any properties, any values).
 JSON_OBJECT_SCHEMA = '{"type": "object"}'
@@ -73,13 +78,41 @@ class JsonGrammars:
             return None
         schema, strict = (sampling.json_schema, True) if sampling.json_schema else (JSON_OBJECT_SCHEMA, False)
         try:
-            with self._lock:
-                return self._compiler.compile_json_schema(schema, any_whitespace=False, strict_mode=strict)
+            return self._compile(schema, strict=strict)
         except (RuntimeError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise InvalidRequest(
-                f"this engine cannot decode to the JSON Schema: {reason[:300]}", param=JSON_SCHEMA_PARAM
+                f"this engine cannot decode to the JSON Schema: {_reason(exc)}", param=JSON_SCHEMA_PARAM
             ) from exc
+
+    def compile_tools(self, use: ToolUse) -> xgr.CompiledGrammar:
+        """The grammar of `use`'s forced calls (`tool_calls.forced_schema`, strict like `json_schema`); raises
+        `InvalidRequest` naming the tool whose parameters the library cannot compile. Blocking."""
+        try:
+            return self._compile(forced_schema_text(use), strict=True)
+        except (RuntimeError, ValueError) as exc:
+            failed, param = exc, "tools"
+        # Which tool: the named one, else the first whose parameters alone do not compile.
+        for i, tool in enumerate(use.tools):
+            if use.choice == TOOL_FUNCTION and tool.name != use.function:
+                continue
+            try:
+                self._compile(json.dumps(tool.parameters_schema), strict=True)
+            except (RuntimeError, ValueError) as exc:
+                failed, param = exc, f"tools[{i}].function.parameters"
+                break
+        raise InvalidRequest(
+            f"this engine cannot decode to the function's parameters schema: {_reason(failed)}", param=param
+        ) from failed
+
+    def _compile(self, schema: str, *, strict: bool) -> xgr.CompiledGrammar:
+        with self._lock:
+            return self._compiler.compile_json_schema(schema, any_whitespace=False, strict_mode=strict)
+
+
+def _reason(exc: Exception) -> str:
+    """The last line of the library's error, bounded."""
+    text = str(exc).strip()
+    return (text.splitlines()[-1] if text else type(exc).__name__)[:300]
 
 
 class JsonConstraint(LogitsProcessor):

@@ -19,6 +19,20 @@ Structured outputs (`SamplingParams.json_object`, `json_schema`): the reply is o
 of the schema (see `sim_json.py` for the keywords it honours), streamed a token (a word, a space run or a
 punctuation mark) at a time at the same pace, the whole document whatever `sim_output_tokens` says; only
 `max_tokens` cuts it short (finish reason `length`, the JSON then incomplete, as with a real engine).
+
+Tools (`sim_calls`), deterministic:
+- forced calls (tool_choice required or a named function): the sim's instance of `tool_calls.forced_schema` (so
+  the arguments validate wherever `sim_json` honours the schema): a named function is called once; required calls
+  the first tool, once;
+- auto: if the last message is the user's and names tools (their names appear in its text), the sim calls them
+  (arguments: the instance of each one's parameters schema), in the tools' order, only the first with
+  `parallel_tool_calls` false; otherwise, and always after a tool result, it answers in text as without tools.
+Calls are paced like text, a token per piece of their JSON (`[{"name": ..., "arguments": ...}]`) sent as a chunk
+with empty text, and arrive whole on the last chunk with finish reason `tool_calls`; `max_tokens` cutting that JSON
+gives finish reason `length` and no calls.
+
+A trailing assistant message is continued: the text goes on as if that message's words were the sim's first
+words (it starts that many words further into its text).
 """
 
 from __future__ import annotations
@@ -29,21 +43,25 @@ import json
 import math
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from bailu.common.errors import RequestTooLarge
 from bailu.common.types import (
+    TOOL_FUNCTION,
     FinishReason,
     GenerateChunk,
     GenerateRequest,
     ModelCard,
     SamplingParams,
     TokenLogprob,
+    ToolCallDelta,
     TopLogprob,
     Usage,
 )
 from bailu.worker.engines.adapters import read_adapter_config
 from bailu.worker.engines.base import Engine
 from bailu.worker.engines.sim_json import json_instance, json_object_instance, json_tokens
+from bailu.worker.engines.tool_calls import call_deltas, forced_schema
 from bailu.worker.settings import WorkerSettings
 
 _TEXT = [
@@ -121,6 +139,10 @@ class SimEngine(Engine):
     def capacity(self) -> int:
         return self._capacity
 
+    @property
+    def continues_assistant(self) -> bool:
+        return True
+
     async def start(self) -> None:
         await asyncio.sleep(self.load_s)
 
@@ -155,9 +177,16 @@ class SimEngine(Engine):
         if request.sampling.temperature:
             self._sampled += 1
             offset = self._sampled
+        # Continuing the assistant's message: its words count as the sim's first ones.
+        spaced = False
+        if request.continues_assistant:
+            continued = request.as_messages()[-1].content
+            offset += len(continued.split())
+            spaced = bool(continued) and not continued[-1].isspace()
         words = [*prefix, *(_TEXT[(offset + i) % len(_TEXT)] for i in range(len(_TEXT)))]
-        # Structured outputs: the whole JSON document (within max_tokens), whatever sim_output_tokens says.
-        document = structured_tokens(request.sampling, words)
+        calls = sim_calls(request, words)
+        # Structured outputs and calls: the whole JSON document (within max_tokens), whatever sim_output_tokens says.
+        document = structured_tokens(request.sampling, words) if calls is None else calls_tokens(calls)
         truncated = False
         if document is not None:
             truncated = len(document) > limit
@@ -175,14 +204,43 @@ class SimEngine(Engine):
                     token = document[i]
                 else:
                     word = prefix[i] if i < len(prefix) else _TEXT[(offset + i - len(prefix)) % len(_TEXT)]
-                    token = word if i == 0 else " " + word
+                    token = " " + word if i > 0 or spaced else word
                 logprobs = (sim_logprob(token, i, request.sampling),) if request.sampling.logprobs else ()
-                yield GenerateChunk(text=token, token_count=1, served_model=served, logprobs=logprobs)
+                shown = token if calls is None else ""  # calls do not stream as text
+                yield GenerateChunk(text=shown, token_count=1, served_model=served, logprobs=logprobs)
             length = truncated if document is not None else n == request.sampling.max_tokens
             finish = FinishReason.LENGTH if length else FinishReason.STOP
-            yield GenerateChunk("", 0, finish, Usage(prompt_tokens, n), served)
+            deltas: tuple[ToolCallDelta, ...] = ()
+            if calls is not None and not length:
+                finish, deltas = FinishReason.TOOL_CALLS, call_deltas(calls)
+            yield GenerateChunk("", 0, finish, Usage(prompt_tokens, n), served, tool_calls=deltas)
         finally:
             self.active -= 1
+
+
+def sim_calls(request: GenerateRequest, words: list[str]) -> list[tuple[str, Any]] | None:
+    """The calls `(name, arguments)` the sim makes for `request` (see the module docstring); None: it answers in
+    text."""
+    use = request.tools
+    if use.forced:
+        value = json_instance(forced_schema(use), words)
+        if use.choice == TOOL_FUNCTION:
+            return [(use.function, value)]
+        return [(call["name"], call["arguments"]) for call in value]
+    last = request.as_messages()[-1]
+    if not use.active or last.role != "user":
+        return None
+    named = [tool for tool in use.tools if tool.name in last.content]
+    if not named:
+        return None
+    if not use.parallel:
+        named = named[:1]
+    return [(tool.name, json_instance(tool.parameters_schema, words)) for tool in named]
+
+
+def calls_tokens(calls: list[tuple[str, Any]]) -> list[str]:
+    """The tokens the sim spends on `calls`: the pieces of their JSON."""
+    return json_tokens([{"name": name, "arguments": arguments} for name, arguments in calls])
 
 
 def structured_tokens(sampling: SamplingParams, words: list[str]) -> list[str] | None:

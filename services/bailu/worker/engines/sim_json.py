@@ -2,13 +2,14 @@
 
 The sim does not decode under a grammar; it builds one instance of the schema directly, the same for the
 same schema and words: every declared property (required or not, in the schema's order), `const` and the first
-`enum` value, the first branch of `anyOf`/`oneOf`, the subschemas of `allOf` merged, local `$ref`s
-(`#/$defs/...`), the first non-null type of a list, arrays of `minItems` items (at least one, at most
-`maxItems`; up to 64), strings of words within `minLength`/`maxLength` (up to 4096 characters) and in the
-common `format`s (date, date-time, time, email, uuid, uri), numbers within `minimum`/`maximum` (exclusive too)
-and on `multipleOf`. Keywords it does not honour (`pattern`, `not`, `if`/`then`/`else`, `uniqueItems` beyond
-distinct words, ...) may yield an instance that does not validate, and any JSON object is taken without an
-error (the worker does not check a schema against its metaschema; the gateway does). The sim is a tool for
+`enum` value, the first branch of `anyOf`/`oneOf`, the subschemas of `allOf` merged, local `$ref`s (a JSON
+pointer into the document: `#/$defs/...`, `#/items/anyOf/0/...`), the first non-null type of a list, arrays of
+`minItems` items (at least one, at most `maxItems`; up to 64), strings of words within `minLength`/`maxLength`
+(up to 4096 characters) and in the common `format`s (date, date-time, time, email, uuid, uri), numbers within
+`minimum`/`maximum` (exclusive too) and on `multipleOf`. Keywords it does not honour (`pattern`, `not`,
+`if`/`then`/`else`, `uniqueItems` beyond distinct words, ...) may yield an instance that does not validate, and
+any JSON object is taken without an error (the worker does not check a schema against its metaschema; the
+gateway does). The sim is a tool for
 the platform around the model; the `transformers` engine is the one that guarantees validity. `json_object`
 gets `{"answer": "<words>"}`.
 """
@@ -83,7 +84,7 @@ class _Builder:
         while isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#") and seen < _MAX_DEPTH:
             target: Any = self.root
             for part in schema["$ref"][1:].split("/")[1:]:
-                target = target.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(target, dict) else {}
+                target = _step(target, part.replace("~1", "/").replace("~0", "~"))
             rest = {k: v for k, v in schema.items() if k != "$ref"}
             schema = {**target, **rest} if isinstance(target, dict) else rest
             seen += 1
@@ -193,6 +194,15 @@ class _Builder:
         "boolean": _boolean,
         "null": _null,
     }
+
+
+def _step(target: Any, part: str) -> Any:
+    """One step of a JSON pointer: a member of an object, an item of an array (by index), else nothing."""
+    if isinstance(target, dict):
+        return target.get(part, {})
+    if isinstance(target, list) and part.isdigit() and int(part) < len(target):
+        return target[int(part)]
+    return {}
 
 
 def _mapping(value: object) -> dict[str, Any]:

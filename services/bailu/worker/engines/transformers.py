@@ -20,6 +20,23 @@ Structured outputs: a request with `json_schema` or `json_object` has its gramma
 schema, `json_constraint.py`), and its batch gets a `JsonConstraint` as its first logits processor: the
 cancellation's forced end-of-sequence comes after it (and wins), and the log-probability recorder, last, sees
 the constrained scores the sampler draws from.
+
+Tools (`tool_calls.py` holds the rules): with tools active, the request's tools go to ms-swift as
+`InferRequest.tools`, so that its agent template (the chat template's own, else `BAILU_WORKER_AGENT_TEMPLATE`)
+writes them into the system prompt; calls and results in the history are rendered by the same template.
+- Forced calls (required, a named function) are decoded under the grammar of `tool_calls.forced_schema`, in the
+  same batch-safe way as `json_schema`. The JSON is not streamed as text: chunks carry token counts (and log
+  probabilities) with empty text, and the last one the calls and finish reason `tool_calls`. If `max_tokens` cuts
+  the JSON, the finish reason is `length` and there are no calls. Stop sequences do not apply to forced calls
+  (they could only cut the JSON into something that does not parse).
+- With tool_choice auto the model writes freely and ms-swift's agent template reads calls out of its output. The
+  text is held back until the end, not streamed: until the output is complete, text may still turn out to be call
+  markup (`<tool_call>...`), which must not reach the client; chunks carry token counts meanwhile, and the last ones
+  the text before the call markup and the calls (`tool_calls.auto_reply`). Without tools, or with tool_choice none,
+  text streams as always.
+
+A trailing assistant message is a prefix to continue: ms-swift renders it without closing the turn, so the
+model's output goes on from its last token (the reply holds only the continuation).
 """
 
 from __future__ import annotations
@@ -36,7 +53,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from bailu.common.checkpoint import require_checkpoint
-from bailu.common.errors import InvalidRequest, ModelNotFound, RequestTooLarge
+from bailu.common.errors import InternalError, InvalidRequest, ModelNotFound, RequestTooLarge
 from bailu.common.logging import reclaim_logging
 from bailu.common.types import (
     ChatMessage,
@@ -45,6 +62,7 @@ from bailu.common.types import (
     GenerateRequest,
     ModelCard,
     TokenLogprob,
+    ToolCallDelta,
     Usage,
 )
 from bailu.worker.engines.adapters import engine_adapter_name
@@ -52,6 +70,7 @@ from bailu.worker.engines.base import Engine
 from bailu.worker.engines.json_constraint import JsonConstraint, JsonGrammars
 from bailu.worker.engines.stops import StopStringFilter
 from bailu.worker.engines.token_logprobs import LogprobRecorder, LogprobSink, TeeStreamer, TokenText
+from bailu.worker.engines.tool_calls import auto_reply, forced_calls, swift_messages, swift_tools
 from bailu.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -64,6 +83,9 @@ _RECORDER_KEY = "bailu_logprob_recorder"
 # inf; sampling then fails on NaN probabilities in ms-swift's generate thread, and ms-swift's stream never ends:
 # the request, and every batch after it, would hang.
 MIN_TEMPERATURE = 1e-2
+# The agent template (tool-call format) of a chat template that has none, such as chatml, unless
+# BAILU_WORKER_AGENT_TEMPLATE names another: SmolLM2's own tool format is hermes' <tool_call> markup.
+DEFAULT_AGENT_TEMPLATE = "hermes"
 MIN_REPETITION_PENALTY = 1e-2
 
 
@@ -91,6 +113,7 @@ class TransformersEngine(Engine):
         *,
         model_type: str,
         template: str,
+        agent_template: str = "",
         max_model_len: int,
         default_max_tokens: int,
         max_batch_size: int,
@@ -101,6 +124,7 @@ class TransformersEngine(Engine):
         self.model_path = model_path
         self.model_type = model_type
         self.template_type = template
+        self.agent_template = agent_template
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self._window: asyncio.Event | None = None
@@ -126,6 +150,7 @@ class TransformersEngine(Engine):
             settings.model_path,
             model_type=settings.model_type,
             template=settings.template,
+            agent_template=settings.agent_template,
             max_model_len=settings.max_model_len,
             default_max_tokens=settings.default_max_tokens,
             max_batch_size=settings.max_batch_size,
@@ -136,6 +161,10 @@ class TransformersEngine(Engine):
     @property
     def capacity(self) -> int:
         return self.max_batch_size
+
+    @property
+    def continues_assistant(self) -> bool:
+        return True
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
@@ -159,6 +188,7 @@ class TransformersEngine(Engine):
         )
         self._swift.max_model_len = self.max_model_len
         self._swift.template.max_length = self.max_model_len
+        self._use_agent_template(self._swift.template)
         eos = self._swift.tokenizer.eos_token_id
         self._eos_token_id = int(eos[0] if isinstance(eos, list) else eos)
         self._token_text = TokenText(self._swift.tokenizer)
@@ -169,11 +199,30 @@ class TransformersEngine(Engine):
         self._tap_generate(self._swift.template)
         log.info("model loaded", extra={"model_path": str(self.model_path), "model": self.model_name})
 
+    def _use_agent_template(self, template: Any) -> None:
+        """Give ms-swift's `template` the configured agent template unless its chat template names its own (ms-swift
+        takes one only when the template is built, which its engine does for us: its `_agent_template` is set)."""
+        from swift.agent_template import agent_template_map
+
+        if self.agent_template and self.agent_template not in agent_template_map:
+            raise ValueError(
+                f"BAILU_WORKER_AGENT_TEMPLATE '{self.agent_template}' is not one of ms-swift's agent templates: "
+                f"{', '.join(sorted(agent_template_map))}"
+            )
+        if not hasattr(template, "_agent_template"):
+            raise RuntimeError("this ms-swift version's Template has no _agent_template: update the engine")
+        if template._agent_template is None:
+            template._agent_template = self.agent_template or DEFAULT_AGENT_TEMPLATE
+        log.info("agent template", extra={"agent_template": template._agent_template})
+
     def _infer_request(self, request: GenerateRequest, tag: str) -> Any:
         from swift.infer_engine import InferRequest
 
-        messages = [{"role": m.role, "content": m.content} for m in request.as_messages()]
-        return InferRequest(messages=messages, objects={_ROW_TAG: [tag]})
+        return InferRequest(
+            messages=swift_messages(request.as_messages()),
+            tools=swift_tools(request.tools),
+            objects={_ROW_TAG: [tag]},
+        )
 
     def _count_prompt_tokens(self, request: GenerateRequest) -> int:
         from swift.template.base import MaxLengthError
@@ -218,6 +267,7 @@ class TransformersEngine(Engine):
         template.generate = generate
 
     def _request_config(self, request: GenerateRequest, max_tokens: int) -> Any:
+        """ms-swift's sampling parameters for `request` (requests with equal ones share batches)."""
         from swift.infer_engine import RequestConfig
 
         s = request.sampling
@@ -232,7 +282,7 @@ class TransformersEngine(Engine):
             repetition_penalty=repetition_penalty,
             presence_penalty=s.presence_penalty or 0.0,
             frequency_penalty=s.frequency_penalty or 0.0,
-            stop=list(s.stop),
+            stop=[] if request.tools.forced else list(s.stop),
             seed=s.seed,
             stream=True,
         )
@@ -256,7 +306,8 @@ class TransformersEngine(Engine):
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
         from swift.infer_engine import AdapterRequest
 
-        check_turns(request.as_messages(), system_allowed=self._swift.template.template_meta.support_system)
+        template_meta = self._swift.template.template_meta
+        check_turns(request.as_messages(), system_allowed=template_meta.support_system)
         prompt_tokens = await asyncio.to_thread(self._count_prompt_tokens, request)
         if prompt_tokens >= self.max_model_len:
             raise RequestTooLarge(
@@ -265,7 +316,12 @@ class TransformersEngine(Engine):
             )
         max_tokens = self.max_new_tokens(request, prompt_tokens)
         assert self._grammars is not None
-        grammar = await asyncio.to_thread(self._grammars.compile, request.sampling)  # None: unconstrained
+        use = request.tools
+        grammar: Any = None  # None: unconstrained
+        if use.forced:
+            grammar = await asyncio.to_thread(self._grammars.compile_tools, use)
+        else:
+            grammar = await asyncio.to_thread(self._grammars.compile, request.sampling)
         # Checked again: the adapter may have been unloaded while the request waited for a slot.
         self.check_target(request)
         adapter_request = None
@@ -285,7 +341,9 @@ class TransformersEngine(Engine):
         def logprobs(count: int) -> tuple[TokenLogprob, ...]:
             return sink.take(count) if sink is not None else ()
 
-        stops = StopStringFilter(request.sampling.stop)
+        stops = StopStringFilter(() if use.forced else request.sampling.stop)
+        # With tools active the output is held until the end (see the module docstring).
+        held: list[str] | None = [] if use.active else None
         served = request.reported_model
         completion_tokens = 0
         try:
@@ -300,22 +358,49 @@ class TransformersEngine(Engine):
                 tokens = response.usage.completion_tokens - completion_tokens
                 completion_tokens = response.usage.completion_tokens
                 text = stops.feed(choice.delta.content or "")
-                if choice.finish_reason is not None or stops.stopped:
+                done = choice.finish_reason is not None or stops.stopped
+                if done:
                     text += stops.flush()
-                    if text:
+                if held is not None:
+                    held.append(text)
+                    text = ""
+                if not done:
+                    if text or tokens:
                         yield GenerateChunk(text, tokens, served_model=served, logprobs=logprobs(tokens))
-                        tokens = 0
-                    stopped = stops.stopped or choice.finish_reason == "stop"
-                    finish = FinishReason.STOP if stopped else FinishReason.LENGTH
-                    usage = Usage(prompt_tokens, completion_tokens)
-                    yield GenerateChunk("", tokens, finish, usage, served, logprobs(tokens))
-                    return
-                if text or tokens:
+                    continue
+                stopped = stops.stopped or choice.finish_reason == "stop"
+                finish = FinishReason.STOP if stopped else FinishReason.LENGTH
+                calls: tuple[ToolCallDelta, ...] = ()
+                if held is not None:
+                    text, calls, finish = self._tool_reply(request, "".join(held), finish)
+                if text:
                     yield GenerateChunk(text, tokens, served_model=served, logprobs=logprobs(tokens))
+                    tokens = 0
+                usage = Usage(prompt_tokens, completion_tokens)
+                yield GenerateChunk("", tokens, finish, usage, served, logprobs(tokens), calls)
+                return
         finally:
             self._live.discard(tag)
             self._logprob_sinks.pop(tag, None)
             self._grammar_of.pop(tag, None)
+
+    def _tool_reply(
+        self, request: GenerateRequest, output: str, finish: FinishReason
+    ) -> tuple[str, tuple[ToolCallDelta, ...], FinishReason]:
+        """The text, calls and finish reason of a request with tools active, from its whole output.
+
+        Forced calls: the output is the constrained JSON, read back as the calls (finish reason `tool_calls`);
+        JSON that `max_tokens` cut short gives no calls and finish reason `length`. Auto: `tool_calls.auto_reply`
+        with this model's agent template."""
+        use = request.tools
+        if not use.forced:
+            return auto_reply(output, finish, use, self._swift.template.agent_template)
+        try:
+            return "", forced_calls(use, output), FinishReason.TOOL_CALLS
+        except ValueError as exc:
+            if finish == FinishReason.LENGTH:
+                return "", (), finish
+            raise InternalError("the constrained output is not the forced calls' JSON") from exc
 
     async def load_adapter(self, name: str, path: str) -> ModelCard:
         if self.adapters.get(name) == path:
@@ -336,8 +421,11 @@ class TransformersEngine(Engine):
 def check_turns(messages: Sequence[ChatMessage], *, system_allowed: bool) -> None:
     """Raise `InvalidRequest` unless ms-swift's templates can render `messages`: an optional system message
     first (if the template has a system slot), then user and assistant turns alternating (it may open with
-    the assistant), the last one from the user. ms-swift checks this with bare `assert`s deep in
-    `Template.encode`, which would be an internal error."""
+    the assistant). An assistant turn with tool calls may be followed by tool messages (the results), which
+    the template renders as the query of the assistant's next turn: after them comes the assistant, never
+    the user. The last message is the user's or a tool's, or the assistant's (without calls) as a prefix to
+    continue. ms-swift checks this with bare `assert`s deep in `Template.encode`, which would be an internal
+    error."""
     turns = list(messages)
     if turns and turns[0].role == "system":
         if not system_allowed:
@@ -346,12 +434,32 @@ def check_turns(messages: Sequence[ChatMessage], *, system_allowed: bool) -> Non
     if not turns:
         raise InvalidRequest("messages must contain a user message after the system message", param="messages")
     offset = len(messages) - len(turns)
-    start = 1 if turns[0].role == "assistant" else 0  # a conversation may open with the assistant
+    previous = ""  # the role before, "calls" for an assistant turn with tool calls
     for i, turn in enumerate(turns):
-        expected = "user" if (i + start) % 2 == 0 else "assistant"
-        if turn.role != expected:
+        param = f"messages[{i + offset}].role"
+        if turn.role == "tool":
+            if previous not in ("calls", "tool"):
+                raise InvalidRequest(
+                    f"messages[{i + offset}] is a tool result without a call: a tool message follows an assistant "
+                    "message with tool_calls, or another tool message",
+                    param=param,
+                )
+        elif turn.role == "user" and previous == "tool":
+            raise InvalidRequest(
+                f"messages[{i + offset}].role must be 'assistant': this engine's chat template renders tool results "
+                "as the query the assistant answers next, so the assistant's answer comes before another user message",
+                param=param,
+            )
+        elif turn.role == "system" or turn.role == previous or (turn.role == "assistant" and previous == "calls"):
+            expected = {"user": "assistant", "tool": "assistant", "calls": "tool"}.get(previous, "user")
             raise InvalidRequest(
                 f"messages[{i + offset}].role must be '{expected}': this engine takes one system message first, "
-                "then user and assistant messages alternating, ending with a user message",
-                param=f"messages[{i + offset}].role",
+                "then user and assistant messages alternating (tool results after an assistant's tool calls)",
+                param=param,
             )
+        previous = "calls" if turn.role == "assistant" and turn.tool_calls else turn.role
+    if previous == "calls":
+        raise InvalidRequest(
+            "the last message holds tool calls: send their results as tool messages, or continue without calls",
+            param=f"messages[{len(messages) - 1}].tool_calls",
+        )

@@ -30,6 +30,30 @@ Structured outputs (OpenAI's `response_format` `json_object` / `json_schema` wit
   such field, so a constrained raw prompt is refused rather than sent;
 - ms-swift: none through `swift deploy` with the transformers backend (only `structured_outputs_regex`, and
   only on its vLLM backend: swift/infer_engine/vllm_engine.py), so the worker declares none.
+
+Tool use (OpenAI's `tools`, `tool_choice`, `parallel_tool_calls`; the worker's `tool_call_parser` names the
+engine's parser for the model's call format, and without one vLLM, SGLang and LmDeploy are sent no tools; ms-swift
+takes the worker's `agent_template` instead). Read from vLLM's
+and SGLang's main branches (their pinned tags were not available to read), LmDeploy's tag v0.16.0 and the
+installed ms-swift:
+- vLLM: `--enable-auto-tool-choice --tool-call-parser X` (docs/features/tool_calling.md: auto needs both);
+  required and named calls are constrained (a JSON schema of the calls through structured outputs, or the
+  parser's structural tag), but the streamed response turns output into `tool_calls` deltas only through the
+  parser that those flags build (vllm/entrypoints/openai/chat_completion/serving.py,
+  `chat_completion_stream_generator`; vllm/parser/parser_manager.py builds none without a parser name), so
+  forced calls are declared only with a parser too. Named calls finish with "stop", as OpenAI's do;
+- SGLang: `--tool-call-parser X`; without it tool output streams as plain text
+  (python/sglang/srt/entrypoints/openai/serving_chat.py, `_generate_stream_content`); with it required and
+  named calls are constrained (`get_structure_constraint`, or the JSON schema of `get_json_schema_constraint`)
+  and stream through `_process_tool_call_stream`;
+- LmDeploy 0.16: `--tool-call-parser X` (cli/utils.py); tools without one are refused
+  (serve/openai/chat_completions/validation.py), and a required or named call is only asked for in the prompt
+  (serve/parsers/response_parser.py, `dump_tools`: no constrained decoding), so only auto is declared;
+- ms-swift: `--agent_template X` renders the tools and tool turns (swift/template/base.py) and reads calls out
+  of the output only once generation ended, streaming their markup as text too and finishing with "stop"
+  (swift/infer_engine/transformers_engine.py), so the worker declares no tool use; the flag still lets
+  histories with tool turns render (ran here: tests/integration/test_engine_server_swift.py), the content of an
+  assistant turn with calls sent as "", not null.
 """
 
 from __future__ import annotations
@@ -37,7 +61,7 @@ from __future__ import annotations
 import enum
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bailu.common.types import EngineCapabilities
@@ -65,6 +89,10 @@ class LaunchConfig:
     # ms-swift only: the checkpoint's model_type and chat template.
     model_type: str = ""
     template: str = ""
+    # The engine's tool-call parser for the model's call format (vLLM, SGLang, LmDeploy); "" for none.
+    tool_call_parser: str = ""
+    # ms-swift only: its agent template (the tool-call format tool turns render in); "" for the template's own.
+    agent_template: str = ""
 
     @property
     def lora(self) -> bool:
@@ -76,6 +104,16 @@ class AdapterSelection(enum.StrEnum):
 
     MODEL_IS_ADAPTER = "model=adapter"  # `model` is the adapter's name
     MODEL_COLON_ADAPTER = "model=served:adapter"  # `model` is "<served name>:<adapter>"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSupport:
+    """What an engine server does with OpenAI tool use once launched with a tool-call parser (without one, no
+    engine server is sent tools): read calls out of free output (`auto`), and force them by constrained
+    decoding (`forced`: tool_choice required or a named function)."""
+
+    auto: bool = False
+    forced: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +138,28 @@ class Dialect:
     legacy_completion_logprobs: bool = True
     # /v1/completions takes `response_format` too (vLLM, SGLang); chat's is `capabilities.structured_outputs`.
     completions_response_format: bool = True
+    # Tool use with a tool-call parser; `capabilities` are those without one (no tool use).
+    tool_support: ToolSupport = field(default_factory=ToolSupport)
+    # An assistant turn with calls and no text is sent with `content` null, as OpenAI sends it; False: "" (ms-swift
+    # 4.6 fails with a 500 on null: its ChatCompletionRequest.convert_to_base64 iterates the content).
+    null_call_content: bool = True
+
+    def launched_capabilities(self, config: LaunchConfig) -> EngineCapabilities:
+        """What the server can do as launched with `config`: no adapters without LoRA support, tool use as its
+        tool-call parser allows."""
+        c = self.capabilities
+        if not config.lora:
+            c = replace(
+                c,
+                adapters=False,
+                runtime_adapter_loading=False,
+                adapter_load_restarts_engine=False,
+                mixed_adapter_batches=False,
+            )
+        parser = bool(config.tool_call_parser)
+        return replace(
+            c, tool_calls=parser and self.tool_support.forced, auto_tool_choice=parser and self.tool_support.auto
+        )
 
     def serves_response_format(self, *, chat: bool) -> bool:
         """Whether a request to /v1/chat/completions (`chat`) or /v1/completions may carry `response_format`."""
@@ -134,6 +194,8 @@ def _vllm_args(c: LaunchConfig) -> list[str]:
         "--max-model-len", str(c.max_model_len),
         "--max-num-seqs", str(c.max_batch_size),
     ]  # fmt: skip
+    if c.tool_call_parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", c.tool_call_parser]
     if c.lora:
         args += ["--enable-lora", "--max-loras", str(c.max_loras), "--max-lora-rank", str(c.max_lora_rank)]
         if c.adapters:
@@ -153,6 +215,8 @@ def _sglang_args(c: LaunchConfig) -> list[str]:
         "--max-running-requests", str(c.max_batch_size),
         "--enable-metrics",
     ]  # fmt: skip
+    if c.tool_call_parser:
+        args += ["--tool-call-parser", c.tool_call_parser]
     if c.lora:
         # Target modules `all` and a fixed rank, so that adapters loaded later need no restart.
         args += [
@@ -179,6 +243,8 @@ def _lmdeploy_args(c: LaunchConfig) -> list[str]:
         "--session-len", str(c.max_model_len),
         "--max-batch-size", str(c.max_batch_size),
     ]  # fmt: skip
+    if c.tool_call_parser:
+        args += ["--tool-call-parser", c.tool_call_parser]
     if c.lora and c.adapters:
         args += ["--adapters", *(f"{name}={path}" for name, path in c.adapters.items())]
     return args
@@ -201,6 +267,8 @@ def _swift_args(c: LaunchConfig) -> list[str]:
         args += ["--model_type", c.model_type]
     if c.template:
         args += ["--template", c.template]
+    if c.agent_template:
+        args += ["--agent_template", c.agent_template]
     if c.lora and c.adapters:
         args += ["--adapters", *(f"{name}={path}" for name, path in c.adapters.items())]
     return args
@@ -208,7 +276,7 @@ def _swift_args(c: LaunchConfig) -> list[str]:
 
 # An engine server that loads and unloads LoRA adapters at run time over HTTP, batches requests for different
 # adapters together, exports its own metrics, takes raw prompts verbatim and constrains outputs to JSON (vLLM,
-# SGLang).
+# SGLang); with a tool-call parser it serves tool use, forced calls included.
 RUNTIME_LORA_SERVER = EngineCapabilities(
     adapters=True,
     runtime_adapter_loading=True,
@@ -217,7 +285,10 @@ RUNTIME_LORA_SERVER = EngineCapabilities(
     native_metrics=True,
     raw_completions=True,
     structured_outputs=True,
+    tool_calls=False,
+    auto_tool_choice=False,
 )
+PARSED_AND_FORCED_TOOL_CALLS = ToolSupport(auto=True, forced=True)
 
 VLLM = Dialect(
     kind="vllm",
@@ -238,6 +309,7 @@ VLLM = Dialect(
     ),
     env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
     stream_options={"continuous_usage_stats": True},
+    tool_support=PARSED_AND_FORCED_TOOL_CALLS,
 )
 
 SGLANG = Dialect(
@@ -257,6 +329,7 @@ SGLANG = Dialect(
         ttft=("sglang:time_to_first_token_seconds",),
     ),
     stream_options={"continuous_usage_stats": True},
+    tool_support=PARSED_AND_FORCED_TOOL_CALLS,
 )
 
 LMDEPLOY = Dialect(
@@ -276,6 +349,8 @@ LMDEPLOY = Dialect(
         native_metrics=True,
         raw_completions=True,
         structured_outputs=True,
+        tool_calls=False,
+        auto_tool_choice=False,
     ),
     metric_names=MetricNames(
         queued=("lmdeploy:num_requests_waiting",),
@@ -284,6 +359,7 @@ LMDEPLOY = Dialect(
         ttft=("lmdeploy:time_to_first_token_seconds",),
     ),
     completions_response_format=False,
+    tool_support=ToolSupport(auto=True),
 )
 
 SWIFT = Dialect(
@@ -303,11 +379,14 @@ SWIFT = Dialect(
         native_metrics=False,
         raw_completions=False,
         structured_outputs=False,
+        tool_calls=False,
+        auto_tool_choice=False,
     ),
     # Local files only: ms-swift never contacts a hub.
     env={"HF_HUB_OFFLINE": "1", "USE_HF": "1"},
     legacy_completion_logprobs=False,
     completions_response_format=False,
+    null_call_content=False,
 )
 
 DIALECTS: dict[str, Dialect] = {d.kind: d for d in (VLLM, SGLANG, LMDEPLOY, SWIFT)}

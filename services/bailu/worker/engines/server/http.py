@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import shlex
 import time
@@ -23,12 +22,13 @@ from prometheus_client import CollectorRegistry
 
 from bailu.common.checkpoint import require_checkpoint
 from bailu.common.errors import DeadlineExceeded, Stalled, Unavailable, UnsupportedValue
-from bailu.common.types import EngineCapabilities, GenerateChunk, GenerateRequest, ModelCard
+from bailu.common.types import EngineCapabilities, GenerateChunk, GenerateRequest, ModelCard, ToolUse
 from bailu.worker.engines.base import Engine
 from bailu.worker.engines.server import openai_http as oai
 from bailu.worker.engines.server.adapters import AdapterLifecycle
 from bailu.worker.engines.server.dialects import DIALECTS, Dialect, LaunchConfig
 from bailu.worker.engines.server.engine_metrics import EngineLoad
+from bailu.worker.engines.server.openai_tools import ToolCallReader
 from bailu.worker.engines.server.process import EngineServer, ServerOptions, free_port
 from bailu.worker.settings import WorkerSettings
 
@@ -72,6 +72,8 @@ class HttpEngine(Engine):
             adapters={name: str(path) for name, path in settings.adapters.items()},
             model_type=settings.model_type,
             template=settings.template,
+            tool_call_parser=settings.tool_call_parser,
+            agent_template=settings.agent_template,
         )
         return cls(
             dialect,
@@ -113,16 +115,7 @@ class HttpEngine(Engine):
 
     @property
     def capabilities(self) -> EngineCapabilities:
-        c = self.dialect.capabilities
-        if self.config.lora:
-            return c
-        return dataclasses.replace(
-            c,
-            adapters=False,
-            runtime_adapter_loading=False,
-            adapter_load_restarts_engine=False,
-            mixed_adapter_batches=False,
-        )
+        return self.dialect.launched_capabilities(self.config)
 
     @property
     def ready(self) -> bool:
@@ -155,6 +148,7 @@ class HttpEngine(Engine):
                 f"the {self.dialect.kind} engine does not support response_format {response_format}{where}",
                 param="response_format",
             )
+        self._check_tool_use(request.tools)
         await self.server.wait_serving(request.deadline)
         # Checked again: the adapter may have been unloaded while the request waited.
         self.check_target(request)
@@ -166,9 +160,14 @@ class HttpEngine(Engine):
             self.default_max_tokens,
             self.dialect.stream_options,
             legacy_completion_logprobs=self.dialect.legacy_completion_logprobs,
+            null_call_content=self.dialect.null_call_content,
         )
         param = request.input_param
-        assembler = oai.StreamAssembler(request.reported_model, top_logprobs=request.sampling.top_logprobs)
+        assembler = oai.StreamAssembler(
+            request.reported_model,
+            top_logprobs=request.sampling.top_logprobs,
+            tools=ToolCallReader(accept=request.tools.active, parallel=request.tools.parallel),
+        )
         timeout = None if request.deadline is None else max(0.001, request.deadline - time.time())
         options = self.server.options
         started = False
@@ -207,6 +206,23 @@ class HttpEngine(Engine):
                         continue
                     await self._explain_broken_stream(body, oai.endpoint(request), param)
                     raise Unavailable(lost) from exc
+
+    def _check_tool_use(self, use: ToolUse) -> None:
+        """Refuse tool use the engine does not serve as launched, before anything is sent (the gateway routes
+        such requests to other workers; this is the worker's own guard)."""
+        if not use.active:
+            return
+        capabilities = self.capabilities
+        if capabilities.tool_calls if use.forced else capabilities.auto_tool_choice:
+            return
+        support = self.dialect.tool_support
+        if support.forced if use.forced else support.auto:
+            message = f"tool_choice {use.choice} needs a tool-call parser, and this worker has none"
+        elif use.forced:
+            message = f"the {self.kind} engine cannot force tool calls (tool_choice {use.choice})"
+        else:
+            message = f"the {self.kind} engine does not serve tool_choice {use.choice}"
+        raise UnsupportedValue(message, param="tool_choice")
 
     @contextlib.asynccontextmanager
     async def _open(self, path: str, body: dict[str, Any], timeout: float | None) -> AsyncIterator[httpx.Response]:

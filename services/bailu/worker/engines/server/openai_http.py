@@ -21,8 +21,16 @@ from bailu.common.errors import (
     RequestTooLarge,
     Unavailable,
 )
-from bailu.common.types import FinishReason, GenerateChunk, GenerateRequest, SamplingParams, TokenLogprob, Usage
-from bailu.worker.engines.server import openai_logprobs
+from bailu.common.types import (
+    FinishReason,
+    GenerateChunk,
+    GenerateRequest,
+    SamplingParams,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
+from bailu.worker.engines.server import openai_logprobs, openai_tools
 
 DONE = "[DONE]"
 
@@ -50,9 +58,11 @@ def request_body(
     stream_options: Mapping[str, bool],
     *,
     legacy_completion_logprobs: bool = True,
+    null_call_content: bool = True,
 ) -> dict[str, Any]:
-    """The JSON body of a streamed /v1/chat/completions (messages) or /v1/completions (prompt) request;
-    `legacy_completion_logprobs` is the dialect's way of asking /v1/completions for log probabilities."""
+    """The JSON body of a streamed /v1/chat/completions (messages, tools) or /v1/completions (prompt) request;
+    `legacy_completion_logprobs` is the dialect's way of asking /v1/completions for log probabilities,
+    `null_call_content` how it takes an assistant turn with calls and no text (`openai_tools.message`)."""
     s = request.sampling
     body: dict[str, Any] = {
         "model": model,
@@ -61,7 +71,8 @@ def request_body(
         "max_tokens": s.max_tokens or default_max_tokens,
     }
     if request.is_chat:
-        body["messages"] = [{"role": m.role, "content": m.content} for m in request.as_messages()]
+        body["messages"] = [openai_tools.message(m, null_call_content=null_call_content) for m in request.as_messages()]
+        body.update(openai_tools.request_fields(request.tools))
     else:
         body["prompt"] = request.prompt or ""
     optional = {
@@ -170,10 +181,15 @@ class StreamAssembler:
     Log probabilities (chat or legacy format, `openai_logprobs`) go with the text chunk of their event; those
     of an event without text (an end-of-sequence token, a piece of a character held back) wait for the next
     text chunk or the last one, so that none is lost.
+
+    Tool calls (`openai_tools`) go with their event's chunk like text. A completion with calls finishes with
+    `TOOL_CALLS` whether the engine said "tool_calls" or "stop" (vLLM's named calls, ms-swift), unless it ran
+    out of tokens.
     """
 
     served_model: str
     top_logprobs: int = 0
+    tools: openai_tools.ToolCallReader = field(default_factory=openai_tools.ToolCallReader)
     counted: int = 0
     reported: int | None = None
     prompt_tokens: int = 0
@@ -200,20 +216,23 @@ class StreamAssembler:
             if has_usage:
                 self.reported = int(usage["completion_tokens"])
         text = ""
+        calls: list[ToolCallDelta] = []
         for choice in event.get("choices") or ():
             delta = choice.get("delta")
             piece = delta.get("content") if isinstance(delta, dict) else choice.get("text")
             text += piece or ""
+            if isinstance(delta, dict):
+                calls += self.tools.feed(delta.get("tool_calls"))
             self.pending.extend(openai_logprobs.parse(choice.get("logprobs"), self.top_logprobs))
             if choice.get("finish_reason"):
                 self.finish = str(choice["finish_reason"])
-        if not text:
-            return None  # tokens without text (or a usage-only chunk) are settled by the last chunk
-        # Continuous usage: this chunk covers what the count grew by; otherwise one token per text delta.
+        if not text and not calls:
+            return None  # tokens without output (or a usage-only chunk) are settled by the last chunk
+        # Continuous usage: this chunk covers what the count grew by; otherwise one token per output delta.
         tokens = max(0, (self.reported or 0) - self.counted) if has_usage else 1
         self.counted += tokens
         logprobs, self.pending = tuple(self.pending), []
-        return GenerateChunk(text, tokens, served_model=self.served_model, logprobs=logprobs)
+        return GenerateChunk(text, tokens, served_model=self.served_model, logprobs=logprobs, tool_calls=tuple(calls))
 
     def last(self) -> GenerateChunk:
         """The final chunk, once the stream has ended; raises if it ended without a finish reason."""
@@ -222,7 +241,12 @@ class StreamAssembler:
         if self.finish == "abort":
             raise Unavailable("the engine aborted the request")
         completion = self.reported if self.reported is not None else self.counted
-        finish = FinishReason.LENGTH if self.finish == "length" else FinishReason.STOP
+        if self.finish == "length":
+            finish = FinishReason.LENGTH
+        elif self.tools.called:
+            finish = FinishReason.TOOL_CALLS
+        else:
+            finish = FinishReason.STOP
         logprobs, self.pending = tuple(self.pending), []
         return GenerateChunk(
             "",
