@@ -148,14 +148,14 @@ async def test_a_feature_not_served_is_a_400_that_says_so(start_worker, start_ga
     worker = await start_worker()
     gateway = await start_gateway([f"127.0.0.1:{worker.port}"])
     document = (await http.get(gateway.url + "/openapi.json")).json()
-    asked = chat_body(tool_choice="required")
+    asked = chat_body(function_call={"name": "weather"})
     response = await http.post(gateway.url + CHAT, json=asked, headers=gateway.headers)
     assert response.status_code == 400
     assert response.json()["error"] == {
-        "message": "unsupported value for tool_choice: this deployment does not support tool calling (accepted: "
-        'null, "none", "auto")',
+        "message": "unsupported value for function_call: this deployment does not support function calling "
+        '(accepted: null, "none", "auto")',
         "type": "invalid_request_error",
-        "param": "tool_choice",
+        "param": "function_call",
         "code": "unsupported_value",
     }
     await assert_documented(document, "post", CHAT, response)

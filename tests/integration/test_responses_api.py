@@ -418,14 +418,16 @@ async def test_fields_at_their_no_op_values_are_accepted(stack) -> None:
 
 
 @pytest.mark.parametrize(("field", "value", "param"), [
-    ("tools", [{"type": "function", "name": "f", "parameters": {"type": "object"}}], "tools"),
-    ("tool_choice", "required", "tool_choice"),
+    ("tools", [{"type": "web_search"}], "tools[0]"),
+    ("tools", [{"type": "file_search", "vector_store_ids": ["vs_1"]}], "tools[0]"),
+    ("tool_choice", {"type": "allowed_tools", "mode": "auto", "tools": []}, "tool_choice"),
+    ("tool_choice", {"type": "web_search_preview"}, "tool_choice"),
     ("reasoning", {"effort": "high"}, "reasoning.effort"),
     ("text", {"verbosity": "high"}, "text.verbosity"),
     ("truncation", "auto", "truncation"),
     ("background", True, "background"),
     ("conversation", "conv_1", "conversation"),
-    ("input", [{"type": "function_call_output", "call_id": "c", "output": "4"}], "input[0]"),
+    ("input", [{"type": "custom_tool_call_output", "call_id": "c", "output": "4"}], "input[0]"),
     ("input", [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}], "input[0].content[0]"),
 ])  # fmt: skip
 async def test_unserved_features_are_refused_as_unsupported(stack, field: str, value: Any, param: str) -> None:

@@ -9,7 +9,7 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bailu.common.types import ChatMessage
+from bailu.common.types import ChatMessage, ToolCall
 
 DATA_FIELD = "data"
 _SPACE = re.compile(r"\s+")
@@ -31,7 +31,7 @@ def content_hash(*parts: str) -> str:
     return digest.hexdigest()
 
 
-def prompt_hash(messages: list[dict[str, str]] | None, prompt: str | None) -> str:
+def prompt_hash(messages: list[dict[str, Any]] | None, prompt: str | None) -> str:
     """Identity of a request's input, used to check that two responses answer the same prompt."""
     if messages is not None:
         return content_hash(*(f"{m['role']}:{m['content']}" for m in messages))
@@ -40,9 +40,20 @@ def prompt_hash(messages: list[dict[str, str]] | None, prompt: str | None) -> st
 
 @dataclass(frozen=True, slots=True)
 class Choice:
+    """One candidate of a response: its text, why it ended, and the tool calls it made (records written before
+    tool calls existed read with none)."""
+
     index: int
     text: str
     finish_reason: str | None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Choice:
+        """A choice as `CompletionRecord.to_json` wrote it (fields of a newer writer ignored)."""
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        known["tool_calls"] = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for c in known.get("tool_calls") or ())
+        return cls(**known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +65,18 @@ class CompletionRecord:
     `served_model` is what the worker reported; `metadata` is the request's OpenAI `metadata` (string pairs
     the collector carries into the dataset). A response of the Responses API (`resp_...`) also keeps its
     `instructions` (the system message that leads `messages`, which a follow-up through
-    `previous_response_id` does not carry over) and the `previous_response_id` it continued. Records
-    written before a field existed read with it empty; fields this code does not know (written by a newer
-    version) are ignored on reading."""
+    `previous_response_id` does not carry over), the `previous_response_id` it continued, and its
+    `tool_settings` (the request's `tools`, `tool_choice` and `parallel_tool_calls` as the response echoes
+    them; None without tools). A turn of `messages` keeps its tool calls and `tool_call_id` (`messages_of`).
+    Records written before a field existed read with it empty; fields this code does not know (written by a
+    newer version) are ignored on reading."""
 
     id: str
     created: float
     key_id: str
     model: str
     served_model: str
-    messages: list[dict[str, str]] | None
+    messages: list[dict[str, Any]] | None
     prompt: str | None
     choices: list[Choice]
     sampling: dict[str, Any]
@@ -77,10 +90,23 @@ class CompletionRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     instructions: str | None = None
     previous_response_id: str | None = None
+    tool_settings: dict[str, Any] | None = None
 
     @staticmethod
-    def messages_of(messages: tuple[ChatMessage, ...] | None) -> list[dict[str, str]] | None:
-        return None if messages is None else [{"role": m.role, "content": m.content} for m in messages]
+    def messages_of(messages: tuple[ChatMessage, ...] | None) -> list[dict[str, Any]] | None:
+        """The turns as stored: `role` and `content`, and only where a turn has them, its `tool_calls` (each
+        `{id, name, arguments}`) and `tool_call_id`."""
+        if messages is None:
+            return None
+        stored: list[dict[str, Any]] = []
+        for m in messages:
+            turn: dict[str, Any] = {"role": m.role, "content": m.content}
+            if m.tool_calls:
+                turn["tool_calls"] = [asdict(call) for call in m.tool_calls]
+            if m.tool_call_id:
+                turn["tool_call_id"] = m.tool_call_id
+            stored.append(turn)
+        return stored
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
@@ -88,7 +114,7 @@ class CompletionRecord:
     @classmethod
     def from_json(cls, data: str | bytes) -> CompletionRecord:
         raw = json.loads(data)
-        raw["choices"] = [Choice(**c) for c in raw["choices"]]
+        raw["choices"] = [Choice.from_dict(c) for c in raw["choices"]]
         return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
     def choice(self, index: int) -> Choice | None:

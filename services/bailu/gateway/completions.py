@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from bailu.common.errors import BailuError, Cancelled, PriorityDenied, RequestTooLarge
 from bailu.common.logging import request_id_var
 from bailu.common.metrics import GatewayMetrics
-from bailu.common.types import GenerateChunk, GenerateRequest
+from bailu.common.types import ChatMessage, GenerateChunk, GenerateRequest, ToolUse
 from bailu.gateway import errors
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.lifecycle import Body, Completion
@@ -72,11 +72,26 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+def message_chars(message: ChatMessage) -> int:
+    """The characters of a chat turn that go into the prompt: its text and the calls it made."""
+    return len(message.content) + sum(len(c.name) + len(c.arguments) for c in message.tool_calls)
+
+
+def tools_chars(tools: ToolUse) -> int:
+    """The characters of the tools the prompt shows the model (none unless they are in use)."""
+    if not tools.active:
+        return 0
+    return sum(len(t.name) + len(t.description) + len(t.parameters) for t in tools.tools)
+
+
 def estimated_prompt_tokens(gen: GenerateRequest) -> int:
     """The prompt's tokens as the gateway guesses them before a worker counts them (about four characters a
-    token, plus a few per chat message for its template): what a key's tokens-per-minute quota reserves."""
+    token, plus a few per chat message for its template, and the tools' JSON the template shows the model):
+    what a key's tokens-per-minute quota reserves."""
     if gen.messages is not None:
-        return sum(math.ceil(len(m.content) / 4) + 4 for m in gen.messages)
+        tools = tools_chars(gen.tools)
+        tools_tokens = math.ceil(tools / 4) + 4 * len(gen.tools.tools) if tools else 0
+        return sum(math.ceil(message_chars(m) / 4) + 4 for m in gen.messages) + tools_tokens
     return math.ceil(len(gen.prompt or "") / 4)
 
 
@@ -128,10 +143,10 @@ class CompletionHandler:
             raise
         target = self.resolver.resolve(body.model)
         if isinstance(body, ChatCompletionRequest):
-            messages, prompt = body.messages_domain(), None
-            size, param = sum(len(m.content) for m in messages), "messages"
+            messages, prompt, tools = body.messages_domain(), None, body.tool_use()
+            size, param = sum(message_chars(m) for m in messages), "messages"
         else:
-            messages, prompt = None, body.prompt_text()
+            messages, prompt, tools = None, body.prompt_text(), ToolUse()
             size, param = len(prompt), "prompt"
         if size > self.settings.max_prompt_chars:
             raise RequestTooLarge(
@@ -148,6 +163,7 @@ class CompletionHandler:
             deadline=now + self.settings.request_timeout_s,
             priority=priority,
             first_token_deadline=first_token_deadline,
+            tools=tools,
         )
         request.validate()
         self.metrics.model_requests.labels(body.model, target.resolved).inc()

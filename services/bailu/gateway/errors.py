@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from bailu.common.errors import BailuError, InternalError, InvalidRequest, NotFound, UnsupportedValue
 from bailu.gateway.field_policy import NOT_SUPPORTED
-from bailu.gateway.schemas import INVALID_UNICODE
+from bailu.gateway.strict_body import INVALID_UNICODE
 
 log = logging.getLogger(__name__)
 

@@ -198,7 +198,10 @@ class Completion:
                 resolved_model=self.target.resolved,
                 messages=messages,
                 prompt=gen.prompt,
-                choices=[Choice(c.index, c.text, c.finish.value if c.finish else None) for c in candidates],
+                choices=[
+                    Choice(c.index, c.text, c.finish.value if c.finish else None, tuple(c.tool_calls))
+                    for c in candidates
+                ],
                 sampling=gen.sampling.requested(),
                 prompt_tokens=usage.prompt_tokens if usage else 0,
                 completion_tokens=usage.completion_tokens if usage else 0,

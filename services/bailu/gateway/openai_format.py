@@ -1,4 +1,9 @@
-"""Build OpenAI response objects and server-sent events from domain chunks."""
+"""Build OpenAI response objects and server-sent events from domain chunks.
+
+Tool calls arrive in pieces (`ToolCallDelta`: the first piece of call `index` carries its id and name, later
+pieces more arguments text); a `Candidate` merges them, the full message lists the calls whole, and a stream
+passes each piece on in OpenAI's chunk shape (id, type and name on a call's first piece only).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from bailu.common.types import FinishReason, GenerateChunk, TokenLogprob, Usage
+from bailu.common.types import FinishReason, GenerateChunk, TokenLogprob, ToolCall, ToolCallDelta, Usage
 
 # The floor of a reported log probability, as vLLM reports it: JSON has no -Infinity.
 LOGPROB_FLOOR = -9999.0
@@ -39,6 +44,18 @@ _SPLICE_JSON = json.dumps(_SPLICE).encode()
 
 
 @dataclass
+class CallSoFar:
+    """A tool call as its pieces arrive: id and name from its first piece, its arguments text in pieces."""
+
+    id: str
+    name: str
+    arguments: list[str] = field(default_factory=list)
+
+    def call(self) -> ToolCall:
+        return ToolCall(self.id, self.name, "".join(self.arguments))
+
+
+@dataclass
 class Candidate:
     """One of the `n` completions of a request, as it accumulates."""
 
@@ -52,10 +69,17 @@ class Candidate:
     # format's `text_offset` of the next one.
     logprobs: list[TokenLogprob] = field(default_factory=list)
     logprob_chars: int = 0
+    # The tool calls so far, by their `index` (in the order they began).
+    calls: dict[int, CallSoFar] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The calls made, whole, by index."""
+        return [self.calls[i].call() for i in sorted(self.calls)]
 
     def add(self, chunk: GenerateChunk) -> None:
         self.parts.append(chunk.text)
@@ -65,6 +89,32 @@ class Candidate:
         self.served_model = chunk.served_model or self.served_model
         self.logprobs.extend(chunk.logprobs)
         self.logprob_chars += sum(len(entry.token) for entry in chunk.logprobs)
+        for delta in chunk.tool_calls:
+            so_far = self.calls.get(delta.index)
+            if so_far is None:
+                self.calls[delta.index] = CallSoFar(delta.id, delta.name, [delta.arguments])
+            else:
+                so_far.id, so_far.name = so_far.id or delta.id, so_far.name or delta.name
+                so_far.arguments.append(delta.arguments)
+
+    def delta_shapes(self, deltas: tuple[ToolCallDelta, ...]) -> list[dict[str, Any]]:
+        """OpenAI's stream pieces (`delta.tool_calls`) of these deltas, before `add` merges them: a call's first
+        piece with its id, type and name, later ones with more arguments only."""
+        shapes: list[dict[str, Any]] = []
+        begun = set(self.calls)
+        for d in deltas:
+            if d.index in begun:
+                shapes.append({"index": d.index, "function": {"arguments": d.arguments}})
+            else:
+                begun.add(d.index)
+                function = {"name": d.name, "arguments": d.arguments}
+                shapes.append({"index": d.index, "id": d.id, "type": "function", "function": function})
+        return shapes
+
+
+def tool_call_dict(call: ToolCall) -> dict[str, Any]:
+    """A call in OpenAI's `message.tool_calls[]` shape."""
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 def _logprob(value: float) -> float:
@@ -138,6 +188,8 @@ class ResponseBuilder:
     def event(self, candidate: Candidate, chunk: GenerateChunk) -> bytes:
         """Add `chunk` to `candidate` and return its SSE event (empty when there is nothing to send)."""
         offset = candidate.logprob_chars
+        if chunk.tool_calls and self.kind == "chat":
+            return self._tool_call_event(candidate, chunk, offset)
         candidate.add(chunk)
         if self.logprobs:
             if chunk.finish_reason is None and not chunk.text and not chunk.logprobs:
@@ -149,6 +201,14 @@ class ResponseBuilder:
         if chunk.text:
             return self.text_event(chunk.text, candidate.index)
         return b""
+
+    def _tool_call_event(self, candidate: Candidate, chunk: GenerateChunk, offset: int) -> bytes:
+        shapes = candidate.delta_shapes(chunk.tool_calls)
+        candidate.add(chunk)
+        logprobs = self._choice_logprobs(chunk.logprobs, offset)
+        body = self.chunk(chunk.text or None, chunk.finish_reason, index=candidate.index, logprobs=logprobs)
+        body["choices"][0]["delta"]["tool_calls"] = shapes
+        return sse(body)
 
     def _choice_logprobs(
         self, entries: list[TokenLogprob] | tuple[TokenLogprob, ...], text_offset: int
@@ -197,7 +257,11 @@ class ResponseBuilder:
             reason = (c.finish or FinishReason.STOP).value
             logprobs = self._choice_logprobs(c.logprobs, 0)
             if self.kind == "chat":
-                message = {"role": "assistant", "content": c.text}
+                message: dict[str, Any] = {"role": "assistant", "content": c.text}
+                if c.calls:
+                    # As OpenAI: no content but the calls, unless the model wrote text too (`auto`).
+                    message["content"] = c.text or None
+                    message["tool_calls"] = [tool_call_dict(call) for call in c.tool_calls]
                 choices.append({"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": reason})
             else:
                 choices.append({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": reason})

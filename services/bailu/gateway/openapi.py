@@ -47,7 +47,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
 
 # What each route can answer besides 200 and the errors `shape` adds to every route of its kind.
 COMPLETION_ERRORS: dict[int, str] = {
-    400: ERROR_DESCRIPTIONS[400],
+    400: ERROR_DESCRIPTIONS[400] + "; or a `response_format` or `tool_choice` the model's engine cannot serve "
+    "(`code: unsupported_value`)",
     404: "Unknown model (`code: model_not_found`), or a registry version (`name@version`) no worker serves",
     413: "The body is larger than `BAILU_GATEWAY_MAX_BODY_BYTES` (`code: request_too_large`), or the prompt longer "
     "than `BAILU_GATEWAY_MAX_PROMPT_CHARS` or the model's context (`code: context_length_exceeded`)",

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 FinishReasonName = Literal["stop", "length"]
+ChatFinishReasonName = Literal["stop", "length", "tool_calls"]
 
 
 class ErrorDetail(BaseModel):
@@ -58,16 +59,30 @@ class TextLogprobs(BaseModel):
     text_offset: list[int]
 
 
+class ReplyFunction(BaseModel):
+    name: str
+    arguments: str = Field(description="The JSON text of an object: the call's arguments.")
+
+
+class ReplyToolCall(BaseModel):
+    """A function call of a reply (`message.tool_calls[]`)."""
+
+    id: str = Field(description='"call_" and 24 hexadecimal digits.')
+    type: Literal["function"]
+    function: ReplyFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None = Field(description="The text; null when the reply is tool calls alone.")
+    tool_calls: list[ReplyToolCall] | None = Field(None, description="The function calls made (absent: none).")
 
 
 class ChatChoice(BaseModel):
     index: int = Field(ge=0, description="Which candidate (`n` > 1).")
     message: AssistantMessage
     logprobs: ChatLogprobs | None
-    finish_reason: FinishReasonName
+    finish_reason: ChatFinishReasonName
 
 
 class ChatCompletion(BaseModel):
@@ -81,16 +96,32 @@ class ChatCompletion(BaseModel):
     usage: Usage | None
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = Field(None, description="On the call's first piece only.")
+    arguments: str = Field(description="More of the arguments' JSON text, to append.")
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of a tool call: the first piece of call `index` has its `id`, `type` and name, later pieces
+    only more arguments."""
+
+    index: int = Field(ge=0, description="Which call of the candidate's.")
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = Field(None, description="In each candidate's first chunk only.")
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int = Field(ge=0)
     delta: ChatDelta
     logprobs: ChatLogprobs | None
-    finish_reason: FinishReasonName | None
+    finish_reason: ChatFinishReasonName | None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -3,28 +3,54 @@ turned into a chat completion request so that it runs the same way (routing, quo
 structured outputs).
 
 Every field of OpenAI's `ResponseCreateParams` is known. Those served: `model`, `input` (a string, or a list of
-message items: `user`, `system`, `developer` and `assistant` turns, assistant turns also as this API's own
-output items echoed back), `instructions`, `previous_response_id`, `max_output_tokens`, `temperature`, `top_p`,
+items: message items (`user`, `system`, `developer` and `assistant` turns, assistant turns also as this API's own
+output items echoed back), the `function_call` items of calls the model made and the `function_call_output`
+items of their results), `instructions`, `previous_response_id`, `max_output_tokens`, `temperature`, `top_p`,
 `top_logprobs` and `include` (`message.output_text.logprobs`), `text.format` (`text`, `json_object`,
-`json_schema`), `store`, `stream`, `metadata`, `user`. The others
+`json_schema`), `tools` (function tools), `tool_choice`, `parallel_tool_calls` (see
+`bailu.gateway.responses_api_tools`), `store`, `stream`, `metadata`, `user`. The others
 follow the field policy (`bailu.gateway.field_policy`): accepted at the values that ask for nothing, refused
 otherwise as not supported, in one table per object (`RESPONSES_FIELD_POLICY` and its siblings).
 
 `instructions` lead the conversation as its system message; a follow-up through `previous_response_id` gets
-the earlier response's input and output as history, but not its instructions (as OpenAI does).
+the earlier response's input and output (the calls it made included) as history, but not its instructions nor
+its tools (as OpenAI does). As OpenAI requires, each `function_call_output` answers a call made before it, and
+each call made gets its output before the model goes on.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from bailu.common.records import CompletionRecord
-from bailu.common.types import MAX_TOP_LOGPROBS
+from bailu.common.types import MAX_TOOLS, MAX_TOP_LOGPROBS
 from bailu.gateway.field_policy import FieldPolicy, Ignored, Unserved, not_supported, policy_model
 from bailu.gateway.json_schemas import check_json_schema
+from bailu.gateway.responses_api_tools import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionToolItem,
+    ResponsesToolChoice,
+    chat_tools,
+    chat_turn,
+    or_text,
+    output_turn,
+    text_as_parts,
+    tool_settings,
+    with_items,
+)
 from bailu.gateway.schemas import (
     CHAT_FIELD_POLICY,
     EXAMPLE_MODEL,
@@ -39,7 +65,7 @@ from bailu.gateway.schemas import (
 )
 
 # The `include` value that asks for the output text's log probabilities; the others name data of output items
-# this deployment never produces (tool calls, reasoning, images), so there is nothing to include.
+# this deployment never produces (built-in tool calls, reasoning, images), so there is nothing to include.
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 Includable = Literal[
     "file_search_call.results",
@@ -56,8 +82,6 @@ MAX_RESPONSE_ID_CHARS = 128
 
 # Input items that need a feature this deployment does not serve, by their `type`.
 UNSERVED_ITEMS = {
-    "function_call": "function calling",
-    "function_call_output": "function calling",
     "custom_tool_call": "custom tools",
     "custom_tool_call_output": "custom tools",
     "reasoning": "reasoning items",
@@ -96,15 +120,12 @@ RESPONSES_FIELD_POLICY: dict[str, FieldPolicy] = {
     "image": Unserved("image input", (None, {})),
     "max_tool_calls": Ignored(Annotated[int, Field(ge=0)], "no built-in tool runs"),
     "moderation": Unserved("moderation"),
-    "parallel_tool_calls": Ignored(bool, "it only matters with tools"),
     "prompt": Unserved("prompt templates"),
     "prompt_cache_key": CHAT_FIELD_POLICY["prompt_cache_key"],
     "prompt_cache_options": Ignored(dict[str, Any], "a prompt-cache hint"),
     "prompt_cache_retention": CHAT_FIELD_POLICY["prompt_cache_retention"],
     "safety_identifier": CHAT_FIELD_POLICY["safety_identifier"],
     "service_tier": CHAT_FIELD_POLICY["service_tier"],
-    "tool_choice": Unserved("tool calling", (None, "none", "auto")),
-    "tools": Unserved("tool calling", (None, [])),
     "truncation": Unserved("truncation (a prompt too long for the model is a 400)", (None, "disabled")),
 }
 
@@ -281,18 +302,6 @@ CONTENT_PART_SCHEMA = _part_schemas()
 DocumentedPart = Annotated[ContentPart, BeforeValidator(_served_part), WithJsonSchema(CONTENT_PART_SCHEMA)]
 
 
-def _or_text(schema: dict[str, Any]) -> None:
-    """The JSON Schema of `content`: a string too (which `_as_parts` reads as one part)."""
-    inner = {k: schema.pop(k) for k in list(schema) if k not in ("default", "description", "title")}
-    schema["anyOf"] = [{"type": "string"}, inner]
-
-
-def _as_parts(content: object) -> object:
-    """A message's `content` given as a string: its one text part (one type for both, so that an error in a
-    part is reported at the part)."""
-    return [{"type": "input_text", "text": content}] if isinstance(content, str) else content
-
-
 class InputMessage(StrictBody):
     """One message item of `input`: a turn as a client writes it (`content` a string or parts), or one of this
     API's output messages echoed back (with its `id`, `status`, `output_text` parts)."""
@@ -301,10 +310,10 @@ class InputMessage(StrictBody):
     role: Literal["user", "assistant", "system", "developer"]
     content: Annotated[
         list[DocumentedPart],
-        BeforeValidator(_as_parts),
+        BeforeValidator(text_as_parts),
     ] = Field(
         description="The text, or a list of parts (`input_text`; an assistant's `output_text` and `refusal`).",
-        json_schema_extra=_or_text,
+        json_schema_extra=or_text,
     )
     id: WireText | None = Field(None, max_length=MAX_RESPONSE_ID_CHARS, description="An output item's id (ignored).")
     status: Literal["in_progress", "completed", "incomplete"] | None = None
@@ -324,22 +333,55 @@ class InputMessage(StrictBody):
     def text(self) -> str:
         return "".join(part.content for part in self.content)
 
+    def chat_message(self) -> dict[str, Any]:
+        """The chat completion's message of this one."""
+        return {"role": self.role, "content": self.text()}
 
-def _message_item(item: object) -> object:
-    """An input item that is not a message: not supported (tool calls, reasoning, references) or unknown."""
+
+# The input items served, by `type` (a message may leave it out), each with its tag (a name `bailu.gateway.errors`
+# leaves out of an error's `param`, as pydantic's own union branches: `input[0].call_id`).
+SERVED_ITEMS = {
+    "message": "function-message",
+    "function_call": "function-call",
+    "function_call_output": "function-call-output",
+}
+SERVED_ITEM_NAMES = "message, function_call and function_call_output items"
+
+
+def _served_item(item: object) -> object:
+    """An input item of a kind not served: not supported (custom tools, reasoning, references, built-in tools'
+    calls) or unknown."""
     if not isinstance(item, dict):
         return item
-    kind = item.get("type", "message")
-    if kind == "message" or kind is None:
+    kind = item.get("type")
+    if kind is None or (isinstance(kind, str) and kind in SERVED_ITEMS):
         return item
     if isinstance(kind, str) and kind in UNSERVED_ITEMS:
-        raise not_supported(UNSERVED_ITEMS[kind], "message items")
+        raise not_supported(UNSERVED_ITEMS[kind], SERVED_ITEM_NAMES)
     if isinstance(kind, str) and kind.endswith(BUILT_IN_TOOL_SUFFIXES):
-        raise not_supported("built-in tools", "message items")
+        raise not_supported("built-in tools", SERVED_ITEM_NAMES)
     raise PydanticCustomError("input_item", "unknown input item type {kind}", {"kind": repr(kind)})
 
 
-InputItem = Annotated[InputMessage, BeforeValidator(_message_item)]
+def _item_branch(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return None
+    kind = item.get("type")
+    return SERVED_ITEMS["message"] if kind is None else SERVED_ITEMS.get(kind) if isinstance(kind, str) else None
+
+
+InputItem = Annotated[
+    Annotated[InputMessage, Tag(SERVED_ITEMS["message"])]
+    | Annotated[FunctionCallItem, Tag(SERVED_ITEMS["function_call"])]
+    | Annotated[FunctionCallOutputItem, Tag(SERVED_ITEMS["function_call_output"])],
+    Discriminator(
+        _item_branch,
+        custom_error_type="input_item",
+        custom_error_message="an input item is an object: a message, a function_call or a function_call_output",
+    ),
+    BeforeValidator(_served_item),
+]
+"""One item of `input`: a message, a call the model made, or a call's result."""
 
 
 class ResponseCreateRequest(_ResponsesPolicy):
@@ -358,6 +400,44 @@ class ResponseCreateRequest(_ResponsesPolicy):
                     "metadata": {"campaign": "autumn"},
                 },
                 {"model": EXAMPLE_MODEL, "previous_response_id": "resp_0123", "input": "And one about frost"},
+                {
+                    # A forced call of a named function: its arguments match `parameters`.
+                    "model": EXAMPLE_MODEL,
+                    "input": "Will there be dew in Kyoto tomorrow?",
+                    "tools": [
+                        {
+                            "type": "function",
+                            "name": "get_forecast",
+                            "description": "Tomorrow's weather forecast for a city",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"city": {"type": "string"}},
+                                "required": ["city"],
+                                "additionalProperties": False,
+                            },
+                            "strict": True,
+                        }
+                    ],
+                    "tool_choice": {"type": "function", "name": "get_forecast"},
+                },
+                {
+                    # The call's result sent back (the call echoed, as a client keeps the conversation).
+                    "model": EXAMPLE_MODEL,
+                    "input": [
+                        {"role": "user", "content": "Will there be dew in Kyoto tomorrow?"},
+                        {
+                            "type": "function_call",
+                            "call_id": "call_0123456789abcdef01234567",
+                            "name": "get_forecast",
+                            "arguments": '{"city":"Kyoto"}',
+                        },
+                        {
+                            "type": "function_call_output",
+                            "call_id": "call_0123456789abcdef01234567",
+                            "output": "Dew likely before dawn, 4 C.",
+                        },
+                    ],
+                },
             ]
         }
     )
@@ -397,28 +477,53 @@ class ResponseCreateRequest(_ResponsesPolicy):
     user: WireText | None = Field(None, max_length=256)
     text: TextConfig | None = None
     reasoning: ReasoningConfig | None = None
+    tools: list[FunctionToolItem] | None = Field(
+        None,
+        max_length=MAX_TOOLS,
+        description=f"Functions the model may call (at most {MAX_TOOLS}, names unique). Built-in tools are not served.",
+    )
+    tool_choice: ResponsesToolChoice | None = Field(
+        None,
+        description="`none`: a text answer, the tools not shown to the model; `auto` (the default): the model "
+        "decides; `required`: at least one call; a named function: exactly one call of it. Forced calls "
+        "(`required`, named) are made by constrained decoding, so their arguments match the function's "
+        "`parameters`. A 400 on a model whose engine cannot do what is asked.",
+    )
+    parallel_tool_calls: bool | None = Field(
+        None, description="Whether the model may make several calls in one response (null: true); false: at most one."
+    )
 
     @property
     def logprobs(self) -> bool:
         """Log probabilities are asked for: by `include`, or by a `top_logprobs` above 0."""
         return LOGPROBS_INCLUDE in (self.include or ()) or bool(self.top_logprobs)
 
-    def input_messages(self) -> list[dict[str, str]]:
-        if isinstance(self.input, str):
-            return [{"role": "user", "content": self.input}]
-        return [{"role": item.role, "content": item.text()} for item in self.input]
+    def tool_settings(self) -> dict[str, Any]:
+        """`tools`, `tool_choice` and `parallel_tool_calls` as the response echoes them."""
+        return tool_settings(self.tools, self.tool_choice, self.parallel_tool_calls)
 
-    def chat_request(self, previous: CompletionRecord | None) -> ChatCompletionRequest:
-        """The chat completion this response runs as: the instructions, the previous response's conversation
-        (its messages without its instructions, then its output), then `input`."""
-        messages = [{"role": "system", "content": self.instructions}] if self.instructions else []
+    @property
+    def asks_for_tools(self) -> bool:
+        """Whether the request says anything about tools (then its response is stored with its tool settings)."""
+        return bool(self.tools) or self.tool_choice is not None or self.parallel_tool_calls is not None
+
+    def chat_messages(self, previous: CompletionRecord | None) -> list[dict[str, Any]]:
+        """The chat messages: the instructions, the previous response's conversation (its messages without its
+        instructions, then its output), then `input` (see `with_items`)."""
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.instructions}] if self.instructions else []
         if previous is not None:
             messages.extend(history(previous))
-        messages.extend(self.input_messages())
+        if isinstance(self.input, str):
+            messages.append({"role": "user", "content": self.input})
+            return with_items(messages, [])
+        return with_items(messages, self.input)
+
+    def chat_request(self, previous: CompletionRecord | None) -> ChatCompletionRequest:
+        """The chat completion this response runs as (`chat_messages`, the tools, the sampling)."""
         return ChatCompletionRequest.model_validate(
             {
                 "model": self.model,
-                "messages": messages,
+                "messages": self.chat_messages(previous),
                 "max_completion_tokens": self.max_output_tokens,
                 "temperature": self.temperature,
                 "top_p": self.top_p,
@@ -429,15 +534,16 @@ class ResponseCreateRequest(_ResponsesPolicy):
                 "metadata": self.metadata,
                 "user": self.user,
                 "response_format": self.text.format.response_format() if self.text and self.text.format else None,
+                **chat_tools(self.tools, self.tool_choice, self.parallel_tool_calls),
             }
         )
 
 
-def history(record: CompletionRecord) -> list[dict[str, str]]:
-    """The conversation of a stored response, as a follow-up continues it: its messages without the
-    instructions that led them, then its output as the assistant's turn."""
-    messages = list(record.messages or [])
+def history(record: CompletionRecord) -> list[dict[str, Any]]:
+    """The conversation of a stored response, as a follow-up continues it (chat messages): its messages without
+    the instructions that led them, then its output as the assistant's turn, with the calls it made."""
+    messages = [chat_turn(stored) for stored in record.messages or []]
     if record.instructions is not None and messages:
         messages = messages[1:]
     choice = record.choice(0)
-    return [*messages, {"role": "assistant", "content": choice.text if choice else ""}]
+    return [*messages, output_turn(choice.text, choice.tool_calls) if choice else {"role": "assistant", "content": ""}]

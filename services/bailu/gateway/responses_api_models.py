@@ -8,7 +8,7 @@ schema.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -28,13 +28,43 @@ class ResponseOutputText(BaseModel):
 
 
 class ResponseOutputMessage(BaseModel):
-    """The response's one output item: the assistant's message."""
+    """An output item: the assistant's message (absent from a response of calls alone)."""
 
     id: str = Field(description="`msg_` and the response id's suffix.")
     type: Literal["message"]
     role: Literal["assistant"]
     status: ItemStatus
     content: list[ResponseOutputText]
+
+
+class ResponseFunctionCall(BaseModel):
+    """An output item: a function call the model made (after the message, if it also wrote text). Sent back in
+    `input` with its `function_call_output`, it continues the conversation."""
+
+    id: str = Field(description="`fc_`, the response id's suffix and the call's position.")
+    type: Literal["function_call"]
+    call_id: str = Field(description="The call's id (OpenAI's shape: \"call_\" and 24 hexadecimal digits).")
+    name: str
+    arguments: str = Field(description='The arguments: the JSON text of an object (`""` while in progress).')
+    status: ItemStatus
+
+
+OutputItem = Annotated[ResponseOutputMessage | ResponseFunctionCall, Field(discriminator="type")]
+
+
+class FunctionToolEcho(BaseModel):
+    """A function of the request's `tools`, as the response echoes it."""
+
+    type: Literal["function"]
+    name: str
+    description: str | None
+    parameters: dict[str, Any] | None
+    strict: bool | None
+
+
+class FunctionChoiceEcho(BaseModel):
+    type: Literal["function"]
+    name: str
 
 
 class InputTokensDetails(BaseModel):
@@ -80,14 +110,16 @@ class ResponseObject(BaseModel):
     instructions: str | None
     max_output_tokens: int | None
     model: str = Field(description="The model that answered, as resolved (e.g. `bailu-poet@v0003`).")
-    output: list[ResponseOutputMessage]
+    output: list[OutputItem]
     parallel_tool_calls: bool
     previous_response_id: str | None
     reasoning: dict[str, None]
     temperature: float | None
     text: dict[str, Any]
-    tool_choice: Literal["auto"]
-    tools: list[dict[str, Any]] = Field(max_length=0)
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoiceEcho = Field(
+        description="The request's (`auto` when it gave none)."
+    )
+    tools: list[FunctionToolEcho] = Field(description="The request's function tools.")
     top_logprobs: int | None
     top_p: float | None
     truncation: Literal["disabled"]
@@ -108,17 +140,19 @@ class LifecycleEvent(BaseModel):
 
 
 class OutputItemEvent(BaseModel):
+    """An output item opens (`added`: a call's arguments still empty) or closes (`done`: the item whole)."""
+
     type: Literal["response.output_item.added", "response.output_item.done"]
     sequence_number: int = Field(ge=0)
-    output_index: Literal[0]
-    item: ResponseOutputMessage
+    output_index: int = Field(ge=0)
+    item: OutputItem
 
 
 class ContentPartEvent(BaseModel):
     type: Literal["response.content_part.added", "response.content_part.done"]
     sequence_number: int = Field(ge=0)
     item_id: str
-    output_index: Literal[0]
+    output_index: int = Field(ge=0)
     content_index: Literal[0]
     part: ResponseOutputText
 
@@ -127,7 +161,7 @@ class TextDeltaEvent(BaseModel):
     type: Literal["response.output_text.delta"]
     sequence_number: int = Field(ge=0)
     item_id: str
-    output_index: Literal[0]
+    output_index: int = Field(ge=0)
     content_index: Literal[0]
     delta: str
     logprobs: list[TokenLogprob]
@@ -137,10 +171,30 @@ class TextDoneEvent(BaseModel):
     type: Literal["response.output_text.done"]
     sequence_number: int = Field(ge=0)
     item_id: str
-    output_index: Literal[0]
+    output_index: int = Field(ge=0)
     content_index: Literal[0]
     text: str
     logprobs: list[TokenLogprob]
+
+
+class FunctionCallArgumentsDeltaEvent(BaseModel):
+    """More of a call's arguments: append `delta`."""
+
+    type: Literal["response.function_call_arguments.delta"]
+    sequence_number: int = Field(ge=0)
+    item_id: str
+    output_index: int = Field(ge=0)
+    delta: str
+
+
+class FunctionCallArgumentsDoneEvent(BaseModel):
+    """A call's arguments, whole."""
+
+    type: Literal["response.function_call_arguments.done"]
+    sequence_number: int = Field(ge=0)
+    item_id: str
+    output_index: int = Field(ge=0)
+    arguments: str
 
 
 # Described in the schema beside the route (each is one server-sent event's `data`).
@@ -150,4 +204,6 @@ RESPONSES_STREAM_EVENTS: tuple[type[BaseModel], ...] = (
     ContentPartEvent,
     TextDeltaEvent,
     TextDoneEvent,
+    FunctionCallArgumentsDeltaEvent,
+    FunctionCallArgumentsDoneEvent,
 )

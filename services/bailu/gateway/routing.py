@@ -69,6 +69,7 @@ class Router:
                     raw_prompt=not request.is_chat,
                     priority=None if self.admission is None else request.priority,
                     response_format=request.sampling.response_format,
+                    tools=request.tools,
                 )
             except BailuError:
                 if last_error is not None:

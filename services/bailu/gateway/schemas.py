@@ -7,16 +7,30 @@ a message and of `stream_options`; see `bailu.gateway.field_policy`), which acce
 table for a declaration here. `null` is accepted for every optional field and means its default.
 
 Every value is checked here, at the edge, against what the rest of the way can carry: each string is
-`WireText` (text that UTF-8, hence protobuf and Redis, can encode: no lone surrogate such as the legal JSON
-`"\ud800"`), and each integer lies in the range its wire field holds (`max_tokens` and `top_k` well inside
-uint32, `seed` in int64). A value that passes these models never fails further on for its encoding.
+`WireText` (`bailu.gateway.strict_body`: text that UTF-8, hence protobuf and Redis, can encode: no lone
+surrogate such as the legal JSON `"\ud800"`), and each integer lies in the range its wire field holds
+(`max_tokens` and `top_k` well inside uint32, `seed` in int64). A value that passes these models never fails
+further on for its encoding.
+
+Tools (`tools`, `tool_choice`, `parallel_tool_calls`, and in history assistant `tool_calls` and `tool` messages)
+are OpenAI's function tools (their models: `bailu.gateway.tool_schemas`); what depends on several fields (a named
+function among the tools, a forced call with a JSON `response_format`) is `ToolUse.validate`'s, when the gateway
+builds the generation (a 400 all the same).
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from bailu.common.errors import InvalidRequest
@@ -25,20 +39,23 @@ from bailu.common.types import (
     INT64_MIN,
     MAX_STOP_SEQUENCES,
     MAX_TOKENS_LIMIT,
+    MAX_TOOLS,
     MAX_TOP_LOGPROBS,
     TOP_K_LIMIT,
     ChatMessage,
     SamplingParams,
+    ToolCall,
+    ToolUse,
 )
 from bailu.gateway.field_policy import FieldPolicy, Ignored, Unserved, not_supported, policy_model
 from bailu.gateway.json_schemas import check_json_schema, schema_text
+from bailu.gateway.strict_body import StrictBody, WireText, encodable, unicode_error
+from bailu.gateway.tool_schemas import CallId, FunctionTool, MessageToolCall, ToolChoiceOption, tool_use
 
 MAX_CANDIDATES = 8
 # The model the documented request examples name (the one `make dev` serves).
 EXAMPLE_MODEL = "smollm2-135m-instruct"
 MAX_MODEL_NAME_CHARS = 256
-# The pydantic error type of a string that is not valid Unicode (`bailu.gateway.errors` words its 400).
-INVALID_UNICODE = "invalid_unicode"
 # OpenAI's limits on `metadata`.
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY_CHARS = 64
@@ -48,25 +65,6 @@ MAX_HINT_CHARS = 1024
 MAX_SAFETY_IDENTIFIER_CHARS = 64
 # OpenAI's bound on the legacy completions `logprobs` (alternatives per token).
 MAX_COMPLETION_LOGPROBS = 5
-
-
-def _unicode_error(exc: UnicodeEncodeError, what: str = "") -> PydanticCustomError:
-    return PydanticCustomError(
-        INVALID_UNICODE, "not valid Unicode text ({what}lone surrogate at position {position})",
-        {"what": what, "position": exc.start},
-    )  # fmt: skip
-
-
-def _encodable(value: object) -> object:
-    """`value` unless it is a string UTF-8 cannot encode: then a validation error giving the position of its
-    first lone surrogate. (Run before pydantic's own string checks, which reject such text without saying where.)"""
-    if not isinstance(value, str):
-        return value
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise _unicode_error(exc) from None
-    return value
 
 
 def _null_is(default: object) -> BeforeValidator:
@@ -96,7 +94,7 @@ def _metadata_keys(value: object) -> object:
         try:
             key.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise _unicode_error(exc, "a key has a ") from None
+            raise unicode_error(exc, "a key has a ") from None
         if len(key) > MAX_METADATA_KEY_CHARS:
             raise PydanticCustomError(
                 "string_too_long", "the key {key} is longer than {limit} characters",
@@ -105,24 +103,15 @@ def _metadata_keys(value: object) -> object:
     return value
 
 
-WireText = Annotated[str, BeforeValidator(_encodable)]
-"""A string that crosses the gRPC hop or goes to Redis: valid Unicode (a lone surrogate is a 400)."""
-
 Metadata = Annotated[
     dict[
-        Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS), BeforeValidator(_encodable)],
-        Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS), BeforeValidator(_encodable)],
+        Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS), BeforeValidator(encodable)],
+        Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS), BeforeValidator(encodable)],
     ],
     Field(max_length=MAX_METADATA_PAIRS),
     BeforeValidator(_metadata_keys),
 ]
 """OpenAI's `metadata`: up to 16 string pairs (keys up to 64 characters, values up to 512)."""
-
-
-class StrictBody(BaseModel):
-    """A request body: wrong types and unknown fields are validation errors (400s naming the field)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextPart(StrictBody):
@@ -145,13 +134,12 @@ class Annotation(StrictBody):
 # What an SDK echoes back of an assistant reply (`message.model_dump()`) besides its text.
 MESSAGE_FIELD_POLICY: dict[str, FieldPolicy] = {
     "audio": Unserved("audio replies in history"),
-    "function_call": Unserved("function calling"),
-    "tool_calls": Unserved("tool calling", (None, [])),
+    "function_call": Unserved("function calling (use tool_calls)"),
     "annotations": Ignored(list[Annotation], "an assistant reply's URL citations"),
 }
 ASSISTANT_FIELDS = ("refusal", "annotations")
 # Roles OpenAI takes in history that need a feature this deployment does not serve.
-UNSERVED_ROLES = {"tool": "tool results (role 'tool')", "function": "function results (role 'function')"}
+UNSERVED_ROLES = {"function": "function results (role 'function'; use role 'tool')"}
 
 
 class PromptCacheOptions(StrictBody):
@@ -166,21 +154,18 @@ CHAT_FIELD_POLICY: dict[str, FieldPolicy] = {
     "logit_bias": Unserved("logit_bias", (None, {})),
     "modalities": Unserved("audio output", (None, ["text"])),
     "moderation": Unserved("moderation"),
-    "parallel_tool_calls": Ignored(bool, "it only matters with tools"),
     "prediction": Unserved("predicted outputs"),
     "prompt_cache_key": Ignored(
-        Annotated[str, Field(max_length=MAX_HINT_CHARS), BeforeValidator(_encodable)], "a prompt-cache hint"
+        Annotated[str, Field(max_length=MAX_HINT_CHARS), BeforeValidator(encodable)], "a prompt-cache hint"
     ),
     "prompt_cache_options": Ignored(PromptCacheOptions, "a prompt-cache hint"),
     "prompt_cache_retention": Ignored(Literal["in_memory", "24h"], "a prompt-cache hint"),
     "reasoning_effort": Unserved("reasoning effort", (None, "none")),
     "safety_identifier": Ignored(
-        Annotated[str, Field(max_length=MAX_SAFETY_IDENTIFIER_CHARS), BeforeValidator(_encodable)],
+        Annotated[str, Field(max_length=MAX_SAFETY_IDENTIFIER_CHARS), BeforeValidator(encodable)],
         "an end-user id for OpenAI's abuse checks",
     ),
     "service_tier": Unserved("service tiers", (None, "auto", "default")),
-    "tool_choice": Unserved("tool calling", (None, "none", "auto")),
-    "tools": Unserved("tool calling", (None, [])),
     "verbosity": Unserved("verbosity", (None, "medium")),
     "web_search_options": Unserved("web search"),
 }
@@ -214,12 +199,23 @@ else:
 
 class Message(_MessagePolicy):
     """One turn of `messages`. An assistant turn may be one of this API's replies echoed back as SDKs dump it
-    (`refusal`, `annotations`, `audio`, `function_call`, `tool_calls` at their nulls)."""
+    (`refusal`, `annotations`, `audio`, `function_call` at their nulls, `tool_calls` null, empty or the calls
+    it made); a `tool` turn is the result of one of those calls (`tool_call_id`)."""
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: WireText | list[TextPart] | None = Field(description="Null only on an assistant turn with `refusal`.")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: WireText | list[TextPart] | None = Field(
+        None,
+        description="Null or left out only on an assistant turn with `refusal` or `tool_calls` (as clients such as "
+        "litellm send a call they echo back).",
+    )
     name: WireText | None = None
     refusal: WireText | None = Field(None, description="An assistant turn's refusal: its text when `content` is null.")
+    tool_calls: list[MessageToolCall] | None = Field(
+        None, max_length=MAX_TOOLS, description="An assistant turn's function calls."
+    )
+    tool_call_id: CallId | None = Field(
+        None, description="A tool turn's (required there): the `id` of the call whose result `content` is."
+    )
 
     @field_validator("role", mode="before")
     @classmethod
@@ -235,12 +231,15 @@ class Message(_MessagePolicy):
                 raise PydanticCustomError("message_content", "a {role} message needs content", {"role": self.role})
             for name in ASSISTANT_FIELDS:
                 if getattr(self, name) is not None:
-                    raise PydanticCustomError(
-                        "message_field", "{field} is an assistant message's field, not a {role} message's",
-                        {"field": name, "role": self.role},
-                    )  # fmt: skip
-        elif self.content is None and self.refusal is None:
-            raise PydanticCustomError("message_content", "an assistant message needs content (or a refusal)")
+                    raise _not_its_field(name, "an assistant", self.role)
+            if self.tool_calls:
+                raise _not_its_field("tool_calls", "an assistant", self.role)
+        elif self.content is None and self.refusal is None and not self.tool_calls:
+            raise PydanticCustomError("message_content", "an assistant message needs content, a refusal or tool_calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise PydanticCustomError("message_content", "a tool message needs the tool_call_id of the call it answers")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise _not_its_field("tool_call_id", "a tool", self.role)
         return self
 
     def to_domain(self) -> ChatMessage:
@@ -248,8 +247,17 @@ class Message(_MessagePolicy):
             text = self.refusal or ""
         else:
             text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ())
         # "developer" is OpenAI's newer name for the system role.
-        return ChatMessage("system" if self.role == "developer" else self.role, text)
+        role = "system" if self.role == "developer" else self.role
+        return ChatMessage(role, text, tool_calls=calls, tool_call_id=self.tool_call_id or "")
+
+
+def _not_its_field(field: str, owner: str, role: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "message_field", "{field} is {owner} message's field, not a {role} message's",
+        {"field": field, "owner": owner, "role": role},
+    )  # fmt: skip
 
 
 class JsonSchemaFormat(StrictBody):
@@ -393,6 +401,27 @@ class ChatCompletionRequest(_ChatPolicy, _Sampling):
                     "response_format": {"type": "text"},
                     "reasoning_effort": None,
                 },
+                {
+                    # A forced call of a named function: its arguments match `parameters`.
+                    "model": EXAMPLE_MODEL,
+                    "messages": [{"role": "user", "content": "Will there be dew in Kyoto tomorrow?"}],
+                    "tools": [
+                        {
+                            "type": "function",
+                            "function": {
+                                "name": "get_forecast",
+                                "description": "Tomorrow's weather forecast for a city",
+                                "parameters": {
+                                    "type": "object",
+                                    "properties": {"city": {"type": "string"}},
+                                    "required": ["city"],
+                                    "additionalProperties": False,
+                                },
+                            },
+                        }
+                    ],
+                    "tool_choice": {"type": "function", "function": {"name": "get_forecast"}},
+                },
             ]
         }
     )
@@ -411,6 +440,37 @@ class ChatCompletionRequest(_ChatPolicy, _Sampling):
         "schema), by constrained decoding; `text` (the default): free text. A 400 on a model whose engine cannot "
         "constrain its output.",
     )
+    tools: list[FunctionTool] | None = Field(
+        None, max_length=MAX_TOOLS, description=f"Functions the model may call (at most {MAX_TOOLS}, names unique)."
+    )
+    tool_choice: ToolChoiceOption | None = Field(
+        None,
+        description="`none`: a text answer, the tools not shown to the model; `auto` (the default with tools): the "
+        "model decides; `required`: at least one call; a named function: exactly one call of it. Forced calls "
+        "(`required`, named) are made by constrained decoding, so their arguments match the function's "
+        "`parameters`. A 400 on a model whose engine cannot do what is asked.",
+    )
+    parallel_tool_calls: bool | None = Field(
+        None, description="Whether the model may make several calls in one reply (null: true); false: at most one."
+    )
+
+    @field_validator("messages")
+    @classmethod
+    def _tool_results_answer_calls(cls, messages: list[Message]) -> list[Message]:
+        """Each tool message answers a call that an earlier assistant message made, as OpenAI requires."""
+        called: set[str] = set()
+        for i, message in enumerate(messages):
+            called.update(c.id for c in message.tool_calls or ())
+            if message.role == "tool" and message.tool_call_id not in called:
+                raise PydanticCustomError(
+                    "tool_call_id", "messages[{i}] answers the tool call {id}, which no earlier assistant message made",
+                    {"i": i, "id": json.dumps(message.tool_call_id)},
+                )  # fmt: skip
+        return messages
+
+    def tool_use(self) -> ToolUse:
+        """The tools offered and how they may be used (`GenerateRequest.tools`; see `tool_schemas.tool_use`)."""
+        return tool_use(self.tools, self.tool_choice, self.parallel_tool_calls)
 
     def logprobs_wanted(self) -> tuple[bool, int]:
         return self.logprobs, self.top_logprobs or 0

@@ -17,7 +17,16 @@ from bailu.common import grpc_keepalive, wire
 from bailu.common.errors import BailuError, Stalled, Unavailable, UnsupportedValue
 from bailu.common.grpc_errors import from_status
 from bailu.common.tasks import cancel_and_wait
-from bailu.common.types import BATCH, EngineCapabilities, GenerateChunk, GenerateRequest, LoadReport, ModelCard
+from bailu.common.types import (
+    BATCH,
+    TOOL_FUNCTION,
+    EngineCapabilities,
+    GenerateChunk,
+    GenerateRequest,
+    LoadReport,
+    ModelCard,
+    ToolUse,
+)
 from bailu.gateway.backpressure import GRPC_FLOW_CONTROL_OPTIONS
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
@@ -358,13 +367,16 @@ class WorkerPool:
         raw_prompt: bool = False,
         priority: str | None = None,
         response_format: str = "text",
+        tools: ToolUse | None = None,
     ) -> WorkerClient:
         """The least-loaded ready worker that serves the model (ties broken at random); given a `priority`
         (admission control), the one with the shortest estimated wait for that class, the least-loaded among
         equals. A raw prompt (/v1/completions) prefers workers whose engine completes it verbatim
         (`raw_completions`); the others serve it as one user turn, so they are used only when no such worker
         can take it. A constrained output (`response_format` other than "text") goes only to workers whose
-        engine can constrain it (`structured_outputs`): with none among them, `UnsupportedValue`, never free
+        engine can constrain it (`structured_outputs`), forced tool calls (`tools.forced`) only to those that can
+        force them (`tool_calls`), and a choice left to the model (`tools` active, not forced) only to those that
+        read calls out of free output (`auto_tool_choice`): with none among them, `UnsupportedValue`, never free
         text instead."""
         candidates = self.candidates(model, adapter, exclude)
         if not candidates:
@@ -378,6 +390,8 @@ class WorkerPool:
                     "constrain the output",
                     param="response_format",
                 )
+        if tools is not None and tools.active:
+            candidates = self._able_to_use(candidates, tools, f"{model}:{adapter}" if adapter else model)
         if raw_prompt:
             candidates = [w for w in candidates if w.capabilities.raw_completions] or candidates
 
@@ -386,3 +400,19 @@ class WorkerPool:
 
         best = min(rank(w) for w in candidates)
         return random.choice([w for w in candidates if rank(w) == best])  # nosec B311 # load balancing, not crypto
+
+    @staticmethod
+    def _able_to_use(candidates: list[WorkerClient], tools: ToolUse, name: str) -> list[WorkerClient]:
+        """The candidates whose engine can use the tools as asked (`pick`); none: `UnsupportedValue`."""
+        if tools.forced:
+            able = [w for w in candidates if w.capabilities.tool_calls]
+            missing = "its engine cannot force tool calls"
+        else:
+            able = [w for w in candidates if w.capabilities.auto_tool_choice]
+            missing = "its engine has no tool parser to read calls out of the model's output"
+        if not able:
+            asked = f"function '{tools.function}'" if tools.choice == TOOL_FUNCTION else tools.choice
+            raise UnsupportedValue(
+                f"model '{name}' does not support tool_choice {asked}: {missing}", param="tool_choice"
+            )
+        return able

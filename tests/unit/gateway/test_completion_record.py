@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from bailu.common.records import Choice, CompletionRecord
+from bailu.common.types import ToolCall
 
 
 def record(**overrides: object) -> CompletionRecord:
@@ -58,3 +59,29 @@ def test_metadata_round_trips_and_old_records_read_without_it() -> None:
     old = json.loads(record().to_json())
     del old["metadata"]
     assert CompletionRecord.from_json(json.dumps(old)).metadata == {}
+
+
+CALL = ToolCall("call_" + "c" * 24, "get_forecast", '{"city": "Kyoto"}')
+
+
+def test_a_candidates_tool_calls_round_trip() -> None:
+    called = record(choices=[Choice(0, "", "tool_calls", (CALL,)), Choice(1, "dew", "stop")])
+    again = CompletionRecord.from_json(called.to_json())
+    assert again == called
+    assert again.choices[0].tool_calls == (CALL,)
+    assert json.loads(called.to_json())["choices"][0]["tool_calls"] == [
+        {"id": CALL.id, "name": "get_forecast", "arguments": '{"city": "Kyoto"}'}
+    ]
+
+
+def test_a_choice_written_before_tool_calls_existed_reads_with_none() -> None:
+    old = json.loads(record().to_json())
+    for choice in old["choices"]:
+        del choice["tool_calls"]
+    assert CompletionRecord.from_json(json.dumps(old)) == record()
+
+
+def test_fields_of_a_newer_writer_in_a_choice_are_ignored() -> None:
+    newer = json.loads(record().to_json())
+    newer["choices"][0]["reasoning"] = "thought about dew"
+    assert CompletionRecord.from_json(json.dumps(newer)) == record()

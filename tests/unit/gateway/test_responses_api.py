@@ -180,7 +180,8 @@ def test_the_request_carries_its_sampling_store_stream_and_metadata() -> None:
 
 
 @pytest.mark.parametrize(("item", "param", "unsupported"), [
-    ({"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}, "input[0]", True),
+    ({"type": "custom_tool_call", "call_id": "c", "name": "f", "input": "x"}, "input[0]", True),
+    ({"type": "function_call", "name": "f", "arguments": "{}"}, "input[0].call_id", False),
     ({"type": "reasoning", "id": "rs_1", "summary": []}, "input[0]", True),
     ({"type": "web_search_call", "id": "ws_1", "status": "completed"}, "input[0]", True),
     ({"type": "item_reference", "id": "msg_1"}, "input[0]", True),

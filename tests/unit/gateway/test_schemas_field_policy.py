@@ -148,11 +148,8 @@ def test_null_means_the_default_for_served_fields() -> None:
 
 # --------------------------------------------------------------------------- not supported
 
-FUNCTION = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+# (Tools are served: tests/unit/gateway/test_schemas_tools.py.)
 CHAT_UNSUPPORTED = [
-    ("tools", [FUNCTION]),
-    ("tool_choice", "required"),
-    ("tool_choice", {"type": "function", "function": {"name": "weather"}}),
     ("logit_bias", {"50256": -100}),
     ("audio", {"voice": "alloy", "format": "mp3"}),
     ("modalities", ["text", "audio"]),
@@ -166,7 +163,7 @@ CHAT_UNSUPPORTED = [
     ("moderation", {"model": "omni-moderation-latest"}),
     # JSON is not Python: false is not 0, 0.0 is not false.
     ("reasoning_effort", False),
-    ("tools", {}),
+    ("functions", {}),
     ("service_tier", 0),
 ]
 COMPLETION_UNSUPPORTED = [
@@ -305,7 +302,7 @@ def test_a_refusal_is_the_assistant_turn_text_when_content_is_null() -> None:
 def test_an_assistant_turn_without_content_or_refusal() -> None:
     error = rejection(ChatCompletionRequest, chat(messages=[USER, {"role": "assistant", "content": None}, USER]))
     assert error.param == "messages[1]"
-    assert "needs content (or a refusal)" in error.message
+    assert "needs content, a refusal or tool_calls" in error.message
 
 
 @pytest.mark.parametrize("field", ["refusal", "annotations"])
@@ -324,13 +321,7 @@ def test_a_user_turn_needs_content() -> None:
 @pytest.mark.parametrize(
     ("message", "param", "words"),
     [
-        ({"role": "tool", "content": "21 C", "tool_call_id": "call_1"}, "messages[1].role", "tool results"),
         ({"role": "function", "content": "21 C", "name": "weather"}, "messages[1].role", "function results"),
-        (
-            {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
-            "messages[1].tool_calls",
-            "tool calling",
-        ),
         (
             {"role": "assistant", "content": None, "function_call": {"name": "weather", "arguments": "{}"}},
             "messages[1].function_call",
@@ -339,7 +330,7 @@ def test_a_user_turn_needs_content() -> None:
         ({"role": "assistant", "content": "x", "audio": {"id": "audio_1"}}, "messages[1].audio", "audio"),
     ],
 )
-def test_tool_and_audio_history_is_not_supported_yet(message: dict[str, Any], param: str, words: str) -> None:
+def test_function_and_audio_history_is_not_supported(message: dict[str, Any], param: str, words: str) -> None:
     error = rejection(ChatCompletionRequest, chat(messages=[USER, message]))
     assert_not_supported(error, param)
     assert words in error.message
