@@ -17,6 +17,10 @@ from bailu.common.types import FinishReason, GenerateChunk, TokenLogprob, ToolCa
 
 # The floor of a reported log probability, as vLLM reports it: JSON has no -Infinity.
 LOGPROB_FLOOR = -9999.0
+# A candidate's text pieces are joined into one string once there are this many: one `str` per token costs
+# ~55 bytes of Python's small-object heap for a few characters, so that long n > 1 streams held megabytes of
+# them, and pymalloc keeps the arenas such a peak filled (bench/memory_probe.py).
+TEXT_JOIN_EVERY = 256
 
 
 def new_id(kind: str) -> str:
@@ -60,7 +64,7 @@ class Candidate:
     """One of the `n` completions of a request, as it accumulates."""
 
     index: int
-    parts: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # the text so far, in fewer than TEXT_JOIN_EVERY pieces
     finish: FinishReason | None = None
     usage: Usage | None = None
     tokens: int = 0
@@ -83,6 +87,8 @@ class Candidate:
 
     def add(self, chunk: GenerateChunk) -> None:
         self.parts.append(chunk.text)
+        if len(self.parts) >= TEXT_JOIN_EVERY:
+            self.parts[:] = ["".join(self.parts)]
         self.tokens += chunk.token_count
         self.finish = chunk.finish_reason or self.finish
         self.usage = chunk.usage or self.usage
