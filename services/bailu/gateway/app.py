@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from bailu import __version__
 from bailu.common.errors import ModelNotFound, NotFound, PermissionDenied, PreviousResponseNotFound, Unavailable
+from bailu.common.memory import IdleTrimmer
 from bailu.common.metrics import GatewayMetrics
 from bailu.common.records import CompletionRecord
 from bailu.gateway import errors, openapi, responses_api_format
@@ -134,6 +135,8 @@ def create_app(
             "and quotas are this replica's own"
         )
 
+    trimmer = IdleTrimmer(pool.inflight, pool.calls_started, settings.memory_trim_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await pool.start()
@@ -141,9 +144,11 @@ def create_app(
             completion_log.start()
         if watcher is not None:
             await watcher.start()
+        trimmer.start()
         try:
             yield
         finally:
+            await trimmer.close()
             if watcher is not None:
                 await watcher.close()
             if completion_log is not None:
@@ -158,6 +163,7 @@ def create_app(
     app.state.resolver = resolver
     app.state.registry_watcher = watcher
     app.state.metrics = metrics
+    app.state.memory_trimmer = trimmer
     app.state.completion_log = completion_log
     errors.install(app)
     openapi.install(app)

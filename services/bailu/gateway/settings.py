@@ -90,6 +90,13 @@ class GatewaySettings(ServiceSettings):
         description="After the first token: a worker that sends nothing for this long ends the stream with an "
         "error (an SSE error event, or a 504). Must exceed the engine's longest gap between tokens.",
     )
+    memory_trim_s: float = Field(
+        30.0,
+        ge=0,
+        description="Every this many seconds, once no request is in flight after some were, return memory freed "
+        "by the last burst to the system (glibc's malloc_trim), so that RSS comes back down between bursts; 0 "
+        "disables it (nothing happens without glibc).",
+    )
 
     redis_url: str = Field(
         "",

@@ -82,6 +82,7 @@ class WorkerClient:
         self.engine = ""
         self.inflight = 0
         self.inflight_batch = 0  # of `inflight`, the batch requests
+        self.calls = 0  # Generate calls ever started
         # Set while the worker does not answer its load poll (dead, frozen, or cut off); cleared by the next
         # poll it answers. Attempts waiting for a first token watch it (`Router`).
         self.unreachable = asyncio.Event()
@@ -197,6 +198,7 @@ class WorkerStream:
         self._batch = int(request.priority == BATCH)
         worker.inflight += 1
         worker.inflight_batch += self._batch
+        worker.calls += 1
 
     def __aiter__(self) -> WorkerStream:
         return self
@@ -264,6 +266,14 @@ class WorkerPool:
         self.cards: dict[str, ModelCard] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing: set[asyncio.Future[None]] = set()
+
+    def inflight(self) -> int:
+        """Generate calls in flight to any worker."""
+        return sum(w.inflight for w in self.workers.values())
+
+    def calls_started(self) -> int:
+        """Generate calls ever started to the workers known now (it changes whenever one starts)."""
+        return sum(w.calls for w in self.workers.values())
 
     async def start(self) -> None:
         await self.discover()
