@@ -25,7 +25,7 @@ from bailu.common.errors import InvalidRequest
 from bailu.common.types import ToolCall
 from bailu.gateway.field_policy import FieldPolicy, Ignored, Unserved, not_supported, policy_model, value_schema
 from bailu.gateway.strict_body import StrictBody, WireText
-from bailu.gateway.tool_schemas import CallId, FunctionDefinition, FunctionName
+from bailu.gateway.tool_schemas import CallId, FunctionDefinition, FunctionName, tool_choice_branch
 
 # The longest output item id taken back in `input` (this API's are "fc_" and about 35 characters).
 MAX_ITEM_ID_CHARS = 128
@@ -153,20 +153,10 @@ def _served_choice(value: object) -> object:
     return value
 
 
-def _choice_branch(value: Any) -> str | None:
-    # Tags that `bailu.gateway.errors` leaves out of an error's `param` (as pydantic's own union branches), so
-    # that a bad name is `tool_choice.name`.
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, dict):
-        return "function-named"
-    return None
-
-
 ResponsesToolChoice = Annotated[
     Annotated[Literal["none", "auto", "required"], Tag("str")] | Annotated[FunctionChoice, Tag("function-named")],
     Discriminator(
-        _choice_branch,
+        tool_choice_branch,
         custom_error_type="tool_choice",
         custom_error_message='must be "none", "auto", "required" or {"type": "function", "name": ...}',
     ),

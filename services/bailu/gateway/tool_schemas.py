@@ -94,9 +94,10 @@ class NamedToolChoice(StrictBody):
     function: NamedFunction
 
 
-def _tool_choice_branch(value: Any) -> str | None:
-    # Tags that `bailu.gateway.errors` leaves out of an error's `param`, as it does pydantic's own union
-    # branches (`str`, `function-...`), so that a bad name is `tool_choice.function.name`.
+def tool_choice_branch(value: Any) -> str | None:
+    """The branch of a `tool_choice` union (chat's, the Responses API's): a mode, or the function to call. Its tags
+    are ones `bailu.gateway.errors` leaves out of an error's `param`, as it does pydantic's own union branches
+    (`str`, `function-...`), so that a bad name is `tool_choice.function.name` (`tool_choice.name`)."""
     if isinstance(value, str):
         return "str"
     if isinstance(value, dict):
@@ -107,7 +108,7 @@ def _tool_choice_branch(value: Any) -> str | None:
 ToolChoiceOption = Annotated[
     Annotated[Literal["none", "auto", "required"], Tag("str")] | Annotated[NamedToolChoice, Tag("function-named")],
     Discriminator(
-        _tool_choice_branch,
+        tool_choice_branch,
         custom_error_type="tool_choice",
         custom_error_message='must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}',
     ),

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
 from bailu.common import errors
-from bailu.common.types import ChatMessage, FinishReason, GenerateChunk, GenerateRequest, SamplingParams
+from bailu.common.types import ChatMessage, GenerateRequest, SamplingParams
 from bailu.worker.engines.server import openai_http as oai
-from tests.unit.engines.conftest import expected, sample, sample_json
+from tests.unit.engines.conftest import check_stream_contract, expected, lines, replay, sample, sample_json
 
 STREAMS = [
     ("vllm", "chat_stream.sse"),
@@ -21,40 +20,9 @@ STREAMS = [
 ]
 
 
-async def lines(text: str) -> AsyncIterator[str]:
-    for line in text.split("\n"):
-        yield line
-
-
-async def replay(text: str) -> list[GenerateChunk]:
-    """What HttpEngine.generate does with a stream body, minus the connection."""
-    assembler = oai.StreamAssembler("m")
-    chunks = []
-    async for payload in oai.sse_data(lines(text)):
-        if payload.strip() == oai.DONE:
-            break
-        chunk = assembler.feed(payload)
-        if chunk is not None:
-            chunks.append(chunk)
-    chunks.append(assembler.last())
-    return chunks
-
-
 @pytest.mark.parametrize(("engine", "name"), STREAMS, ids=[f"{e}/{n}" for e, n in STREAMS])
 async def test_recorded_stream_keeps_the_streaming_contract(engine: str, name: str) -> None:
-    want = expected(engine)[name]
-    chunks = await replay(sample(engine, name))
-    *body, last = chunks
-    assert "".join(c.text for c in chunks) == want["text"]
-    assert all(c.finish_reason is None and c.usage is None for c in body)
-    assert last.finish_reason is FinishReason(want["finish_reason"])
-    assert last.usage is not None
-    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
-        want["prompt_tokens"],
-        want["completion_tokens"],
-    )
-    # Token counts add up to the engine's usage, whether it reported usage per chunk or only at the end.
-    assert sum(c.token_count for c in chunks) == last.usage.completion_tokens
+    check_stream_contract(await replay(sample(engine, name)), expected(engine)[name])
 
 
 async def test_error_event_mid_stream_raises_after_the_text_before_it() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from bailu.worker.engines.server.dialects import DIALECTS, LMDEPLOY, Dialect, La
 from bailu.worker.engines.server.http import HttpEngine
 from bailu.worker.engines.server.openai_tools import ToolCallReader
 from bailu.worker.settings import WorkerSettings
-from tests.unit.engines.conftest import expected, sample
+from tests.unit.engines.conftest import check_stream_contract, expected, replay, sample
 
 pytestmark = pytest.mark.usefixtures("clean_bailu_env")
 
@@ -265,25 +264,6 @@ async def test_tool_use_the_engine_does_not_serve_is_refused_before_sending(
 # --------------------------------------------------------------------------- recorded streams
 
 
-async def lines(text: str) -> AsyncIterator[str]:
-    for line in text.split("\n"):
-        yield line
-
-
-async def replay(text: str, reader: ToolCallReader | None = None) -> list[GenerateChunk]:
-    """What HttpEngine.generate does with a stream body, minus the connection."""
-    assembler = oai.StreamAssembler("m", tools=reader or ToolCallReader())
-    chunks = []
-    async for payload in oai.sse_data(lines(text)):
-        if payload.strip() == oai.DONE:
-            break
-        chunk = assembler.feed(payload)
-        if chunk is not None:
-            chunks.append(chunk)
-    chunks.append(assembler.last())
-    return chunks
-
-
 def assemble(chunks: list[GenerateChunk]) -> list[dict[str, str]]:
     """The calls the pieces make, checking the piece contract: a call starts with its id and name (numbered in
     order), later pieces carry only more arguments."""
@@ -305,18 +285,9 @@ def assemble(chunks: list[GenerateChunk]) -> list[dict[str, str]]:
 async def test_recorded_tool_stream_becomes_tool_call_pieces(engine: str, name: str) -> None:
     want = expected(engine)[name]
     chunks = await replay(sample(engine, name))
-    *body, last = chunks
     assert assemble(chunks) == want["calls"]
     assert all(json.loads(call["arguments"]) for call in want["calls"])
-    assert "".join(c.text for c in chunks) == want["text"]
-    assert all(c.finish_reason is None and c.usage is None for c in body)
-    assert last.finish_reason is FinishReason(want["finish_reason"])
-    assert last.usage is not None
-    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
-        want["prompt_tokens"],
-        want["completion_tokens"],
-    )
-    assert sum(c.token_count for c in chunks) == last.usage.completion_tokens
+    check_stream_contract(chunks, want)
 
 
 async def test_without_parallel_calls_only_the_first_call_is_kept() -> None:
