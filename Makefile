@@ -25,7 +25,7 @@ DOCKER ?= docker
 
 .PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e test-faults \
         check lint lint-docker security format typecheck docs proto proto-check bench bench-loop bench-soak \
-        bench-admission bench-structured images clean
+        bench-admission bench-memory bench-structured images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -124,6 +124,9 @@ bench-loop: $(STAMP) model ## Does the loop learn? Train SmolLM2 on CPU on a syn
 
 bench-soak: $(STAMP) system-deps ## Soak: 16 streaming clients for 4 min on sim workers, slow readers and leavers included; RSS per process (~6 min)
 	$(PY) -m bench.soak
+
+bench-memory: $(STAMP) system-deps ## What holds the gateway's memory after slow and stalled n=8 readers: RSS, malloc, pymalloc and Python heap per phase (~6 min)
+	$(PY) -m bench.memory_probe
 
 bench-admission: $(STAMP) ## Admission control off vs on: interactive (TTFT deadline) and batch clients on saturated sim workers (~1.5 min)
 	$(PY) -m bench.admission

@@ -288,7 +288,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="client lanes (1/8 each slow, stalled, leaving)")
     parser.add_argument("--minutes", type=float, default=4.0, help="duration of the load")
     parser.add_argument("--rate", type=float, default=6.0, help="requests/s of the n=1 lanes (stream, disconnect)")
-    parser.add_argument("--settle-s", type=float, default=30.0, help="wait after the clients left, before the RSS")
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=45.0,
+        help="wait after the clients left, before the RSS (longer than the gateway's memory_trim_s, 30 s)",
+    )
     parser.add_argument(
         "--lanes", default="", help="the lanes by kind instead of --clients' mix, e.g. stream=14,disconnect=2"
     )

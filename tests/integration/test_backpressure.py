@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -154,7 +155,9 @@ async def test_a_slow_reader_with_n_8_holds_its_generation_back(start_worker, st
 
 
 @pytest.mark.parametrize("n", [1, 8])
-async def test_a_client_that_stops_reading_is_cut_off(start_worker, start_gateway, clients, n: int) -> None:
+async def test_a_client_that_stops_reading_is_cut_off(
+    start_worker, start_gateway, clients, n: int, caplog: pytest.LogCaptureFixture
+) -> None:
     worker = await start_worker(**LONG_WORKER)
     gateway = await start_gateway([f"127.0.0.1:{worker.port}"], client_write_timeout_s=1.0)
     clients.append(client := await StalledClient.open(gateway, stream_body(n=n)))
@@ -176,6 +179,11 @@ async def test_a_client_that_stops_reading_is_cut_off(start_worker, start_gatewa
 
     metrics = (await _metrics(gateway)).splitlines()
     assert f"{metric_names.GATEWAY_CLIENT_WRITE_TIMEOUTS} 1.0" in metrics
+    # Said once, as the gateway's warning with the request id, not again as uvicorn's ERROR.
+    assert [r.getMessage() for r in caplog.records if r.name == "bailu.gateway.lifecycle"] == [
+        "client stopped reading: response abandoned"
+    ]
+    assert not [r for r in caplog.records if r.name == "uvicorn.error" and r.levelno >= logging.ERROR]
 
 
 async def _metrics(gateway: RunningGateway) -> str:

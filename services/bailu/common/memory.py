@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,16 @@ def glibc_malloc_trim() -> Callable[[int], int] | None:
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return lambda pad: int(trim(pad))
+
+
+def rss_mib() -> float | None:
+    """This process's resident set in MiB (Linux's /proc/self/statm), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            resident_pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class IdleTrimmer:
@@ -68,8 +79,12 @@ class IdleTrimmer:
         if seen == self._trimmed_at:
             return False
         self._trimmed_at = seen
+        before = rss_mib()
         self.trim(0)
         self.trims += 1
+        after = rss_mib()
+        if before is not None and after is not None:
+            log.info("idle: returned freed memory to the system (RSS %.1f -> %.1f MiB)", before, after)
         return True
 
     async def _run(self) -> None:

@@ -20,6 +20,7 @@ from bailu.common.metrics import GatewayMetrics
 from bailu.common.records import CompletionRecord
 from bailu.gateway import errors, openapi, responses_api_format
 from bailu.gateway.auth import Authenticator, KeyStore
+from bailu.gateway.backpressure import install_log_filter
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.completions import COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionHandler
 from bailu.gateway.feedback import IDEMPOTENCY_HEADER, FeedbackHandler, FeedbackRequest, feedback_disabled
@@ -136,6 +137,7 @@ def create_app(
         )
 
     trimmer = IdleTrimmer(pool.inflight, pool.calls_started, settings.memory_trim_s)
+    install_log_filter()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

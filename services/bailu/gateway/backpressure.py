@@ -27,6 +27,9 @@ hold back the others on the channel.
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
+import time
 
 from starlette.types import Message, Send
 
@@ -61,3 +64,37 @@ def send_within(send: Send, timeout_s: float) -> Send:
             raise ClientWriteTimeout(timeout_s) from None
 
     return timed_send
+
+
+class AbandonedResponses(logging.Filter):
+    """A filter for uvicorn's error logger: uvicorn logs "ASGI callable returned without completing response."
+    at ERROR for every response the gateway abandons on purpose (a client that stopped reading, already logged
+    as a warning with its request id and counted). For each abandonment announced with `expect()`, the next such
+    record within `window_s` is dropped; any other one (a response left unfinished by a bug) still shows."""
+
+    MESSAGE = "ASGI callable returned without completing response."
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._expected: collections.deque[float] = collections.deque()  # deadlines, oldest first
+
+    def expect(self) -> None:
+        self._expected.append(time.monotonic() + self.window_s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        while self._expected and self._expected[0] < now:
+            self._expected.popleft()  # uvicorn had seen the disconnect and logged nothing for that one
+        if self._expected and record.getMessage() == self.MESSAGE:
+            self._expected.popleft()
+            return False
+        return True
+
+
+# One per process, on uvicorn's error logger (`install_log_filter`, called by the app factory; idempotent).
+ABANDONED_RESPONSES = AbandonedResponses()
+
+
+def install_log_filter() -> None:
+    logging.getLogger("uvicorn.error").addFilter(ABANDONED_RESPONSES)

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from bailu.common.metrics import GatewayMetrics
 from bailu.common.records import Choice, CompletionRecord, prompt_hash
 from bailu.common.types import INT64_MIN, GenerateChunk, GenerateRequest
-from bailu.gateway.backpressure import ClientWriteTimeout, send_within
+from bailu.gateway.backpressure import ABANDONED_RESPONSES, ClientWriteTimeout, send_within
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.model_names import Target
 from bailu.gateway.openai_format import Candidate, ResponseBuilder, new_id, total_usage
@@ -274,5 +274,6 @@ class CompletionStream(StreamingResponse):
             # connection), and the `finally` cancels the worker streams.
             completion.metrics.client_write_timeouts.inc()
             log.warning("client stopped reading: response abandoned", extra={"reason": str(exc)})
+            ABANDONED_RESPONSES.expect()  # uvicorn's ERROR for the unfinished response would repeat this one
         finally:
             await completion.close()

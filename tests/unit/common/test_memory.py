@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bailu.common.memory import IdleTrimmer, glibc_malloc_trim
+from bailu.common.memory import IdleTrimmer, glibc_malloc_trim, rss_mib
 from tests.conftest import eventually
 
 
@@ -75,3 +75,16 @@ def test_glibc_malloc_trim_answers_on_this_machine() -> None:
     trim = glibc_malloc_trim()
     assert trim is not None, "this test machine runs glibc (Debian): malloc_trim must be found"
     assert trim(0) in (0, 1)
+
+
+def test_rss_follows_memory_the_process_touches() -> None:
+    before = rss_mib()
+    assert before is not None
+    assert before > 1
+    block = bytearray(64 * 2**20)  # zero-filled by the allocator: touch one byte per page to make it resident
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    grown = rss_mib()
+    assert grown is not None
+    assert grown - before > 48
+    del block
