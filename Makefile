@@ -25,7 +25,7 @@ DOCKER ?= docker
 
 .PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e test-faults \
         check lint lint-docker security format typecheck docs proto proto-check bench bench-loop bench-soak \
-        bench-admission bench-memory bench-structured images clean
+        bench-admission bench-memory bench-structured check-engines images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -133,6 +133,9 @@ bench-admission: $(STAMP) ## Admission control off vs on: interactive (TTFT dead
 
 bench-structured: $(STAMP) model ## Structured outputs' cost: SmolLM2 tokens/s with and without a JSON Schema, one run (~3 min)
 	$(PY) -m bench.structured
+
+check-engines: $(STAMP) ## The dialects against vLLM/SGLang/LmDeploy's own parsers, models, routes and metrics at the pins (installs each into .cache/engines/, ~25 GB; not in test or check)
+	$(PY) -m bailu.dev.check_engines --install
 
 # Needs a Docker engine (none runs on the project's development machines: this target was not run there).
 images: ## Build the gateway, worker (no model), worker-cpu (SmolLM2 inside), worker-vllm/-sglang/-lmdeploy (engine servers) and trainer images with docker
