@@ -2,8 +2,10 @@
 
 The Dockerfiles (docker/worker-<engine>.Dockerfile) take the engine's official image at these versions
 as their `ARG ..._IMAGE` defaults, and docs/engines.md names them; a unit test keeps both in step with
-this module. Moving an engine to a new release starts here: check the flags, endpoints and metric names
-in `dialects.py` and `engine_metrics.py` against that release's documentation, then update the pin.
+this module. Moving an engine to a new release starts here: update the pin, then run `make check-engines`,
+which checks the flags, request bodies, endpoints, LoRA calls, metric names and stream chunks of
+`dialects.py`, `openai_http.py` and `engine_metrics.py` against that release's own code; the new version is
+accepted when it passes.
 
 ms-swift is not pinned here: the worker extra in pyproject.toml pins it (the `swift` engine runs the
 ms-swift installed beside the worker).
