@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +27,36 @@ def expected(engine: str) -> dict[str, Any]:
     return result
 
 
-async def lines(text: str) -> AsyncIterator[str]:
-    for line in text.split("\n"):
-        yield line
+def pieces(text: str, size: int) -> Iterator[bytes]:
+    """A stream body as the connection may deliver it: `size` bytes at a time (0: all at once)."""
+    data = text.encode()
+    if size <= 0:
+        yield data
+        return
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
 
 
-async def replay(text: str, reader: ToolCallReader | None = None) -> list[GenerateChunk]:
-    """What HttpEngine.generate does with a stream body, minus the connection."""
+def payloads(text: str, size: int = 0) -> list[bytes]:
+    """The SSE payloads of a stream body, through the splitter the worker reads engine streams with."""
+    splitter = oai.SseSplitter()
+    out = [p for piece in pieces(text, size) for p in splitter.feed(piece)]
+    return out + splitter.close()
+
+
+async def replay(text: str, reader: ToolCallReader | None = None, *, size: int = 7) -> list[GenerateChunk]:
+    """What HttpEngine.generate does with a stream body, minus the connection: the body arrives `size` bytes
+    at a time (0: all at once, so that every event is coalesced with the others), and the events that each
+    piece completes are fed together."""
     assembler = oai.StreamAssembler("m", tools=reader or ToolCallReader())
-    chunks = []
-    async for payload in oai.sse_data(lines(text)):
-        if payload.strip() == oai.DONE:
+    splitter = oai.SseSplitter()
+    chunks: list[GenerateChunk] = []
+    for piece in [*pieces(text, size), None]:
+        batch = splitter.feed(piece) if piece is not None else splitter.close()
+        got, done = assembler.feed_events(batch)
+        chunks += got
+        if done:
             break
-        chunk = assembler.feed(payload)
-        if chunk is not None:
-            chunks.append(chunk)
     chunks.append(assembler.last())
     return chunks
 

@@ -9,7 +9,7 @@ import pytest
 from bailu.common import errors
 from bailu.common.types import ChatMessage, GenerateRequest, SamplingParams
 from bailu.worker.engines.server import openai_http as oai
-from tests.unit.engines.conftest import check_stream_contract, expected, lines, replay, sample, sample_json
+from tests.unit.engines.conftest import check_stream_contract, expected, payloads, replay, sample, sample_json
 
 STREAMS = [
     ("vllm", "chat_stream.sse"),
@@ -20,9 +20,20 @@ STREAMS = [
 ]
 
 
+@pytest.mark.parametrize("size", [1, 7, 0], ids=["byte-by-byte", "7-byte-pieces", "all-at-once"])
 @pytest.mark.parametrize(("engine", "name"), STREAMS, ids=[f"{e}/{n}" for e, n in STREAMS])
-async def test_recorded_stream_keeps_the_streaming_contract(engine: str, name: str) -> None:
-    check_stream_contract(await replay(sample(engine, name)), expected(engine)[name])
+async def test_recorded_stream_keeps_the_streaming_contract(engine: str, name: str, size: int) -> None:
+    # However the body arrives (each event alone, or all coalesced into one chunk), the contract holds.
+    check_stream_contract(await replay(sample(engine, name), size=size), expected(engine)[name])
+
+
+@pytest.mark.parametrize(("engine", "name"), STREAMS, ids=[f"{e}/{n}" for e, n in STREAMS])
+async def test_events_that_arrive_together_go_on_in_fewer_chunks(engine: str, name: str) -> None:
+    one_by_one = await replay(sample(engine, name), size=1)
+    together = await replay(sample(engine, name), size=0)
+    assert [c.text for c in together[:-1]] == ["".join(c.text for c in one_by_one[:-1])]
+    assert sum(c.token_count for c in together) == sum(c.token_count for c in one_by_one)
+    assert together[-1] == one_by_one[-1]
 
 
 async def test_error_event_mid_stream_raises_after_the_text_before_it() -> None:
@@ -30,14 +41,14 @@ async def test_error_event_mid_stream_raises_after_the_text_before_it() -> None:
     assembler = oai.StreamAssembler("m")
     texts: list[str] = []
 
-    async def consume() -> None:
-        async for payload in oai.sse_data(lines(sample("lmdeploy", "error_stream.sse"))):
+    def consume() -> None:
+        for payload in payloads(sample("lmdeploy", "error_stream.sse"), size=5):
             chunk = assembler.feed(payload)
             if chunk is not None:
                 texts.append(chunk.text)
 
     with pytest.raises(errors.BailuError) as info:
-        await consume()
+        consume()
     assert type(info.value).__name__ == want["error"]
     assert "".join(texts) == want["text_before"]
 
@@ -48,9 +59,16 @@ async def test_stream_that_ends_without_a_finish_reason_is_an_error() -> None:
         await replay("\n\n".join(truncated))
 
 
-async def test_sse_parser_joins_multiline_data_and_skips_comments() -> None:
+@pytest.mark.parametrize("size", [1, 3, 0])
+def test_sse_parser_joins_multiline_data_and_skips_comments(size: int) -> None:
     text = ': keep-alive\n\ndata: {"a":\ndata: 1}\n\nevent: x\ndata:[DONE]\n'
-    assert [p async for p in oai.sse_data(lines(text))] == ['{"a":\n1}', "[DONE]"]
+    assert payloads(text, size) == [b'{"a":\n1}', b"[DONE]"]
+
+
+@pytest.mark.parametrize("size", [1, 4, 0])
+def test_sse_parser_takes_crlf_line_ends(size: int) -> None:
+    text = 'data: {"x": 1}\r\n\r\n: ping\r\n\r\ndata: {"a":\r\ndata: 2}\r\n\r\ndata: [DONE]\r\n\r\n'
+    assert payloads(text, size) == [b'{"x": 1}', b'{"a":\n2}', b"[DONE]"]
 
 
 ERRORS = [

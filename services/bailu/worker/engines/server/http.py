@@ -10,11 +10,10 @@ and abort the request. Adapters are loaded as `adapters.py` describes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shlex
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -30,9 +29,19 @@ from bailu.worker.engines.server.dialects import DIALECTS, Dialect, LaunchConfig
 from bailu.worker.engines.server.engine_metrics import EngineLoad
 from bailu.worker.engines.server.openai_tools import ToolCallReader
 from bailu.worker.engines.server.process import EngineServer, ServerOptions, free_port
+from bailu.worker.engines.server.sse_client import ConnectTimedOut, EngineHTTPError, SseResponse
 from bailu.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+
+def _within(bound: float, deadline: float | None) -> tuple[float, bool]:
+    """The seconds to wait: `bound`, or less if the request's `deadline` (epoch seconds) comes first, and
+    whether it is the deadline that limits the wait."""
+    if deadline is None:
+        return bound, False
+    left = max(0.001, deadline - time.time())
+    return (left, True) if left < bound else (bound, False)
 
 
 class HttpEngine(Engine):
@@ -168,34 +177,35 @@ class HttpEngine(Engine):
             top_logprobs=request.sampling.top_logprobs,
             tools=ToolCallReader(accept=request.tools.active, parallel=request.tools.parallel),
         )
-        timeout = None if request.deadline is None else max(0.001, request.deadline - time.time())
+        payload = oai.encode_body(body)
+        path = oai.endpoint(request)
         options = self.server.options
         started = False
         with self.server.in_flight():
             for attempt in (1, 2):
                 try:
-                    async with self._open(oai.endpoint(request), body, timeout) as response:
-                        if response.status_code != 200:
-                            message = oai.error_message(await response.aread())
-                            raise oai.map_error(response.status_code, message, param=param)
-                        payloads = oai.sse_data(response.aiter_lines())
+                    response = await self._open(path, payload, request.deadline)
+                    try:
+                        if response.status != 200:
+                            message = oai.error_message(await response.read_body())
+                            raise oai.map_error(response.status, message, param=param)
                         bound, stalled = options.first_token_timeout_s, "sent no first token within"
-                        while (payload := await self._next(payloads, bound, stalled)) is not None:
-                            if payload.strip() == oai.DONE:
-                                break
+                        while (payloads := await self._next(response, bound, stalled, request.deadline)) is not None:
                             bound, stalled = options.idle_timeout_s, "sent nothing for"
-                            chunk = assembler.feed(payload)
-                            if chunk is not None:
+                            chunks, done = assembler.feed_events(payloads)
+                            for chunk in chunks:
                                 started = True
                                 yield chunk
+                            if done:
+                                break
+                    finally:
+                        response.close()
                     yield assembler.last()
                     return
-                except httpx.TimeoutException as exc:
-                    if isinstance(exc, httpx.ConnectTimeout):
-                        raise Unavailable(f"the {self.kind} engine did not accept the connection") from exc
-                    raise DeadlineExceeded("the request's deadline passed while the engine generated") from exc
-                except httpx.TransportError as exc:
-                    lost = f"lost the connection to the {self.kind} engine: {exc or type(exc).__name__}"
+                except ConnectTimedOut as exc:
+                    raise Unavailable(f"the {self.kind} engine did not accept the connection") from exc
+                except EngineHTTPError as exc:
+                    lost = f"lost the connection to the {self.kind} engine: {exc}"
                     if started:
                         raise Unavailable(lost) from exc
                     # Nothing reached the client: if the engine just died, wait for its restart and send the
@@ -204,7 +214,7 @@ class HttpEngine(Engine):
                         log.warning("the engine died before answering a request; waiting for its restart")
                         await self.server.wait_serving(request.deadline)
                         continue
-                    await self._explain_broken_stream(body, oai.endpoint(request), param)
+                    await self._explain_broken_stream(body, path, param)
                     raise Unavailable(lost) from exc
 
     def _check_tool_use(self, use: ToolUse) -> None:
@@ -224,29 +234,33 @@ class HttpEngine(Engine):
             message = f"the {self.kind} engine does not serve tool_choice {use.choice}"
         raise UnsupportedValue(message, param="tool_choice")
 
-    @contextlib.asynccontextmanager
-    async def _open(self, path: str, body: dict[str, Any], timeout: float | None) -> AsyncIterator[httpx.Response]:
-        """The streamed response to a request, its headers awaited within the first-token bound (an engine that
-        accepts the connection and then says nothing is `Stalled`); `timeout` (the deadline) bounds every read."""
-        client = self.server.client
-        request = client.build_request("POST", path, json=body, timeout=httpx.Timeout(5.0, read=timeout))
+    async def _open(self, path: str, payload: bytes, deadline: float | None) -> SseResponse:
+        """The streamed response to a request, its head awaited within the first-token bound (an engine that
+        accepts the connection and then says nothing is `Stalled`) and the request's deadline."""
         bound = self.server.options.first_token_timeout_s
+        limit, by_deadline = _within(bound, deadline)
         try:
-            async with asyncio.timeout(bound):
-                response = await client.send(request, stream=True)
+            async with asyncio.timeout(limit):
+                return await self.server.streams.open_stream(path, payload)
         except TimeoutError:
+            if by_deadline:
+                raise DeadlineExceeded("the request's deadline passed while the engine generated") from None
             raise Stalled(f"the {self.kind} engine did not answer within {bound:g}s") from None
-        try:
-            yield response
-        finally:
-            await response.aclose()
 
-    async def _next(self, payloads: AsyncIterator[str], bound: float, stalled: str) -> str | None:
-        """The next SSE payload (None at the end of the stream), within `bound` seconds; `Stalled` past it."""
+    async def _next(
+        self, response: SseResponse, bound: float, stalled: str, deadline: float | None
+    ) -> list[bytes] | None:
+        """The SSE payloads that arrived since the last call, at least one (None at the end of the stream),
+        within `bound` seconds (`Stalled` past it) and the request's deadline (`DeadlineExceeded`)."""
+        if response.has_events:  # the common case under load: no timer to arm
+            return await response.events()
+        limit, by_deadline = _within(bound, deadline)
         try:
-            async with asyncio.timeout(bound):
-                return await anext(payloads, None)
+            async with asyncio.timeout(limit):
+                return await response.events()
         except TimeoutError:
+            if by_deadline:
+                raise DeadlineExceeded("the request's deadline passed while the engine generated") from None
             log.warning("engine stream stalled", extra={"engine": self.kind, "bound_s": bound})
             raise Stalled(f"the {self.kind} engine {stalled} {bound:g}s") from None
 

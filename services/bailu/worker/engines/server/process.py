@@ -30,6 +30,7 @@ from bailu.common.errors import Unavailable
 from bailu.worker.engines.adapters import engine_adapter_name
 from bailu.worker.engines.server.dialects import Dialect, LaunchConfig
 from bailu.worker.engines.server.engine_metrics import EngineLoad, EngineMetricsCollector, parse_engine_metrics
+from bailu.worker.engines.server.sse_client import SseConnectionPool
 from bailu.worker.engines.server.supervisor import EngineState, EngineSupervisor
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,10 @@ class EngineServer:
             stop_grace_s=options.stop_grace_s,
         )
         self._client: httpx.AsyncClient | None = None
+        # Generation streams (the per-token path) on their own lean client, at the server's current address.
+        self.streams = SseConnectionPool(
+            lambda: (self.config.host, self.config.port), max_idle=config.max_batch_size + 8
+        )
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -145,6 +150,7 @@ class EngineServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scraper
         await self.supervisor.stop()
+        self.streams.close_idle()
         if self._client is not None:
             await self._client.aclose()
 
