@@ -10,6 +10,9 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 # litellm for the client compatibility suite, installed without its dependencies (pyproject.toml's dev extra says why).
 LITELLM_SPEC ?= litellm==1.110.2
+# The relay benchmark's peers (make bench-relay-peer), each in its own virtual environment under .cache/.
+ROUTER_SPEC ?= vllm-router==0.1.17
+AIPERF_SPEC ?= aiperf==0.13.0
 MODEL_DIR ?= .cache/models/smollm2-135m-instruct
 TINY_DIR ?= .cache/models/tiny-llama
 STAMP := $(VENV)/.installed
@@ -25,7 +28,7 @@ DOCKER ?= docker
 
 .PHONY: help setup system-deps model tiny-model dev test test-unit test-integration test-e2e test-faults \
         check lint lint-docker security format typecheck docs proto proto-check bench bench-loop bench-soak \
-        bench-admission bench-memory bench-structured check-engines images clean
+        bench-admission bench-memory bench-structured bench-relay bench-relay-peer check-engines images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -133,6 +136,15 @@ bench-admission: $(STAMP) ## Admission control off vs on: interactive (TTFT dead
 
 bench-structured: $(STAMP) model ## Structured outputs' cost: SmolLM2 tokens/s with and without a JSON Schema, one run (~3 min)
 	$(PY) -m bench.structured
+
+bench-relay: $(STAMP) ## Engine-server relay: direct vs worker vs gateway (and vllm-router, AIPerf if make bench-relay-peer ran) at 1/16/64 streams, CPU per token, py-spy profile (~4 min)
+	$(PY) -m bench.relay --profile --aiperf auto
+
+bench-relay-peer: ## Install bench-relay's peers into .cache/, each in its own venv: vllm-router (Rust, ~130 MB) and AIPerf (~1.2 GB)
+	test -x .cache/vllm-router/bin/python || $(PYTHON) -m venv .cache/vllm-router
+	.cache/vllm-router/bin/pip install -q "$(ROUTER_SPEC)"
+	test -x .cache/aiperf/bin/python || $(PYTHON) -m venv .cache/aiperf
+	.cache/aiperf/bin/pip install -q "$(AIPERF_SPEC)"
 
 check-engines: $(STAMP) ## The dialects against vLLM/SGLang/LmDeploy's own parsers, models, routes and metrics at the pins (installs each into .cache/engines/, ~25 GB; not in test or check)
 	$(PY) -m bailu.dev.check_engines --install

@@ -378,6 +378,49 @@ def start_transformers_worker(
     return _start_worker(group, name, env, settings, ready_timeout=ready_timeout)
 
 
+def start_engine_server_worker(
+    group: ServiceGroup,
+    name: str,
+    engine: str,
+    model: str,
+    model_path: Path,
+    executable: str,
+    settings: dict[str, str],
+    *,
+    ready_timeout: float = 120,
+) -> WorkerProcess:
+    """Start `python -m bailu.worker` on an engine server (`engine`: vllm, sglang, lmdeploy or swift) whose
+    command is `executable` (BAILU_WORKER_ENGINE_EXECUTABLE: a stand-in such as bench/standin_engine.py),
+    serving the checkpoint directory `model_path` as `model`, without LoRA support, on free ports (others if
+    they were taken meanwhile), logging at WARNING to bench/results/<name>.log; `settings` are more
+    BAILU_WORKER_* variables, without the prefix. Ready once the engine server answers its health endpoint.
+    Stopped with the group (the worker stops its engine server)."""
+    env = {
+        "BAILU_WORKER_ENGINE": engine,
+        "BAILU_WORKER_MODEL_PATH": str(model_path),
+        "BAILU_WORKER_MODEL_NAME": model,
+        "BAILU_WORKER_ENGINE_EXECUTABLE": executable,
+        "BAILU_WORKER_MAX_LORAS": "0",
+        "BAILU_WORKER_LOG_LEVEL": "WARNING",
+    }
+    return _start_worker(group, name, env, settings, ready_timeout=ready_timeout)
+
+
+def child_processes(pid: int) -> list[tuple[int, list[str]]]:
+    """(pid, command line) of the processes whose parent is `pid`, now."""
+    found: list[tuple[int, list[str]]] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        found.append((int(stat.parent.name), [a.decode(errors="replace") for a in argv]))
+    return found
+
+
 # ---------------------------------------------------------------------------------------------
 # Statistics
 
