@@ -1,20 +1,27 @@
-"""Feedback ingestion, end to end: client -> POST /v1/feedback -> Redis stream -> collector -> dataset shards.
+"""Feedback ingestion, end to end: client -> POST /v1/feedback (one event per request) or
+/v1/feedback/batch (many) -> Redis stream -> collector -> dataset shards.
 
 A redis-server (append-only file, fsync every second, as the chart runs it), the gateway (no workers:
 feedback needs none) and the collector run as subprocesses. Setup (not timed) writes completion records
-straight into Redis, as the gateway's completion log would, owned by the benchmark's API key. Then:
+straight into Redis, as the gateway's completion log would, owned by the benchmark's API key. Then, for
+each mode in turn (default: single, then batch; each measured and drained on its own):
 
-    load        a fixed number of `edit` events (each with a unique edited text and an Idempotency-Key),
-                posted by N keep-alive HTTP/1.1 connections in a closed loop (bench.sse_client)
+    load        a fixed number of `edit` events (each with a unique edited text), posted by N keep-alive
+                HTTP/1.1 connections in a closed loop (bench.sse_client): single, one per request with an
+                Idempotency-Key; batch, --batch-size per request, each with its feedback_id
     end to end  from the first POST until the collector's group has nothing pending and no lag; every
-                accepted event id is then looked for in the dataset shards' meta.json files
+                accepted event id is then looked for in the dataset shards' meta.json files (0 lost, 0
+                duplicated)
     ceiling     redis-benchmark XADD of an event-sized payload against the same redis-server, without and
-                with pipelining, and the gateway's own record-once script (EVALSHA)
+                with pipelining, and the gateway's own record-once script (EVALSHA) for one event and for
+                a batch of 256
 
 with the CPU time of every process (client, gateway, collector, redis) during the load and the drain.
 
-    python -m bench.feedback_ingestion             # writes bench/results/feedback_ingestion.json
-    python -m bench.feedback_ingestion --profile   # and where the gateway and the collector spend it (py-spy)
+    python -m bench.feedback_ingestion                  # writes bench/results/feedback_ingestion.json
+    python -m bench.feedback_ingestion --modes batch --batch-size 64
+    python -m bench.feedback_ingestion --profile        # and where the gateway and the collector spend it
+                                                        # (py-spy, if installed)
 """
 
 from __future__ import annotations
@@ -24,11 +31,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -44,7 +46,6 @@ from bailu.common import redis_keys
 from bailu.common.records import DATA_FIELD, Choice, CompletionRecord, FeedbackEvent, ResponseRef, prompt_hash
 from bailu.datasets.format import PREFERENCE, SFT
 from bailu.gateway.auth import KeyStore
-from bailu.gateway.feedback import _RECORD_ONCE  # the gateway's own script, for the ceiling it is measured against
 from bailu.gateway.settings import GatewaySettings
 from bailu.keys.model import hash_key, new_key
 from bench.common import (
@@ -66,6 +67,15 @@ from bench.common import (
     table,
     write_results,
 )
+from bench.feedback_ceiling import (
+    CEILING_BATCH,
+    CEILING_BATCH_REQUESTS,
+    CEILING_CLIENTS,
+    CEILING_PIPELINE,
+    CEILING_REQUESTS,
+    ceiling,
+)
+from bench.pyspy import Profiler
 from bench.sse_client import HttpError, SseClient
 
 NAME = "feedback_ingestion"
@@ -79,21 +89,15 @@ DRAIN_CAP_S = 60.0  # wait at most this long after the load for the collector to
 POLL_S = 0.01  # how often the end of the drain is checked
 TIMELINE_S = 0.5  # how often progress (accepted, committed, backlog) is sampled during the load
 REQUEST_TIMEOUT_S = 30.0
+PROCESSES = ("client", "gateway", "collector", "redis")
 TARGET_EVENTS_PER_S = 5_000
 # An edit yields one SFT example (the edited text) and one preference pair (edited over original).
 RECORDS_PER_EDIT = {SFT: 1, PREFERENCE: 1}
-CEILING_REQUESTS = 100_000
-CEILING_CLIENTS = 50
-CEILING_PIPELINE = 16
-# Library frames whose inclusive share says where a request's time goes (with --profile).
-PROFILE_ENTRY_POINTS = (
-    "RequestResponseCycle.run_asgi",  # uvicorn: the whole ASGI app, middleware included
-    "get_request_handler.<locals>.app",  # FastAPI: body parsing, validation, the endpoint, serialisation
-    "run_endpoint_function",  # FastAPI: the endpoint itself
-    "Response.__call__",  # Starlette: sending the response
-    "Redis.execute_command",  # redis-py: one command, round trip included
-    "AsyncScript.__call__",  # redis-py: EVALSHA of a registered script
-)
+SINGLE_PATH = "/v1/feedback"
+BATCH_PATH = "/v1/feedback/batch"
+BATCH_SIZE = 256  # events per batch request (the gateway's default limit)
+BATCH_EVENTS = 60_000
+BATCH_CONCURRENCY = 8
 
 
 def letters(n: int, width: int = 5) -> str:
@@ -117,7 +121,7 @@ def edited_text(n: int) -> str:
 
 def key_id_of(key: str) -> str:
     """The id the gateway gives requests with this key (what `KeyStore.verify` answers: a hash prefix)."""
-    return KeyStore([hash_key(key)]).verify(f"Bearer {key}")
+    return KeyStore([hash_key(key)]).verify(f"Bearer {key}").id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,42 +168,77 @@ def seed_completions(client: Redis, key_id: str, count: int) -> list[str]:
 
 @dataclass
 class Feed:
-    """Edit events first..first+count-1, bodies built before the load; what the gateway answered."""
+    """Edit events first..first+count-1, bodies built before the load, posted one per request to
+    /v1/feedback (batch_size 1, an Idempotency-Key header each) or batch_size per request to
+    /v1/feedback/batch (a feedback_id each); what the gateway answered, per event."""
 
     http: SseClient
     api_key: str
     response_ids: list[str]
     first: int
     count: int
+    batch_size: int = 1
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    bodies: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # one per request
     accepted: dict[int, str] = field(default_factory=dict)  # event index -> feedback id
-    statuses: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)  # per event: its status, or the request's error
 
     def __post_init__(self) -> None:
+        events = []
         for n in range(self.first, self.first + self.count):
             rid = self.response_ids[n % len(self.response_ids)]
-            body = {"type": "edit", "response_id": rid, "edited_text": edited_text(n)}
-            self.bodies.append(json.dumps(body, separators=(",", ":")).encode())
+            event = {"type": "edit", "response_id": rid, "edited_text": edited_text(n)}
+            if self.batch_size > 1:
+                event["feedback_id"] = self.idempotency(n)
+            events.append(event)
+        if self.batch_size == 1:
+            self.bodies = [json.dumps(e, separators=(",", ":")).encode() for e in events]
+        else:
+            for i in range(0, len(events), self.batch_size):
+                batch = {"events": events[i : i + self.batch_size]}
+                self.bodies.append(json.dumps(batch, separators=(",", ":")).encode())
+
+    @property
+    def requests(self) -> int:
+        return len(self.bodies)
+
+    @property
+    def path(self) -> str:
+        return BATCH_PATH if self.batch_size > 1 else SINGLE_PATH
+
+    def idempotency(self, n: int) -> str:
+        return f"bench-{self.run}-{n}"
 
     async def one(self, index: int) -> StreamResult:
-        """POST event `index`; ok when accepted (202). The id the gateway gave it is kept."""
+        """POST request `index`; ok when every event in it was accepted (202). Their ids are kept;
+        `tokens` of the result: events accepted."""
         start = time.perf_counter()
-        headers = {"Idempotency-Key": f"bench-{self.run}-{self.first + index}"}
+        first = index * self.batch_size
+        size = min(self.batch_size, self.count - first)
+        headers = {} if self.batch_size > 1 else {"Idempotency-Key": self.idempotency(self.first + index)}
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):  # no task per request, unlike wait_for
-                status, body = await self.http.post("/v1/feedback", self.bodies[index], self.api_key, headers)
+                status, body = await self.http.post(self.path, self.bodies[index], self.api_key, headers)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, HttpError, ValueError) as exc:
-            self.statuses[type(exc).__name__] += 1
+            self.statuses[type(exc).__name__] += size
             return StreamResult(False, None, time.perf_counter() - start, 0, f"{type(exc).__name__}: {exc}", 0, start)
         elapsed = time.perf_counter() - start
-        self.statuses[str(status)] += 1
-        if status != 202:
-            return StreamResult(
-                False, None, elapsed, 0, f"http {status}: {body[:200].decode(errors='replace')}", 0, start
-            )
-        self.accepted[index] = body.split(b'"id":"', 1)[1].split(b'"', 1)[0].decode()
-        return StreamResult(True, None, elapsed, 1, None, 0.0, start)
+        if self.batch_size == 1 or status != 200:
+            self.statuses[str(status)] += size
+            if status != 202 or self.batch_size > 1:
+                refused = f"http {status}: {body[:200].decode(errors='replace')}"
+                return StreamResult(False, None, elapsed, 0, refused, 0, start)
+            self.accepted[index] = json.loads(body)["id"]
+            return StreamResult(True, None, elapsed, 1, None, 0.0, start)
+        results = json.loads(body)["data"]
+        for result in results:
+            self.statuses[str(result["status"])] += 1
+            if result["status"] == 202:
+                self.accepted[first + result["index"]] = result["id"]
+        ok = len(results) == size and all(r["status"] == 202 for r in results)
+        error = None if ok else f"events not accepted: {Counter(r['status'] for r in results)}"
+        accepted = sum(r["status"] == 202 for r in results)
+        return StreamResult(ok, None, elapsed, accepted, error, 0.0, start)
 
 
 async def group_state(client: aioredis.Redis) -> dict[str, int]:
@@ -244,11 +283,21 @@ async def sample_timeline(client: aioredis.Redis, feed: Feed, start: float, out:
         )
 
 
-@dataclass
-class Run:
-    """What the measured load and drain gave (times are time.perf_counter() values)."""
+@dataclass(frozen=True)
+class Mode:
+    """One measured phase: events posted one per request (batch_size 1) or in batches."""
 
-    warmup: dict[str, Any]
+    name: str
+    batch_size: int
+    events: int
+    concurrency: int
+
+
+@dataclass
+class Phase:
+    """What one measured load and its drain gave (times are time.perf_counter() values)."""
+
+    mode: Mode
     feed: Feed
     block: BlockResult
     first_post: float
@@ -258,7 +307,14 @@ class Run:
     group_at_end: dict[str, int]
     timeline: list[dict[str, Any]]
     cpu: dict[str, dict[str, float | None]]  # load, drain, total
+    commandstats: dict[str, Any]
     profiles: dict[str, Any] | None
+
+
+@dataclass
+class Run:
+    warmup: dict[str, Any]
+    phases: dict[str, Phase]
 
 
 async def measure(
@@ -268,136 +324,89 @@ async def measure(
     response_ids: list[str],
     pids: dict[str, int],
     profile_dir: Path | None,
+    modes: list[Mode],
 ) -> Run:
     http = SseClient("127.0.0.1", gateway_port)
     client = aioredis.Redis.from_url(redis_url)
-    meter = CpuMeter(pids)
     try:
-        # Warm-up: open the connections, warm both services' code paths; wait until all of it is committed.
-        warm = Feed(http, api_key, response_ids, 0, WARMUP_EVENTS)
+        # Warm-up: open the connections, warm both services' code paths (each mode's); wait until all of it
+        # is committed.
         started = time.monotonic()
-        block = await run_closed_loop(warm.one, concurrency=CONCURRENCY, count=warm.count, max_seconds=LOAD_CAP_S)
-        drained_at, _ = await wait_committed(client, DRAIN_CAP_S)
-        warmup = {
-            "events": len(block.results),
-            "accepted": len(warm.accepted),
-            "statuses": dict(warm.statuses),
-            "committed": drained_at is not None,
-            "wall_s": round(time.monotonic() - started, 2),
-        }
-        print(f"warm-up: {len(warm.accepted)}/{len(block.results)} accepted in {warmup['wall_s']}s", flush=True)
-        await client.config_resetstat()  # Redis's per-command statistics cover the measured run only
-
-        feed = Feed(http, api_key, response_ids, WARMUP_EVENTS, EVENTS)
-        timeline: list[dict[str, Any]] = []
-        cpu: dict[str, dict[str, float | None]] = {}
-        profiler = None
-        if profile_dir is not None:
-            profiler = Profiler({n: pids[n] for n in ("gateway", "collector")}, profile_dir)
-            profiler.start()
-            await asyncio.sleep(1.0)  # py-spy attaches
-        meter.start()
-        sampler = asyncio.create_task(sample_timeline(client, feed, time.perf_counter(), timeline))
-        block = await run_closed_loop(feed.one, concurrency=CONCURRENCY, count=feed.count, max_seconds=LOAD_CAP_S)
-        load_end = time.perf_counter()
-        cpu["load"] = meter.stop()
-        profiles = profiler.stop() if profiler is not None else None
-        meter.start()
-        sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampler
-        at_load_end = await group_state(client)
-        committed_at, final_state = await wait_committed(client, DRAIN_CAP_S)
-        cpu["drain"] = meter.stop()
-        cpu["total"] = {}
-        meter.add(cpu["total"], cpu["load"])
-        meter.add(cpu["total"], cpu["drain"])
-        print(f"load: {len(feed.accepted)}/{len(block.results)} accepted in {block.wall_s:.1f}s", flush=True)
+        first = 0
+        warmup: dict[str, Any] = {}
+        for mode in modes:
+            warm = Feed(http, api_key, response_ids, first, WARMUP_EVENTS, mode.batch_size)
+            first += warm.count
+            await run_closed_loop(warm.one, concurrency=mode.concurrency, count=warm.requests, max_seconds=LOAD_CAP_S)
+            drained_at, _ = await wait_committed(client, DRAIN_CAP_S)
+            warmup[mode.name] = {
+                "events": warm.count,
+                "accepted": len(warm.accepted),
+                "statuses": dict(warm.statuses),
+                "committed": drained_at is not None,
+            }
+            print(f"warm-up {mode.name}: {len(warm.accepted)}/{warm.count} accepted", flush=True)
+        warmup["wall_s"] = round(time.monotonic() - started, 2)
+        phases = {}
+        for mode in modes:
+            phases[mode.name] = await measure_phase(http, client, api_key, response_ids, pids, profile_dir, mode, first)
+            first += mode.events
     finally:
         await http.close()
         await client.aclose()
-    first_post = min((r.started_at for r in block.results), default=load_end)
-    return Run(
-        warmup, feed, block, first_post, load_end, committed_at, at_load_end, final_state, timeline, cpu, profiles
-    )
+    return Run(warmup, phases)
 
 
-# ---------------------------------------------------------------------------------------------
-# Optional: py-spy profiles of the gateway and the collector during the load (--profile)
-
-
-@dataclass
-class Profiler:
-    """`py-spy record` (raw collapsed stacks, sampled without pausing the process) of named processes."""
-
-    pids: dict[str, int]
-    out_dir: Path
-    rate: int = 100
-    running: dict[str, tuple[subprocess.Popen[bytes], Path]] = field(default_factory=dict)
-
-    @staticmethod
-    def binary() -> str | None:
-        beside = Path(sys.executable).with_name("py-spy")
-        return str(beside) if beside.exists() else shutil.which("py-spy")
-
-    def start(self) -> None:
-        binary = self.binary()
-        if binary is None:
-            return
-        for name, pid in self.pids.items():
-            path = self.out_dir / f"{name}.pyspy.txt"
-            argv = [binary, "record", "--pid", str(pid), "--rate", str(self.rate), "--format", "raw"]
-            argv += ["--nonblocking", "--output", str(path)]
-            popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            self.running[name] = (popen, path)
-
-    def stop(self, top: int = 15) -> dict[str, Any]:
-        """Stop recording (py-spy writes its file on SIGINT) and summarise each profile."""
-        if not self.running and self.binary() is None:
-            return {"error": "py-spy not found"}
-        out: dict[str, Any] = {}
-        for name, (popen, path) in self.running.items():
-            popen.send_signal(signal.SIGINT)
-            try:
-                popen.wait(30)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
-            out[name] = summarize_profile(path, top) if path.exists() else {"error": f"py-spy exit {popen.returncode}"}
-        self.running.clear()
-        return out
-
-
-def summarize_profile(path: Path, top: int) -> dict[str, Any]:
-    """Shares of the samples by function: where it was running (self) and what was on the stack (inclusive)."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        # "func (path/to/file.py:123)" -> "func (path/to/file.py)"; the first frame names the thread
-        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")[1:]]
-        if not frames:
-            continue
-        total += int(count)
-        own[frames[-1]] += int(count)
-        for frame in set(frames):
-            inclusive[frame] += int(count)
-
-    def shares(counter: Counter[str]) -> dict[str, float]:
-        return {f: round(100 * n / total, 1) for f, n in counter.most_common(top)} if total else {}
-
-    ours = Counter({f: n for f, n in inclusive.items() if "(bailu/" in f and "__main__.py" not in f})
-    return {
-        "samples": total,
-        "self_percent": shares(own),
-        "inclusive_percent_bailu": shares(ours),
-        "inclusive_percent_entry_points": shares(
-            Counter({f: n for f, n in inclusive.items() if f.split(" (")[0] in PROFILE_ENTRY_POINTS})
-        ),
+async def measure_phase(
+    http: SseClient,
+    client: aioredis.Redis,
+    api_key: str,
+    response_ids: list[str],
+    pids: dict[str, int],
+    profile_dir: Path | None,
+    mode: Mode,
+    first: int,
+) -> Phase:
+    """One mode's load (events first.. of the dataset) and the drain after it, with the CPU of each process."""
+    meter = CpuMeter(pids)
+    await client.config_resetstat()  # Redis's per-command statistics cover this phase only
+    feed = Feed(http, api_key, response_ids, first, mode.events, mode.batch_size)
+    timeline: list[dict[str, Any]] = []
+    cpu: dict[str, dict[str, float | None]] = {}
+    profiler = None
+    if profile_dir is not None:
+        profiler = Profiler({n: pids[n] for n in ("gateway", "collector")}, profile_dir / mode.name)
+        profiler.out_dir.mkdir()
+        profiler.start()
+        await asyncio.sleep(1.0)  # py-spy attaches
+    meter.start()
+    sampler = asyncio.create_task(sample_timeline(client, feed, time.perf_counter(), timeline))
+    block = await run_closed_loop(feed.one, concurrency=mode.concurrency, count=feed.requests, max_seconds=LOAD_CAP_S)
+    load_end = time.perf_counter()
+    cpu["load"] = meter.stop()
+    meter.start()
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
+    at_load_end = await group_state(client)
+    committed_at, final_state = await wait_committed(client, DRAIN_CAP_S)
+    cpu["drain"] = meter.stop()
+    # The load and the drain: the collector may still be committing the load's events after it.
+    profiles = profiler.stop() if profiler is not None else None
+    cpu["total"] = {}
+    meter.add(cpu["total"], cpu["load"])
+    meter.add(cpu["total"], cpu["drain"])
+    stats: dict[str, Any] = await client.info("commandstats")
+    commandstats = {
+        name.removeprefix("cmdstat_"): {k: v[k] for k in ("calls", "usec", "usec_per_call") if k in v}
+        for name, v in sorted(stats.items(), key=lambda kv: -float(kv[1].get("usec", 0)))
     }
+    print(f"{mode.name}: {len(feed.accepted)}/{feed.count} accepted in {block.wall_s:.1f}s", flush=True)
+    first_post = min((r.started_at for r in block.results), default=load_end)
+    return Phase(
+        mode, feed, block, first_post, load_end, committed_at, at_load_end, final_state, timeline, cpu, commandstats,
+        profiles,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,69 +464,15 @@ def check_dataset(per_event: dict[str, Counter[str]], accepted: set[str], warmup
 
 
 def redis_report(client: Redis) -> dict[str, Any]:
-    """Redis's per-command statistics since the reset after the warm-up, persistence and memory."""
-    stats: dict[str, Any] = client.info("commandstats")
+    """Redis's persistence and memory at the end (per-command statistics are per phase)."""
     persistence: dict[str, Any] = client.info("persistence")
     keep = ("aof_enabled", "aof_last_write_status", "aof_rewrites", "rdb_saves", "aof_current_size")
     return {
-        "commandstats": {
-            name.removeprefix("cmdstat_"): {k: v[k] for k in ("calls", "usec", "usec_per_call") if k in v}
-            for name, v in sorted(stats.items(), key=lambda kv: -float(kv[1].get("usec", 0)))
-        },
         "persistence": {k: persistence.get(k) for k in keep},
         "total_forks": client.info("stats").get("total_forks"),
         "used_memory_human": client.info("memory").get("used_memory_human"),
         "config": {k: v for name in ("save", "appendfsync", "appendonly") for k, v in client.config_get(name).items()},
     }
-
-
-def redis_benchmark(port: int, pid: int, args: list[str]) -> dict[str, Any]:
-    """One redis-benchmark run (quiet mode): requests/s, p50 latency, and the CPU redis-server used."""
-    binary = shutil.which("redis-benchmark")
-    if binary is None:
-        return {"error": "redis-benchmark not found"}
-    argv = [binary, "-h", "127.0.0.1", "-p", str(port), "-n", str(CEILING_REQUESTS), "-c", str(CEILING_CLIENTS)]
-    argv += ["-q", *args]
-    meter = CpuMeter({"redis": pid})
-    meter.start()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    cpu = meter.stop()
-    rates = re.findall(r"([\d.]+) requests per second", done.stdout)
-    p50 = re.findall(r"p50=([\d.]+) msec", done.stdout)
-    shown = [a if len(a) <= 40 else f"<{len(a)} bytes>" for a in argv]
-    return {
-        "command": " ".join(shown),
-        "requests_per_s": float(rates[-1]) if rates else None,
-        "p50_ms": float(p50[-1]) if p50 else None,
-        "exit_code": done.returncode,
-        "stderr": done.stderr.strip()[-500:] or None,
-        "cpu": cpu,
-        "redis_cores": rnd((cpu.get("redis_cpu_s") or 0) / float(cpu["wall_s"] or 1), 2),
-    }
-
-
-def ceiling(client: Redis, port: int, pid: int, payload: str, key_id: str) -> dict[str, Any]:
-    """redis-benchmark against the same server: XADD of an event-sized payload (plain and pipelined),
-    and the gateway's record-once script (GET idempotency key, XADD, SET) with fresh keys."""
-    stream = "bench:ceiling"
-    runs: dict[str, Any] = {}
-    forks_before = client.info("stats").get("total_forks")
-    runs["xadd"] = redis_benchmark(port, pid, ["XADD", stream, "*", DATA_FIELD, payload])
-    client.delete(stream)
-    runs[f"xadd_pipelined_{CEILING_PIPELINE}"] = redis_benchmark(
-        port, pid, ["-P", str(CEILING_PIPELINE), "XADD", stream, "*", DATA_FIELD, payload]
-    )
-    client.delete(stream)
-    sha = str(client.script_load(_RECORD_ONCE))
-    idem = redis_keys.idempotency_key(key_id, "ceiling-__rand_int__")
-    runs["record_once_script"] = redis_benchmark(
-        port,
-        pid,
-        ["-r", "1000000000", "EVALSHA", sha, "2", stream, idem, "fb-x", "0" * 16, payload, "86400", DATA_FIELD],
-    )
-    client.delete(stream)
-    runs["forks_during_ceiling_runs"] = (client.info("stats").get("total_forks") or 0) - (forks_before or 0)
-    return runs
 
 
 def sample_event_json(key_id: str, response_id: str) -> str:
@@ -611,44 +566,122 @@ def bottleneck_notes(load: dict[str, Any], e2e: dict[str, Any], ceiling_runs: di
     return notes
 
 
+def phase_report(
+    phase: Phase,
+    per_event: dict[str, Counter[str]],
+    batches: list[set[str]],
+    others: set[str],
+    nproc: int,
+    ceiling_runs: dict[str, Any],
+) -> dict[str, Any]:
+    """The figures of one phase: its load, its end to end (with the dataset checks of its events), notes."""
+    feed, block, cpu = phase.feed, phase.block, phase.cpu
+    accepted = len(feed.accepted)
+    accepted_ids = set(feed.accepted.values())
+    acceptance = accepted / block.wall_s if block.wall_s else None
+    e2e_s = phase.committed_at - phase.first_post if phase.committed_at is not None else None
+    e2e_rate = accepted / e2e_s if e2e_s else None
+    plain = ceiling_runs["xadd"].get("requests_per_s")
+    pipelined = ceiling_runs[f"xadd_pipelined_{CEILING_PIPELINE}"].get("requests_per_s")
+    load = {
+        "route": feed.path,
+        "events_per_request": feed.batch_size,
+        "concurrency": phase.mode.concurrency,
+        "events_planned": feed.count,
+        "requests_sent": len(block.results),
+        "accepted": accepted,
+        "statuses": dict(feed.statuses),
+        "errors_by_status": {s: n for s, n in feed.statuses.items() if s != "202"},
+        "errors": error_summary(block.results),
+        "wall_s": round(block.wall_s, 3),
+        "acceptance_events_per_s": rnd(acceptance, 1),
+        "requests_per_s": rnd(len(block.results) / block.wall_s if block.wall_s else None, 1),
+        "latency_ms": distribution_ms([r.total_s for r in block.results if r.ok]),
+        "cpu": cpu["load"],
+        "cores": cores(cpu["load"]),
+        "cpu_us_per_event": cpu_per_token_us(cpu["load"], accepted),
+        "bounds_events_per_s": bounds(cpu["load"], accepted, nproc),
+        "timeline": phase.timeline,
+    }
+    if phase.profiles is not None:
+        load["profiles"] = phase.profiles
+    e2e = {
+        "time_s": rnd(e2e_s, 3),
+        "events_per_s": rnd(e2e_rate, 1),
+        "target_events_per_s": TARGET_EVENTS_PER_S,
+        "target_met": e2e_rate is not None and e2e_rate >= TARGET_EVENTS_PER_S,
+        "drain_s": rnd(phase.committed_at - phase.load_end, 3) if phase.committed_at else None,
+        "committed_within_cap": phase.committed_at is not None,
+        "group_at_load_end": phase.group_at_load_end,
+        "group_at_end": phase.group_at_end,
+        **check_dataset(per_event, accepted_ids, others),
+        "batch_sizes": batch_sizes(batches, accepted_ids),
+        "ratio_to_ceiling": rnd(e2e_rate / plain, 3) if e2e_rate and plain else None,
+        "ratio_to_pipelined_ceiling": rnd(e2e_rate / pipelined, 3) if e2e_rate and pipelined else None,
+        "cpu_drain": cpu["drain"],
+        "cpu_total": cpu["total"],
+        "cores_total": cores(cpu["total"]),
+        "cpu_us_per_event_total": cpu_per_token_us(cpu["total"], accepted),
+    }
+    notes = bottleneck_notes(load, e2e, ceiling_runs, nproc)
+    return {"load": load, "end_to_end": e2e, "redis_commandstats": phase.commandstats, "notes": notes}
+
+
 def print_table(results: dict[str, Any]) -> None:
-    load, e2e, ceil = results["load"], results["end_to_end"], results["ceiling"]
-    pipelined = ceil.get(f"xadd_pipelined_{CEILING_PIPELINE}", {}).get("requests_per_s")
+    runs, ceil = results["runs"], results["ceiling"]
+    names = list(runs)
+
+    def row(label: str, get: Any) -> list[Any]:
+        return [label, *(get(runs[n]["load"], runs[n]["end_to_end"]) for n in names)]
+
     rows = [
-        ["accepted (202) / sent", f"{load['accepted']}/{load['sent']}"],
-        ["errors by status", load["errors_by_status"] or "none"],
-        ["acceptance rate (events/s)", load["acceptance_events_per_s"]],
-        ["latency p50 / p99 (ms)", f"{load['latency_ms']['p50']} / {load['latency_ms']['p99']}"],
-        ["end to end (s)", e2e["time_s"]],
-        ["end to end (events/s)", e2e["events_per_s"]],
-        [f"target {TARGET_EVENTS_PER_S} events/s met", e2e["target_met"]],
-        ["lost / duplicates", f"{e2e['lost']} / {e2e['duplicates']}"],
-        ["ceiling XADD (req/s)", ceil.get("xadd", {}).get("requests_per_s")],
-        [f"ceiling XADD -P {CEILING_PIPELINE} (req/s)", pipelined],
-        ["ceiling record-once script (req/s)", ceil.get("record_once_script", {}).get("requests_per_s")],
-        ["end to end / XADD ceiling", e2e["ratio_to_ceiling"]],
-        [f"end to end / XADD -P {CEILING_PIPELINE} ceiling", e2e["ratio_to_pipelined_ceiling"]],
-        *[[f"cores during load: {k}", v] for k, v in load["cores"].items() if not k.startswith("other:")],
-        *[[f"bound (events/s): {k}", v] for k, v in load["bounds_events_per_s"].items()],
+        row("route (events per request)", lambda ld, e: f"{ld['route']} ({ld['events_per_request']})"),
+        row("accepted (202) / planned", lambda ld, e: f"{ld['accepted']}/{ld['events_planned']}"),
+        row("errors by status", lambda ld, e: ld["errors_by_status"] or "none"),
+        row("acceptance rate (events/s)", lambda ld, e: ld["acceptance_events_per_s"]),
+        row("request latency p50 / p99 (ms)", lambda ld, e: f"{ld['latency_ms']['p50']} / {ld['latency_ms']['p99']}"),
+        row("end to end (s)", lambda ld, e: e["time_s"]),
+        row("end to end (events/s)", lambda ld, e: e["events_per_s"]),
+        row(f"target {TARGET_EVENTS_PER_S} events/s met", lambda ld, e: e["target_met"]),
+        row("lost / duplicates", lambda ld, e: f"{e['lost']} / {e['duplicates']}"),
+        row("collector batch mean (events)", lambda ld, e: e["batch_sizes"]["events_per_batch_mean"]),
+        *[row(f"CPU us/event (+drain): {k}", lambda ld, e, k=k: e["cpu_us_per_event_total"].get(k)) for k in PROCESSES],
+        *[row(f"cores during load: {k}", lambda ld, e, k=k: ld["cores"].get(k)) for k in (*PROCESSES, "machine_busy")],
     ]
     print()
-    print(table(["figure", "value"], rows))
+    print(table(["figure", *names], rows))
+    print()
+    ceiling_rows = [
+        [name, run.get("requests_per_s"), run.get("events_per_s", run.get("requests_per_s"))]
+        for name, run in ceil.items()
+        if isinstance(run, dict)
+    ]
+    print(table(["ceiling (redis-benchmark)", "calls/s", "events/s"], ceiling_rows))
 
 
 def main() -> None:
-    global EVENTS, CONCURRENCY
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=EVENTS, help="feedback events in the measured load")
-    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="keep-alive connections posting")
+    parser.add_argument("--events", type=int, default=EVENTS, help="events in the single-event load")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="connections posting single events")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="events per /v1/feedback/batch request")
+    parser.add_argument("--batch-events", type=int, default=BATCH_EVENTS, help="events in the batch load")
+    parser.add_argument("--batch-concurrency", type=int, default=BATCH_CONCURRENCY, help="connections posting batches")
+    parser.add_argument(
+        "--modes", default="single,batch", help="which loads to run, in order (comma-separated: single, batch)"
+    )
     parser.add_argument("--name", default=NAME, help="results file bench/results/NAME.json")
     parser.add_argument(
-        "--profile", action="store_true", help="sample the gateway and the collector with py-spy during the load"
+        "--profile", action="store_true", help="sample the gateway and the collector with py-spy during each load"
     )
     args = parser.parse_args()
-    EVENTS, CONCURRENCY = args.events, args.concurrency
+    available = {
+        "single": Mode("single", 1, args.events, args.concurrency),
+        "batch": Mode("batch", args.batch_size, args.batch_events, args.batch_concurrency),
+    }
+    modes = [available[name.strip()] for name in args.modes.split(",") if name.strip()]
     exit_on_sigterm()
     run_started = time.monotonic()
-    meta = metadata(("fastapi", "uvicorn", "uvloop", "httptools", "redis", "hiredis", "pydantic"))
+    meta = metadata(("fastapi", "uvicorn", "uvloop", "httptools", "redis", "hiredis", "pydantic", "orjson"))
     key = new_key()
     key_id = key_id_of(key)
     ports: dict[str, int] = {}
@@ -667,6 +700,7 @@ def main() -> None:
                 "BAILU_GATEWAY_REDIS_URL": redis_url,
                 "BAILU_GATEWAY_API_KEY_HASHES": hash_key(key),
                 "BAILU_GATEWAY_LOG_LEVEL": "WARNING",
+                "BAILU_GATEWAY_FEEDBACK_BATCH_MAX_EVENTS": str(max(256, args.batch_size)),
             }
             return env, f"http://127.0.0.1:{ports['gateway']}/healthz"
 
@@ -692,13 +726,9 @@ def main() -> None:
             seed_s = round(time.monotonic() - started, 2)
             pids = {"client": os.getpid(), "gateway": gateway.pid, "collector": collector.pid, "redis": redis.pid}
             profile_dir = Path(tmp) if args.profile else None
-            run = asyncio.run(measure(ports["gateway"], redis_url, key, response_ids, pids, profile_dir))
-            feed, block = run.feed, run.block
+            run = asyncio.run(measure(ports["gateway"], redis_url, key, response_ids, pids, profile_dir, modes))
 
             per_event, batches, dataset = scan_dataset(dataset_dir)
-            accepted_ids = set(feed.accepted.values())
-            warm_ids = set(per_event) - accepted_ids
-            checks = check_dataset(per_event, accepted_ids, warm_ids)
             deadletters = int(sync.xlen(redis_keys.DEADLETTER_STREAM))
             redis_stats = redis_report(sync)
             service_metrics = {
@@ -709,89 +739,66 @@ def main() -> None:
             }
             print("running redis-benchmark for the ceiling ...", flush=True)
             payload = sample_event_json(key_id, response_ids[0])
-            ceiling_runs = ceiling(sync, ports["redis"], redis.pid, payload, key_id)
+            ceiling_runs = ceiling(sync, ports["redis"], redis.pid, payload, key_id, response_ids[0])
     services = {"redis": redis.report(), "gateway": gateway.report(), "collector": collector.report()}
     services["gateway"]["command"] = services["gateway"]["command"].replace(hash_key(key), "sha256:<generated>")
 
-    results_ok = [r for r in block.results if r.ok]
-    accepted = len(feed.accepted)
-    acceptance = accepted / block.wall_s if block.wall_s else None
-    e2e_s = run.committed_at - run.first_post if run.committed_at is not None else None
-    e2e_rate = accepted / e2e_s if e2e_s else None
-    plain = ceiling_runs["xadd"].get("requests_per_s")
-    pipelined = ceiling_runs[f"xadd_pipelined_{CEILING_PIPELINE}"].get("requests_per_s")
-    cpu = run.cpu
-    load = {
-        "events_planned": EVENTS,
-        "sent": len(block.results),
-        "accepted": accepted,
-        "statuses": dict(feed.statuses),
-        "errors_by_status": {s: n for s, n in feed.statuses.items() if s != "202"},
-        "errors": error_summary(block.results),
-        "wall_s": round(block.wall_s, 3),
-        "acceptance_events_per_s": rnd(acceptance, 1),
-        "latency_ms": distribution_ms([r.total_s for r in results_ok]),
-        "cpu": cpu["load"],
-        "cores": cores(cpu["load"]),
-        "cpu_us_per_event": cpu_per_token_us(cpu["load"], accepted),
-        "bounds_events_per_s": bounds(cpu["load"], accepted, int(meta["nproc"])),
-        "timeline": run.timeline,
-    }
-    if run.profiles is not None:
-        load["profiles"] = run.profiles
-    e2e = {
-        "time_s": rnd(e2e_s, 3),
-        "events_per_s": rnd(e2e_rate, 1),
-        "target_events_per_s": TARGET_EVENTS_PER_S,
-        "target_met": e2e_rate is not None and e2e_rate >= TARGET_EVENTS_PER_S,
-        "drain_s": rnd(run.committed_at - run.load_end, 3) if run.committed_at else None,
-        "committed_within_cap": run.committed_at is not None,
-        "group_at_load_end": run.group_at_load_end,
-        "group_at_end": run.group_at_end,
-        **checks,
-        "deadlettered": deadletters,
-        "dataset": dataset,
-        "batch_sizes": batch_sizes(batches, accepted_ids),
-        "ratio_to_ceiling": rnd(e2e_rate / plain, 3) if e2e_rate and plain else None,
-        "ratio_to_pipelined_ceiling": rnd(e2e_rate / pipelined, 3) if e2e_rate and pipelined else None,
-        "cpu_drain": cpu["drain"],
-        "cpu_total": cpu["total"],
-        "cores_total": cores(cpu["total"]),
-        "cpu_us_per_event_total": cpu_per_token_us(cpu["total"], accepted),
+    nproc = int(meta["nproc"])
+    runs = {}
+    for name, phase in run.phases.items():
+        others = set(per_event) - set(phase.feed.accepted.values())  # warm-up and the other phases' events
+        runs[name] = phase_report(phase, per_event, batches, others, nproc, ceiling_runs)
+    summary = {
+        name: {
+            "events_per_s_end_to_end": report["end_to_end"]["events_per_s"],
+            "acceptance_events_per_s": report["load"]["acceptance_events_per_s"],
+            "lost": report["end_to_end"]["lost"],
+            "duplicates": report["end_to_end"]["duplicates"],
+            # Over the load and the drain: the collector does much of a batch load's work after the last POST.
+            "cpu_us_per_event": report["end_to_end"]["cpu_us_per_event_total"],
+            "target_met": report["end_to_end"]["target_met"],
+        }
+        for name, report in runs.items()
     }
     results: dict[str, Any] = {
         "benchmark": NAME,
         "metadata": meta,
         "config": {
-            "events": EVENTS,
-            "concurrency": CONCURRENCY,
-            "warmup_events": WARMUP_EVENTS,
+            "modes": [m.__dict__ for m in modes],
+            "warmup_events_per_mode": WARMUP_EVENTS,
             "load_time_cap_s": LOAD_CAP_S,
             "drain_time_cap_s": DRAIN_CAP_S,
             "request_timeout_s": REQUEST_TIMEOUT_S,
             "event": "edit (type, response_id, edited_text); each edited text unique after normalisation, so that "
             "each event yields one SFT example and one preference pair, neither a near-duplicate",
-            "sample_body": feed.bodies[0].decode() if feed.bodies else None,
-            "idempotency": "an Idempotency-Key header per event (unique), as a client that retries would send",
+            "sample_bodies": {name: phase.feed.bodies[0][:400].decode() for name, phase in run.phases.items()},
+            "idempotency": "single: an Idempotency-Key header per event (unique), as a client that retries would "
+            "send; batch: a feedback_id per event (the batch route's per-event idempotency key)",
             "completions": f"{COMPLETIONS} completion records seeded directly into Redis (SET "
             f"{redis_keys.response_key('<id>')} with the completion log's retention and XADD "
             f"{redis_keys.COMPLETIONS_STREAM}, as CompletionLog._write does), owned by the benchmark key's id; "
             "no completion was generated through the gateway (it runs without workers)",
             "completion_seed_s": seed_s,
             "client": "bench.sse_client.SseClient.post: HTTP/1.1 keep-alive, one request in flight per connection, "
-            "closed loop (each connection posts its next event when the previous one is answered)",
+            "closed loop (each connection posts its next request when the previous one is answered)",
             "redis_server": " ".join(REDIS_CONFIG) + " (as the Helm chart runs it; RDB snapshots left at the default)",
             "collector": "defaults (batch_size 256, block_ms 1000), consumer name bench-collector",
             "ceiling": {
                 "requests": CEILING_REQUESTS,
                 "clients": CEILING_CLIENTS,
                 "pipeline": CEILING_PIPELINE,
+                "batch_events_per_call": CEILING_BATCH,
+                "batch_calls": CEILING_BATCH_REQUESTS,
                 "payload_bytes": len(payload.encode()),
             },
         },
         "definitions": {
+            "single / batch": "the same edit events, posted one per request to /v1/feedback (single) or "
+            "batch_size per request to /v1/feedback/batch (batch), one phase after the other against the same "
+            "services; each phase is measured and drained on its own",
             "acceptance_events_per_s": "events answered 202 / time from the first POST to the last answer",
-            "latency_ms": "client-side, request written -> whole 202 response read, accepted events only",
+            "latency_ms": "client-side, request written -> whole response read, requests all of whose events were "
+            "accepted",
             "end_to_end": "first POST -> first check (every 10 ms after the load) that the collector group has no "
             "pending events and no lag, i.e. every event is in a committed (renamed, fsynced) batch and XACKed",
             "end_to_end_events_per_s": "accepted / end-to-end time",
@@ -799,34 +806,37 @@ def main() -> None:
             "duplicates": "records of accepted events beyond what an edit yields (one sft, one preference)",
             "ratio_to_ceiling": "end-to-end events/s / redis-benchmark XADD requests/s on the same server",
             "cores": "CPU seconds of a process in the window / the window's wall seconds",
-            "cpu_us_per_event": "CPU microseconds of each process per accepted event",
+            "cpu_us_per_event": "CPU microseconds of each process per accepted event, during the load (in runs.*.load) "
+            "or over the load and the drain (cpu_us_per_event_total in runs.*.end_to_end, and in summary)",
             "bounds_events_per_s": "<process>_one_core: 1e6 / its CPU us per event (what it could reach with a "
             "whole core to itself); machine_all_cores: cores x events / machine busy CPU s (all processes and "
             "the kernel), valid while the CPU per event stays the same",
-            "batch_sizes": "events of the measured run per collector batch (from the shards' meta.json)",
+            "batch_sizes": "events of the phase per collector batch (from the shards' meta.json)",
+            "redis_commandstats": "Redis's per-command statistics over the phase's load and drain (reset before it)",
             "profiles": "with --profile: py-spy samples (100/s, not pausing the process) of the gateway and the "
-            "collector during the load; self: the function running; inclusive: on the stack (the service's own "
+            "collector during the load and the drain after it (an idle process is not sampled); self: the "
+            "function running; inclusive: on the stack (the service's own "
             "functions, and library entry points: the ASGI app, FastAPI's request handling, the endpoint, sending "
             "the response, redis-py commands); percentages of the samples in which the process was busy",
             "timeline": f"every {TIMELINE_S}s of the load: accepted so far, committed by the collector so far, "
             "and the group's backlog (lag: not yet delivered; pending: delivered, not yet committed)",
         },
+        "summary": summary,
         "warmup": run.warmup,
-        "load": load,
-        "end_to_end": e2e,
+        "runs": runs,
+        "dataset": {**dataset, "deadlettered": deadletters},
         "ceiling": ceiling_runs,
         "redis": redis_stats,
         "service_metrics_at_end": service_metrics,
         "services": services,
     }
     results["notes"] = [
-        *bottleneck_notes(load, e2e, ceiling_runs, int(meta["nproc"])),
         "The client, the gateway, the collector, redis-server and redis-benchmark all run on this machine and share "
         f"its {meta['nproc']} CPU cores ({meta['cpu_model']}); the machine is shared with other workloads (see "
         "other_processes and steal in the CPU figures, and metadata.loadavg_at_start/at_end).",
-        "redis.commandstats covers the measured load and drain (reset after the warm-up): usec per call and calls "
-        "per command show what Redis spent on the gateway's path (EVALSHA of the record-once script, GET of the "
-        "completion record) and on the collector's (XREADGROUP, MGET, SMISMEMBER, HSET, MULTI/EXEC).",
+        "runs.<mode>.notes say where the CPU went in each phase; runs.<mode>.redis_commandstats what Redis spent "
+        "on the gateway's path (EVALSHA of the record-once script, which reads the completion records itself) and "
+        "on the collector's (XREADGROUP, MGET, SMISMEMBER, HSET, MULTI/EXEC).",
     ]
     if gateway.exit_code == -15 and not gateway.killed:
         results["notes"].append(

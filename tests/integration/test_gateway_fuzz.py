@@ -33,15 +33,21 @@ HOOKS = Path(__file__).with_name("gateway_fuzz_hooks.py")
 #   the last message not from the assistant; which fields each feedback `type` takes; which part kinds a
 #   Responses message of each role may hold);
 #   and a lone surrogate the hook below put into a string (JSON Schema cannot exclude one);
-# - 413: a prompt over `BAILU_GATEWAY_MAX_PROMPT_CHARS` (a deployment setting, not a schema bound).
+# - 413: a prompt over `BAILU_GATEWAY_MAX_PROMPT_CHARS` (a deployment setting, not a schema bound); or a feedback
+#   batch of many long events over `BAILU_GATEWAY_MAX_BODY_BYTES` (each event's bounds allow it).
 # Schemathesis' default would also accept 5xx from valid data: not here.
 POSITIVE_REFUSALS = {
     "/v1/chat/completions": (400, 413),
     "/v1/completions": (400, 413),
     "/v1/responses": (400, 413),
     "/v1/feedback": (400,),
+    "/v1/feedback/batch": (400, 413),
 }
 POSITIVE_DEFAULT = ["2xx", "401", "404", "409", "429", "503"]
+# Schema-invalid data the gateway answers with a 200, each with the reason: a feedback batch whose envelope is
+# valid answers 200 and refuses an invalid event in that event's own result (its status 400).
+NEGATIVE_ACCEPTED = {"/v1/feedback/batch": (200,)}
+NEGATIVE_DEFAULT = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 
 
 def config_toml(base_url: str) -> str:
@@ -61,14 +67,14 @@ def config_toml(base_url: str) -> str:
         "[auth.openapi.bearerAuth]",
         f'bearer = "{TEST_KEY}"',
     ]
-    for path, statuses in POSITIVE_REFUSALS.items():
-        expected = POSITIVE_DEFAULT + [str(s) for s in statuses]
-        lines += [
-            "[[operations]]",
-            f'include-path = "{path}"',
-            "[operations.checks.positive_data_acceptance]",
-            f"expected-statuses = {expected}",
-        ]
+    for path in {**POSITIVE_REFUSALS, **NEGATIVE_ACCEPTED}:
+        lines += ["[[operations]]", f'include-path = "{path}"']
+        if path in POSITIVE_REFUSALS:
+            expected = POSITIVE_DEFAULT + [str(s) for s in POSITIVE_REFUSALS[path]]
+            lines += ["[operations.checks.positive_data_acceptance]", f"expected-statuses = {expected}"]
+        if path in NEGATIVE_ACCEPTED:
+            expected = NEGATIVE_DEFAULT + [str(s) for s in NEGATIVE_ACCEPTED[path]]
+            lines += ["[operations.checks.negative_data_rejection]", f"expected-statuses = {expected}"]
     return "\n".join(lines) + "\n"
 
 

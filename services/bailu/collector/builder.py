@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from bailu.common.records import CompletionRecord, FeedbackEvent, ResponseRef, content_hash
+from bailu.common.records import CompletionRecord, FeedbackEvent, ResponseRef, normalise
 from bailu.datasets import quality
 from bailu.datasets.format import PREFERENCE, SFT, Example
 
@@ -119,7 +119,7 @@ def build(
         reason = verdict(candidate.answer)
         if reason is None and candidate.rejected is not None:
             reason = verdict(candidate.rejected)
-            if reason is None and content_hash(candidate.answer) == content_hash(candidate.rejected):
+            if reason is None and normalise(candidate.answer) == normalise(candidate.rejected):
                 reason = quality.IDENTICAL_PAIR
         if reason is None:
             kept.append(candidate)

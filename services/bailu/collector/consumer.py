@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,20 @@ class Plan:
             "ratings": self.ratings,
             "dead": self.dead,
         }
+
+
+@dataclass
+class Batch:
+    """A batch of events as read (`ids`, in order), decoded (`events`; `malformed` ones become dead letters),
+    with the completion records they refer to (`records`; a missing one is absent) and what each event that is
+    no rating yields (`built`, by position in `events`: its examples, or the error building them raised).
+    Ratings are built when the batch is planned: they pair with the ratings earlier batches committed."""
+
+    ids: list[str] = field(default_factory=list)
+    events: list[tuple[str, FeedbackEvent]] = field(default_factory=list)
+    malformed: list[tuple[str, str, str]] = field(default_factory=list)  # (event id, data, reason)
+    records: dict[str, CompletionRecord] = field(default_factory=dict)
+    built: dict[int, Built | Exception] = field(default_factory=dict)
 
 
 class FeedbackConsumer:
@@ -177,8 +191,34 @@ class FeedbackConsumer:
         )
         return [m for _, messages in result for m in messages] if result else []
 
-    async def process(self, messages: list[Message]) -> None:
-        """Process and commit one batch of events."""
+    async def prepare(self, messages: list[Message]) -> Batch:
+        """Decode a batch of events, fetch the completion records they refer to and build the examples of those
+        that are no ratings: all that planning it needs besides the state earlier batches commit (seen hashes,
+        ratings), so that the service can prepare the next batch while this one is written
+        (`CollectorService`)."""
+        batch = Batch()
+        for raw_id, fields in messages:
+            msg_id = raw_id.decode()
+            batch.ids.append(msg_id)
+            data = fields.get(DATA_FIELD.encode(), b"")
+            try:
+                batch.events.append((msg_id, FeedbackEvent.from_json(data)))
+            except (ValueError, TypeError, KeyError):
+                batch.malformed.append((msg_id, data.decode(errors="replace"), "malformed"))
+        batch.records = await self._records({ref.response_id for _, e in batch.events for ref in e.refs()})
+        for position, (_, event) in enumerate(batch.events):
+            if event.kind != "rating":
+                try:
+                    batch.built[position] = self._build(event, batch.records, [])
+                except Exception as exc:  # raised again where the batch is planned, and handled there
+                    batch.built[position] = exc
+        return batch
+
+    def _build(self, event: FeedbackEvent, records: dict[str, CompletionRecord], earlier: list[Rating]) -> Built:
+        return build(event, records, earlier, sft_min_score=self.settings.sft_min_score, check=self.quality)
+
+    async def process(self, messages: list[Message] | Batch) -> None:
+        """Process and commit one batch of events (read, or read and prepared)."""
         started = time.monotonic()
         plan = await self.plan(messages)
         name = None
@@ -188,44 +228,37 @@ class FeedbackConsumer:
             await self.redis.hset(self.intents, name, json.dumps(intent))
             await asyncio.to_thread(self.store.write_batch, name, plan.examples, self.consumer)
         committed = await self._commit(self.intents if name else None, name, intent)
-        if committed:
-            for example in plan.examples:
-                self.metrics.examples.labels(example.kind).inc()
-            for reason in plan.rejected:
-                self.metrics.rejected.labels(reason).inc()
-            for _, _, reason in plan.dead:
-                self.metrics.deadlettered.labels(reason).inc()
+        if committed:  # counted per label, not per example: a batch holds hundreds
+            for kind, count in Counter(e.kind for e in plan.examples).items():
+                self.metrics.examples.labels(kind).inc(count)
+            for reason, count in Counter(plan.rejected).items():
+                self.metrics.rejected.labels(reason).inc(count)
+            for reason, count in Counter(reason for _, _, reason in plan.dead).items():
+                self.metrics.deadlettered.labels(reason).inc(count)
             self.metrics.events.labels("committed").inc(len(plan.ids) - len(plan.dead))
             self.metrics.events.labels("deadlettered").inc(len(plan.dead))
         self.batches_done += 1
         self.metrics.batch_seconds.observe(time.monotonic() - started)
 
-    async def plan(self, messages: list[Message]) -> Plan:
-        plan = Plan()
-        events: list[tuple[str, FeedbackEvent]] = []
-        for raw_id, fields in messages:
-            msg_id = raw_id.decode()
-            plan.ids.append(msg_id)
-            data = fields.get(DATA_FIELD.encode(), b"")
-            try:
-                events.append((msg_id, FeedbackEvent.from_json(data)))
-            except (ValueError, TypeError, KeyError):
-                plan.dead.append((msg_id, data.decode(errors="replace"), "malformed"))
-        records = await self._records({ref.response_id for _, e in events for ref in e.refs()})
+    async def plan(self, messages: list[Message] | Batch) -> Plan:
+        batch = messages if isinstance(messages, Batch) else await self.prepare(messages)
+        plan = Plan(ids=list(batch.ids), dead=list(batch.malformed))
+        events, records = batch.events, batch.records
         rated = [e.target.response_id for _, e in events if e.kind == "rating" and e.target is not None]
         ratings = await self._ratings({records[r].prompt_hash for r in rated if r in records})
         seen_in_batch: set[str] = set()
         candidates: list[Example] = []
-        for msg_id, event in events:
+        for position, (msg_id, event) in enumerate(events):
             try:
                 prompt_key = ""
                 earlier: list[Rating] = []
                 if event.kind == "rating" and event.target and event.target.response_id in records:
                     prompt_key = redis_keys.ratings_key(records[event.target.response_id].prompt_hash)
                     earlier = ratings.setdefault(prompt_key, [])
-                built: Built = build(
-                    event, records, earlier, sft_min_score=self.settings.sft_min_score, check=self.quality
-                )
+                ready = batch.built.get(position)
+                if isinstance(ready, Exception):
+                    raise ready
+                built = ready if ready is not None else self._build(event, records, earlier)
             except KeyError as exc:
                 plan.dead.append((msg_id, event.to_json(), f"completion_missing: {exc}"[:200]))
                 continue

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bailu.collector.consumer import FeedbackConsumer
+from bailu.collector.consumer import Batch, FeedbackConsumer
 from bailu.collector.runners import create_runner
 from bailu.collector.settings import CollectorSettings
 from bailu.collector.trigger import Trigger, TriggerPolicy
@@ -86,19 +86,39 @@ class CollectorService:
         self.metrics.ready.set(1)
         next_reclaim = next_gauges = 0.0
         next_trigger = time.monotonic() + self.settings.trigger_interval_s
-        while not stop.is_set():
-            now = time.monotonic()
-            if now >= next_reclaim:
-                await consumer.reclaim()
-                next_reclaim = now + self.settings.claim_idle_ms / 2000
-            messages = await consumer.read()
-            if messages:
-                await consumer.process(messages)
-                if consumer.batches_done % self.settings.trim_every_batches == 0:
-                    await consumer.trim()
-            if now >= next_gauges:
-                await consumer.update_gauges()
-                next_gauges = now + 5
-            if now >= next_trigger:
-                next_trigger = now + self.settings.trigger_interval_s
-                await self.trigger()
+        # The next batch is read and prepared while the one before it is written and committed (batches still
+        # commit one after the other, in order; see FeedbackConsumer.prepare).
+        ahead: asyncio.Task[Batch | None] | None = None
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= next_reclaim:
+                    await consumer.reclaim()
+                    next_reclaim = now + self.settings.claim_idle_ms / 2000
+                batch = await (ahead or self._next_batch())
+                ahead = None
+                if batch is not None:
+                    if not stop.is_set():
+                        ahead = asyncio.create_task(self._next_batch())
+                    await consumer.process(batch)
+                    if consumer.batches_done % self.settings.trim_every_batches == 0:
+                        await consumer.trim()
+                if now >= next_gauges:
+                    await consumer.update_gauges()
+                    next_gauges = now + 5
+                if now >= next_trigger:
+                    next_trigger = now + self.settings.trigger_interval_s
+                    await self.trigger()
+            if ahead is not None:  # stopping: commit what was read ahead rather than leave it pending
+                batch, ahead = await ahead, None
+                if batch is not None:
+                    await consumer.process(batch)
+        finally:
+            if ahead is not None:  # a failure: what it read stays pending and is delivered again
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
+
+    async def _next_batch(self) -> Batch | None:
+        messages = await self.consumer.read()
+        return await self.consumer.prepare(messages) if messages else None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import orjson
 
 from bailu.common.types import ChatMessage, ToolCall
 
@@ -16,10 +19,40 @@ _SPACE = re.compile(r"\s+")
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 
 
+# Texts up to this long are normalised once and remembered (at most _MEMO_ENTRIES of them, so at most a few
+# MiB): the collector normalises each prompt and answer several times per event (quality checks, the
+# identical-pair check, every example's hash), and the same prompts and answers recur across events.
+_MEMO_CHARS = 1024
+_MEMO_ENTRIES = 2048
+
+
+def loads(data: str | bytes) -> Any:
+    """Parsed JSON: orjson's parser (a few times faster), or the standard library's for what orjson refuses
+    and `json` takes (integers beyond 64 bits, lone surrogates): both give the same values."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def normalise(text: str) -> str:
     """Case-, width-, punctuation- and whitespace-insensitive form of a text, for near-duplicate checks."""
+    return _normalise_remembered(text) if len(text) <= _MEMO_CHARS else _normalise(text)
+
+
+def _normalise(text: str) -> str:
+    if text.isascii():
+        # The same with C-speed string methods: NFKC leaves ASCII as it is, casefold is lower, the characters
+        # `_PUNCT` matches are the table's, and `\s` is what str.split splits on.
+        return " ".join(text.lower().translate(_ASCII_PUNCT).split())
     text = unicodedata.normalize("NFKC", text).casefold()
     return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
+
+
+_ASCII_PUNCT = {c: " " for c in range(128) if _PUNCT.match(chr(c))}
+
+
+_normalise_remembered = functools.lru_cache(maxsize=_MEMO_ENTRIES)(_normalise)
 
 
 def content_hash(*parts: str) -> str:
@@ -113,7 +146,7 @@ class CompletionRecord:
 
     @classmethod
     def from_json(cls, data: str | bytes) -> CompletionRecord:
-        raw = json.loads(data)
+        raw = loads(data)
         raw["choices"] = [Choice.from_dict(c) for c in raw["choices"]]
         return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
@@ -147,11 +180,29 @@ class FeedbackEvent:
     tags: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
+        # What `asdict` makes, built by hand: `asdict` was a third of the gateway's CPU per batched event.
+        fields = {
+            "id": self.id,
+            "created": self.created,
+            "key_id": self.key_id,
+            "kind": self.kind,
+            "target": _ref_dict(self.target),
+            "thumb": self.thumb,
+            "score": self.score,
+            "chosen": _ref_dict(self.chosen),
+            "rejected": _ref_dict(self.rejected),
+            "edited_text": self.edited_text,
+            "comment": self.comment,
+            "tags": list(self.tags),
+        }
+        try:
+            return orjson.dumps(fields).decode()
+        except TypeError:  # what orjson refuses and `json` writes (a lone surrogate read from a stream entry)
+            return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, data: str | bytes) -> FeedbackEvent:
-        raw = json.loads(data)
+        raw = loads(data)
         for name in ("target", "chosen", "rejected"):
             if raw.get(name) is not None:
                 raw[name] = ResponseRef(**raw[name])
@@ -159,3 +210,7 @@ class FeedbackEvent:
 
     def refs(self) -> list[ResponseRef]:
         return [r for r in (self.target, self.chosen, self.rejected) if r is not None]
+
+
+def _ref_dict(ref: ResponseRef | None) -> dict[str, Any] | None:
+    return None if ref is None else {"response_id": ref.response_id, "choice_index": ref.choice_index}

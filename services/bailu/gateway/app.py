@@ -24,6 +24,7 @@ from bailu.gateway.backpressure import install_log_filter
 from bailu.gateway.completion_log import CompletionLog
 from bailu.gateway.completions import COMPLETIONS_DEFAULT_MAX_TOKENS, CompletionHandler
 from bailu.gateway.feedback import IDEMPOTENCY_HEADER, FeedbackHandler, FeedbackRequest, feedback_disabled
+from bailu.gateway.feedback_batch import FeedbackBatchResult, batch_body, parse_batch, request_body_schema
 from bailu.gateway.middleware import GatewayMiddleware, RouteLabels
 from bailu.gateway.model_names import ModelResolver
 from bailu.gateway.priority import AdmissionPolicy
@@ -278,6 +279,23 @@ def create_app(
         if feedback is None:
             raise feedback_disabled()
         return await feedback.accept(body, key.id, idempotency_key)
+
+    @app.post(
+        "/v1/feedback/batch",
+        response_model=FeedbackBatchResult,
+        summary="Record up to `BAILU_GATEWAY_FEEDBACK_BATCH_MAX_EVENTS` feedback events at once, each with its "
+        "own result",
+        responses={
+            200: {"description": "A result per event, in order: 202 with its id, or its own error (400, 404, 409)"},
+            **openapi.error_responses(openapi.FEEDBACK_BATCH_ERRORS),
+        },
+        openapi_extra=request_body_schema(settings.feedback_batch_max_events, FeedbackRequest.__name__),
+    )
+    async def post_feedback_batch(request: Request, key: ApiKey = rating) -> JSONResponse:
+        if feedback is None:
+            raise feedback_disabled()
+        events = parse_batch(await request.body(), settings.feedback_batch_max_events)
+        return JSONResponse(batch_body(await feedback.accept_batch(events, key.id)))
 
     @app.get("/v1/models", response_model=ModelList, response_model_exclude_none=True, summary="List the models")
     async def list_models() -> ModelList:

@@ -23,6 +23,10 @@ from bailu.common.records import DATA_FIELD, CompletionRecord
 
 log = logging.getLogger(__name__)
 
+# An unknown response id is asked once more after this long: another gateway replica may have answered it a
+# moment ago and not yet written its log.
+SETTLE_S = 0.1
+
 
 class CompletionLog:
     def __init__(
@@ -66,19 +70,23 @@ class CompletionLog:
             return
         self._pending[record.id] = record
 
+    def queued(self, response_id: str) -> CompletionRecord | None:
+        """The record of a response this replica queued and has not written yet, else None."""
+        return self._pending.get(response_id)
+
     async def lookup(self, response_id: str) -> CompletionRecord | None:
         """The record of a response, queued or written; None if unknown or expired.
         Raises `RedisError` when Redis cannot be reached."""
-        pending = self._pending.get(response_id)
+        pending = self.queued(response_id)
         if pending is not None:
             return pending
         data = await self.redis.get(redis_keys.response_key(response_id))
         return None if data is None else CompletionRecord.from_json(data)
 
-    async def lookup_for(self, key_id: str, response_id: str, *, settle_s: float = 0.1) -> CompletionRecord | None:
+    async def lookup_for(self, key_id: str, response_id: str, *, settle_s: float = SETTLE_S) -> CompletionRecord | None:
         """The record of a response that the API key `key_id` was answered, else None: unknown, expired and
         another key's look the same, so that nothing is revealed. An unknown id is asked once more after
-        `settle_s`: another gateway replica may have answered it a moment ago and not yet written its log.
+        `settle_s` (`SETTLE_S`: another replica may not have written its log yet).
         Raises `RedisError` when Redis cannot be reached."""
         record = await self.lookup(response_id)
         if record is None:

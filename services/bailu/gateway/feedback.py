@@ -1,40 +1,27 @@
-"""`POST /v1/feedback`: ratings, comparisons and edits, recorded once on a Redis stream."""
+"""`POST /v1/feedback` and `/v1/feedback/batch`: ratings, comparisons and edits, recorded once on a Redis stream."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 import uuid
-from typing import Annotated, Literal
+from collections import Counter
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bailu.common import redis_keys
-from bailu.common.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from bailu.common.errors import BailuError, InvalidRequest, Unavailable
 from bailu.common.metrics import GatewayMetrics
-from bailu.common.records import DATA_FIELD, CompletionRecord, FeedbackEvent, ResponseRef
-from bailu.common.redis_values import as_text
+from bailu.common.records import FeedbackEvent, ResponseRef
 from bailu.gateway.completion_log import CompletionLog
+from bailu.gateway.errors import from_validation_error
+from bailu.gateway.feedback_record import FeedbackRecorder, Outcome, Recording
 from bailu.gateway.responses import FeedbackAccepted
 from bailu.gateway.schemas import StrictBody, WireText
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-# Atomically: if the idempotency key was seen, return what it recorded; else append the event and
-# remember the key. KEYS: stream, idempotency key (or ""). ARGV: feedback id, body hash, data, ttl, data field.
-_RECORD_ONCE = """
-if KEYS[2] ~= '' then
-  local seen = redis.call('GET', KEYS[2])
-  if seen then return seen end
-end
-redis.call('XADD', KEYS[1], '*', ARGV[5], ARGV[3])
-if KEYS[2] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[2], 'EX', tonumber(ARGV[4]))
-end
-return 'new'
-"""
 
 
 class ResponseRefIn(StrictBody):
@@ -46,6 +33,8 @@ class ResponseRefIn(StrictBody):
     choice_index: int = Field(0, ge=0, le=15, description="Which candidate of that response (`n` > 1).")
 
 
+FeedbackKind = Literal["rating", "comparison", "edit"]
+KINDS = frozenset(get_args(FeedbackKind))
 Tag = Annotated[WireText, Field(min_length=1, max_length=64)]
 
 
@@ -57,7 +46,7 @@ class FeedbackRequest(StrictBody):
     - `edit`: `response_id` (+ `choice_index`) and `edited_text`, the text the user kept.
     """
 
-    type: Literal["rating", "comparison", "edit"]
+    type: FeedbackKind
     response_id: WireText | None = Field(None, min_length=1, max_length=128, description="rating, edit: the response.")
     choice_index: int = Field(0, ge=0, le=15, description="rating, edit: the candidate of that response.")
     thumb: Literal["up", "down"] | None = Field(None, description="rating: thumbs up or down.")
@@ -92,66 +81,124 @@ class FeedbackRequest(StrictBody):
 
 
 class FeedbackHandler:
-    def __init__(
-        self, redis: Redis, completion_log: CompletionLog, metrics: GatewayMetrics, *, idempotency_ttl_s: int
-    ) -> None:
-        self.redis = redis
-        self.completion_log = completion_log
-        self.metrics = metrics
-        self.idempotency_ttl_s = idempotency_ttl_s
-        self._script = redis.register_script(_RECORD_ONCE)
+    """Feedback events in, each recorded once on the feedback stream (`FeedbackRecorder`): one at a time
+    (`POST /v1/feedback`) or a batch (`POST /v1/feedback/batch`), both counted in the `feedback` metric by
+    kind and outcome (accepted, duplicate, or the error's name)."""
 
-    async def _response(self, ref: ResponseRef, key_id: str, param: str) -> CompletionRecord:
-        record = await self.completion_log.lookup_for(key_id, ref.response_id)
-        if record is None:
-            raise NotFound(f"no response '{ref.response_id}' that this API key can give feedback on", param=param)
-        if record.choice(ref.choice_index) is None:
-            raise InvalidRequest(f"response '{ref.response_id}' has no candidate {ref.choice_index}", param=param)
-        return record
+    def __init__(
+        self,
+        redis: Redis,
+        completion_log: CompletionLog,
+        metrics: GatewayMetrics,
+        *,
+        idempotency_ttl_s: int,
+    ) -> None:
+        self.metrics = metrics
+        self.recorder = FeedbackRecorder(redis, completion_log, idempotency_ttl_s=idempotency_ttl_s)
 
     async def accept(self, body: FeedbackRequest, key_id: str, idempotency_key: str | None) -> FeedbackAccepted:
-        body.check()
+        """Record one event; raises the error it is refused with."""
         try:
-            event = await self._event(body, key_id)
-            body_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()[:16]
-            idem = idempotency_key or body.feedback_id
-            result = await self._script(
-                keys=[redis_keys.FEEDBACK_STREAM, redis_keys.idempotency_key(key_id, idem) if idem else ""],
-                args=[event.id, body_hash, event.to_json(), self.idempotency_ttl_s, DATA_FIELD],
-            )
+            recording = self._recording(body, key_id, idempotency_key)
+        except InvalidRequest as exc:
+            self._count([(body.type, exc)])
+            raise
+        [outcome] = await self._record(key_id, [recording])
+        self._count([(body.type, outcome)])
+        if isinstance(outcome, BailuError):
+            raise outcome
+        return FeedbackAccepted(id=outcome.id)
+
+    async def accept_batch(self, events: list[Any], key_id: str) -> list[Outcome]:
+        """Record the events of a batch (`feedback_batch.parse_batch`), each validated on its own as a body of
+        `POST /v1/feedback` with a `feedback_id` (its idempotency key); each one's outcome, in order."""
+        outcomes: list[Outcome | None] = [None] * len(events)
+        recordings: list[Recording] = []
+        at: list[int] = []
+        for index, item in enumerate(events):
+            try:
+                recordings.append(self._recording(batch_event(item), key_id, None))
+            except InvalidRequest as exc:
+                outcomes[index] = exc
+                continue
+            at.append(index)
+        if recordings:
+            for index, outcome in zip(at, await self._record(key_id, recordings), strict=True):
+                outcomes[index] = outcome
+        done = [outcome for outcome in outcomes if outcome is not None]
+        self._count([(kind_of(item), outcome) for item, outcome in zip(events, done, strict=True)])
+        return done
+
+    async def _record(self, key_id: str, recordings: list[Recording]) -> list[Outcome]:
+        try:
+            return await self.recorder.record(key_id, recordings)
         except RedisError as exc:
             raise Unavailable(f"feedback cannot be stored right now ({type(exc).__name__})") from exc
-        result = as_text(result)
-        if result == "new":
-            self.metrics.feedback.labels(body.type, "accepted").inc()
-            return FeedbackAccepted(id=event.id)
-        earlier_id, _, earlier_hash = result.partition("|")
-        if earlier_hash != body_hash:
-            # The header wins over the body's `feedback_id` (`idem` above): name what actually conflicted.
-            param = IDEMPOTENCY_HEADER if idempotency_key else "feedback_id"
-            raise Conflict("this idempotency key was already used with a different body", param=param)
-        self.metrics.feedback.labels(body.type, "duplicate").inc()
-        return FeedbackAccepted(id=earlier_id)
 
-    async def _event(self, body: FeedbackRequest, key_id: str) -> FeedbackEvent:
+    def _count(self, outcomes: list[tuple[str, Outcome]]) -> None:
+        """Count outcomes by kind: accepted, duplicate, or the error's name (once per label, not per event)."""
+        counts = Counter(
+            (kind, o.name if isinstance(o, BailuError) else "duplicate" if o.duplicate else "accepted")
+            for kind, o in outcomes
+        )
+        for (kind, outcome), count in counts.items():
+            self.metrics.feedback.labels(kind, outcome).inc(count)
+
+    @staticmethod
+    def _recording(body: FeedbackRequest, key_id: str, idempotency_key: str | None) -> Recording:
+        """What recording `body` takes: checked (`InvalidRequest`), its event built, its idempotency key
+        (the header's, else the body's `feedback_id`)."""
+        body.check()
         common = {"id": f"fb-{uuid.uuid4().hex}", "created": time.time(), "key_id": key_id, "kind": body.type}
         extra = {"comment": body.comment, "tags": list(body.tags)}
+        refs: tuple[tuple[ResponseRef, str], ...]
         if body.type == "comparison":
             assert body.chosen is not None
             assert body.rejected is not None
             chosen = ResponseRef(body.chosen.response_id, body.chosen.choice_index)
             rejected = ResponseRef(body.rejected.response_id, body.rejected.choice_index)
-            first = await self._response(chosen, key_id, "chosen.response_id")
-            second = await self._response(rejected, key_id, "rejected.response_id")
-            if first.prompt_hash != second.prompt_hash:
-                raise InvalidRequest("chosen and rejected must answer the same prompt", param="rejected.response_id")
-            return FeedbackEvent(**common, chosen=chosen, rejected=rejected, **extra)  # type: ignore[arg-type]
-        assert body.response_id is not None
-        target = ResponseRef(body.response_id, body.choice_index)
-        await self._response(target, key_id, "response_id")
-        if body.type == "rating":
-            return FeedbackEvent(**common, target=target, thumb=body.thumb, score=body.score, **extra)  # type: ignore[arg-type]
-        return FeedbackEvent(**common, target=target, edited_text=body.edited_text, **extra)  # type: ignore[arg-type]
+            event = FeedbackEvent(**common, chosen=chosen, rejected=rejected, **extra)  # type: ignore[arg-type]
+            refs = ((chosen, "chosen.response_id"), (rejected, "rejected.response_id"))
+        else:
+            assert body.response_id is not None
+            target = ResponseRef(body.response_id, body.choice_index)
+            if body.type == "rating":
+                event = FeedbackEvent(**common, target=target, thumb=body.thumb, score=body.score, **extra)  # type: ignore[arg-type]
+            else:
+                event = FeedbackEvent(**common, target=target, edited_text=body.edited_text, **extra)  # type: ignore[arg-type]
+            refs = ((target, "response_id"),)
+        return Recording(
+            refs=refs,
+            feedback_id=event.id,
+            body_hash=hashlib.sha256(body.model_dump_json().encode()).hexdigest()[:16],
+            data=event.to_json(),
+            idempotency=idempotency_key or body.feedback_id or "",
+            # The header wins over the body's `feedback_id`: name what actually conflicted.
+            conflict_param=IDEMPOTENCY_HEADER if idempotency_key else "feedback_id",
+        )
+
+
+def kind_of(item: Any) -> str:
+    """The `type` of an event as parsed JSON, for the metric's label: one of KINDS, else "unknown"."""
+    kind = item.get("type") if isinstance(item, dict) else None
+    return kind if isinstance(kind, str) and kind in KINDS else "unknown"
+
+
+def batch_event(item: Any) -> FeedbackRequest:
+    """One event of a batch as a `FeedbackRequest` with a `feedback_id`; else `InvalidRequest` naming its field
+    (the field's path within the event, as `POST /v1/feedback` names it)."""
+    if not isinstance(item, dict):
+        raise InvalidRequest("an event must be a JSON object (a body of POST /v1/feedback)")
+    try:
+        body = FeedbackRequest.model_validate(item)
+    except ValidationError as exc:
+        raise from_validation_error(list(exc.errors())) from None
+    if body.feedback_id is None:
+        raise InvalidRequest(
+            "missing required parameter: feedback_id (each event of a batch needs one: its idempotency key)",
+            param="feedback_id",
+        )
+    return body
 
 
 def feedback_disabled() -> Unavailable:

@@ -81,6 +81,12 @@ FEEDBACK_ERRORS: dict[int, str] = {
     503: "Feedback storage (Redis) is unavailable or not configured, or the API key store does not answer; retry "
     "after `Retry-After`",
 }
+FEEDBACK_BATCH_ERRORS: dict[int, str] = {
+    400: "The body is not a batch: not JSON, not an object, no `events`, or none or more than "
+    "`BAILU_GATEWAY_FEEDBACK_BATCH_MAX_EVENTS` of them (an invalid event is refused in its own result)",
+    403: FEEDBACK_ERRORS[403],
+    503: FEEDBACK_ERRORS[503] + " (a retry with the same `feedback_id`s records nothing twice)",
+}
 
 
 def error_responses(statuses: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:

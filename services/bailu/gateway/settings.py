@@ -125,6 +125,13 @@ class GatewaySettings(ServiceSettings):
     feedback_idempotency_ttl_s: int = Field(
         24 * 3600, ge=60, description="How long an Idempotency-Key (or feedback_id) is remembered."
     )
+    feedback_batch_max_events: int = Field(
+        256,
+        ge=1,
+        le=4096,
+        description="Most events one POST /v1/feedback/batch takes (400 above); they are checked and recorded in "
+        "one Redis round trip (the body must also fit BAILU_GATEWAY_MAX_BODY_BYTES).",
+    )
     admission_control: bool = Field(
         True,
         description="Priority-aware admission: route each request to the worker with the shortest estimated queue "

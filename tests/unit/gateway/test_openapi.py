@@ -63,6 +63,8 @@ EXPECTED_STATUSES = {
     ("/v1/responses", "post"): {"200", "400", "401", "403", "404", "413", "429", "503", "504"},
     ("/v1/responses/{response_id}", "get"): {"200", "401", "403", "404", "503"},
     ("/v1/feedback", "post"): {"202", "400", "401", "403", "404", "409", "413", "503"},
+    # Per-event statuses (202, 400, 404, 409) are in the body's results.
+    ("/v1/feedback/batch", "post"): {"200", "400", "401", "403", "413", "503"},
     # 503: the API key store does not answer.
     ("/v1/models", "get"): {"200", "401", "503"},
     ("/v1/models/{model_id}", "get"): {"200", "401", "404", "503"},
