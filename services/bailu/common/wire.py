@@ -27,6 +27,11 @@ from bailu.common.types import (
 )
 from bailu.v1 import worker_pb2 as pb
 
+# The most bytes of one completion's chunks a worker keeps sent and unread by the gateway: the fixed HTTP/2
+# receive window of a Generate call (gateway/backpressure.py), and the per-stream credit of a Relay call
+# (worker/relay.py), so that both paths hold a stalled completion back alike.
+STREAM_WINDOW_BYTES = 16 * 1024
+
 _FINISH_TO_PB = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,

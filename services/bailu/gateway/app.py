@@ -80,6 +80,7 @@ def create_app(
         settings.workers_dns,
         poll_interval_s=settings.load_poll_interval_s,
         discovery_interval_s=settings.discovery_interval_s,
+        relay=settings.worker_relay,
     )
     if redis is None and settings.redis_url:
         redis = Redis.from_url(

@@ -33,8 +33,10 @@ import time
 
 from starlette.types import Message, Send
 
+from bailu.common.wire import STREAM_WINDOW_BYTES
+
 # The receive window of one gRPC stream from a worker, fixed: no BDP probing.
-GRPC_STREAM_WINDOW_BYTES = 16 * 1024
+GRPC_STREAM_WINDOW_BYTES = STREAM_WINDOW_BYTES
 GRPC_FLOW_CONTROL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", GRPC_STREAM_WINDOW_BYTES),

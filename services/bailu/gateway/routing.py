@@ -24,6 +24,7 @@ from bailu.common.errors import BailuError, DeadlineExceeded, DeadlineUnmeetable
 from bailu.common.metrics import GatewayMetrics
 from bailu.common.types import INTERACTIVE, GenerateChunk, GenerateRequest
 from bailu.gateway.priority import SHED_REASONS, AdmissionPolicy
+from bailu.gateway.relay import RelayStream
 from bailu.gateway.workers import WorkerClient, WorkerPool, WorkerStream
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class Router:
         return len(tried) < self.max_attempts and bool(self.pool.candidates(request.model, request.adapter, tried))
 
     async def _first_chunk(
-        self, worker: WorkerClient, stream: WorkerStream, request: GenerateRequest, tried: set[str]
+        self, worker: WorkerClient, stream: WorkerStream | RelayStream, request: GenerateRequest, tried: set[str]
     ) -> GenerateChunk | None:
         """The stream's first chunk (None if it ended without one). While waiting, a worker that stops
         answering its load poll is abandoned (`Stalled`) as soon as another worker can take the request; with

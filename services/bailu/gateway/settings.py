@@ -31,6 +31,12 @@ class GatewaySettings(ServiceSettings):
     load_poll_interval_s: float = Field(
         0.5, gt=0, description="How often each worker's load, readiness and models are polled."
     )
+    worker_relay: bool = Field(
+        True,
+        description="Send every completion for a worker over one shared Relay stream to it (chunks of many "
+        "completions in one gRPC message, flow control per completion), when the worker supports it; false: one "
+        "Generate call per completion, as before the Relay RPC.",
+    )
     api_keys_file: Path | None = Field(
         None, description="File of API key hashes, one `sha256:<hex>` per line (a mounted Secret)."
     )

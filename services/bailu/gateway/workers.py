@@ -28,6 +28,7 @@ from bailu.common.types import (
     ToolUse,
 )
 from bailu.gateway.backpressure import GRPC_FLOW_CONTROL_OPTIONS
+from bailu.gateway.relay import RelayChannel, RelayStream
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 
@@ -64,8 +65,10 @@ def estimated_wait_s(load: LoadReport, priority: str, *, inflight: int = 0, infl
 class WorkerClient:
     """One worker: its channel, its last load report and models, and this gateway's calls in flight."""
 
-    def __init__(self, address: str, on_unready: Callable[[], None] | None = None) -> None:
-        """`on_unready` is called when a failed call takes the worker out of service between polls."""
+    def __init__(self, address: str, on_unready: Callable[[], None] | None = None, *, relay: bool = True) -> None:
+        """`on_unready` is called when a failed call takes the worker out of service between polls; `relay`:
+        completions go over the worker's Relay stream when it has one (gateway/relay.py), else one Generate
+        call each."""
         self.address = address
         self.on_unready = on_unready
         # Keepalive that detects a dead or frozen worker, mid-stream too (common/grpc_keepalive.py); a
@@ -74,6 +77,9 @@ class WorkerClient:
             address, options=(*grpc_keepalive.CLIENT_OPTIONS, *GRPC_FLOW_CONTROL_OPTIONS)
         )
         self.stub = pb_grpc.InferenceWorkerStub(self.channel)
+        self.use_relay = relay
+        self.relay = RelayChannel(self.stub, address)
+        self.relay_supported = False  # the worker serves Relay (its last ListModels says so)
         self.load: LoadReport | None = None
         self.models: list[ModelCard] = []
         # What the worker's engine can do (unset by workers older than the field: the in-process default, less
@@ -140,6 +146,7 @@ class WorkerClient:
         self.load = wire.load_from_pb(load)
         self.models = [wire.card_from_pb(m) for m in models.models]
         self.engine = models.engine
+        self.relay_supported = models.relay
         if models.HasField("capabilities"):
             self.capabilities = wire.capabilities_from_pb(models.capabilities)
 
@@ -150,8 +157,11 @@ class WorkerClient:
         *,
         first_token_s: float | None = None,
         idle_s: float | None = None,
-    ) -> WorkerStream:
-        """Start streaming a completion (see `WorkerStream`); it counts in `inflight` until closed."""
+    ) -> WorkerStream | RelayStream:
+        """Start streaming a completion (see `WorkerStream`, `RelayStream`); it counts in `inflight` until
+        closed."""
+        if self.use_relay and self.relay_supported:
+            return RelayStream(self, self.relay, request, timeout, first_token_s, idle_s)
         return WorkerStream(self, request, timeout, first_token_s, idle_s)
 
     def call_failed(self, error: BailuError) -> None:
@@ -164,6 +174,7 @@ class WorkerClient:
                 self.on_unready()
 
     async def close(self) -> None:
+        await self.relay.close()
         await self.channel.close()
 
 
@@ -255,11 +266,13 @@ class WorkerPool:
         *,
         poll_interval_s: float = 0.5,
         discovery_interval_s: float = 5.0,
+        relay: bool = True,
     ) -> None:
         self.static = list(addresses)
         self.dns_targets = list(dns_targets or ())
         self.poll_interval_s = poll_interval_s
         self.discovery_interval_s = discovery_interval_s
+        self.relay = relay
         self.workers: dict[str, WorkerClient] = {}
         # Every model and adapter some ready worker serves, by name (the first worker's card wins): rebuilt
         # by `update_cards` when a poll or a failed call changes what is served, read on every request.
@@ -310,7 +323,7 @@ class WorkerPool:
             complete &= found is not None
             wanted.update(found or ())
         for address in wanted - self.workers.keys():
-            self.workers[address] = WorkerClient(address, self.update_cards)
+            self.workers[address] = WorkerClient(address, self.update_cards, relay=self.relay)
             log.info("worker added", extra={"worker": address})
         if not complete:
             return  # a failed lookup removes nobody: DNS hiccups must not empty the pool

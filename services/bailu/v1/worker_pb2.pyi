@@ -40,6 +40,67 @@ FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_TOOL_CALLS: FinishReason
 
+class RelayRequest(_message.Message):
+    __slots__ = ("open", "credit", "cancel")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    open: _containers.RepeatedCompositeFieldContainer[RelayOpen]
+    credit: _containers.RepeatedCompositeFieldContainer[RelayCredit]
+    cancel: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, open: _Optional[_Iterable[_Union[RelayOpen, _Mapping]]] = ..., credit: _Optional[_Iterable[_Union[RelayCredit, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RelayOpen(_message.Message):
+    __slots__ = ("id", "request", "timeout_s")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    request: GenerateRequest
+    timeout_s: float
+    def __init__(self, id: _Optional[int] = ..., request: _Optional[_Union[GenerateRequest, _Mapping]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class RelayCredit(_message.Message):
+    __slots__ = ("id", "bytes")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    bytes: int
+    def __init__(self, id: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class RelayResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[RelayItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[RelayItem, _Mapping]]] = ...) -> None: ...
+
+class RelayItem(_message.Message):
+    __slots__ = ("id", "chunk", "end")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    chunk: GenerateResponse
+    end: RelayEnd
+    def __init__(self, id: _Optional[int] = ..., chunk: _Optional[_Union[GenerateResponse, _Mapping]] = ..., end: _Optional[_Union[RelayEnd, _Mapping]] = ...) -> None: ...
+
+class RelayEnd(_message.Message):
+    __slots__ = ("code", "details", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    details: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, code: _Optional[int] = ..., details: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content", "tool_calls", "tool_call_id")
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -237,14 +298,16 @@ class Capabilities(_message.Message):
     def __init__(self, adapters: _Optional[bool] = ..., runtime_adapter_loading: _Optional[bool] = ..., adapter_load_restarts_engine: _Optional[bool] = ..., mixed_adapter_batches: _Optional[bool] = ..., native_metrics: _Optional[bool] = ..., raw_completions: _Optional[bool] = ..., structured_outputs: _Optional[bool] = ..., tool_calls: _Optional[bool] = ..., auto_tool_choice: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("models", "engine", "capabilities")
+    __slots__ = ("models", "engine", "capabilities", "relay")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelCard]
     engine: str
     capabilities: Capabilities
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelCard, _Mapping]]] = ..., engine: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ...) -> None: ...
+    relay: bool
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelCard, _Mapping]]] = ..., engine: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., relay: _Optional[bool] = ...) -> None: ...
 
 class LoadAdapterRequest(_message.Message):
     __slots__ = ("name", "path")

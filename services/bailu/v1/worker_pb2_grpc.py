@@ -60,6 +60,11 @@ class InferenceWorkerStub:
                 request_serializer=bailu_dot_v1_dot_worker__pb2.GetLoadRequest.SerializeToString,
                 response_deserializer=bailu_dot_v1_dot_worker__pb2.LoadReport.FromString,
                 _registered_method=True)
+        self.Relay = channel.stream_stream(
+                '/bailu.v1.InferenceWorker/Relay',
+                request_serializer=bailu_dot_v1_dot_worker__pb2.RelayRequest.SerializeToString,
+                response_deserializer=bailu_dot_v1_dot_worker__pb2.RelayResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceWorkerServicer:
@@ -107,6 +112,20 @@ class InferenceWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Relay(self, request_iterator, context):
+        """Many Generate calls over one long-lived stream (one per gateway channel),
+        for workers that say so (ListModelsResponse.relay). The caller opens
+        streams by an id of its choosing, cancels them and returns credit; the
+        worker sends, once per turn of its event loop, every chunk that is ready
+        for any stream, and ends each stream with its status. Each stream behaves
+        as one Generate call: same admission, chunks, errors and deadline; its
+        flow control is per stream (RelayCredit), so a stream nobody reads holds
+        back only itself. Generate stays for callers that want a call per stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +153,11 @@ def add_InferenceWorkerServicer_to_server(servicer, server):
                     servicer.GetLoad,
                     request_deserializer=bailu_dot_v1_dot_worker__pb2.GetLoadRequest.FromString,
                     response_serializer=bailu_dot_v1_dot_worker__pb2.LoadReport.SerializeToString,
+            ),
+            'Relay': grpc.stream_stream_rpc_method_handler(
+                    servicer.Relay,
+                    request_deserializer=bailu_dot_v1_dot_worker__pb2.RelayRequest.FromString,
+                    response_serializer=bailu_dot_v1_dot_worker__pb2.RelayResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -272,6 +296,33 @@ class InferenceWorker:
             '/bailu.v1.InferenceWorker/GetLoad',
             bailu_dot_v1_dot_worker__pb2.GetLoadRequest.SerializeToString,
             bailu_dot_v1_dot_worker__pb2.LoadReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Relay(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bailu.v1.InferenceWorker/Relay',
+            bailu_dot_v1_dot_worker__pb2.RelayRequest.SerializeToString,
+            bailu_dot_v1_dot_worker__pb2.RelayResponse.FromString,
             options,
             channel_credentials,
             insecure,

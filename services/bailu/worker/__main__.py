@@ -7,6 +7,8 @@ import logging
 import signal
 import sys
 
+import uvloop
+
 from bailu.common.logging import setup_logging
 from bailu.worker.server import WorkerServer
 from bailu.worker.settings import WorkerSettings
@@ -41,7 +43,10 @@ async def serve(settings: WorkerSettings) -> int:
 def main() -> None:
     settings = WorkerSettings()
     setup_logging("worker", settings.log_level)
-    sys.exit(asyncio.run(serve(settings)))
+    # uvloop, as the gateway runs under uvicorn: the worker relays every token of an engine server's stream
+    # (socket reads, timers, task wake-ups), and asyncio's own loop spends several times its CPU on them.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        sys.exit(runner.run(serve(settings)))
 
 
 if __name__ == "__main__":

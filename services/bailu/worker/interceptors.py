@@ -46,16 +46,20 @@ def _decode(deserializer: _Deserializer, request: Any) -> Any:
         raise InvalidRequest(f"the request could not be decoded: {exc}") from None
 
 
+def reported(method: str, exc: Exception) -> BailuError:
+    """The error `exc` is reported as: itself if a `BailuError`; else (logged with its traceback, its text never
+    sent) a generic `InternalError`."""
+    if isinstance(exc, BailuError):
+        return exc
+    log.exception("rpc failed unexpectedly", extra={"rpc": method}, exc_info=exc)
+    return InternalError("the worker failed unexpectedly; see its log")
+
+
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
     """End the RPC with the status that reports `exc` (`context.abort` raises)."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc  # the handler ended the RPC itself
-    if isinstance(exc, BailuError):
-        error = exc
-    else:
-        log.exception("rpc failed unexpectedly", extra={"rpc": method})
-        error = InternalError("the worker failed unexpectedly; see its log")
-    code, details, metadata = to_status(error)
+    code, details, metadata = to_status(reported(method, exc))
     await context.abort(code, details, metadata)
 
 
@@ -87,7 +91,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 wrapped,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # client-streaming RPCs: the worker has none
+        return handler  # Relay (stream-stream) reports each stream's errors in band (worker/relay.py)
 
     @staticmethod
     def _unary(method: str, behavior: Callable[..., Any], decode: _Deserializer) -> Callable[..., Awaitable[Any]]:

@@ -63,9 +63,8 @@ class WorkerServer:
             # The keepalive policy admits the gateway's pings (common/grpc_keepalive.py explains both ends).
             options=[("grpc.so_reuseport", 0), *grpc_keepalive.SERVER_OPTIONS],
         )
-        pb_grpc.add_InferenceWorkerServicer_to_server(
-            InferenceWorkerServicer(self.engine, self.admission, self.metrics), self.server
-        )
+        self.servicer = InferenceWorkerServicer(self.engine, self.admission, self.metrics)
+        pb_grpc.add_InferenceWorkerServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (
@@ -180,6 +179,8 @@ class WorkerServer:
         if self._watchdog is not None:
             self._watchdog.cancel()
         deadline = time.monotonic() + grace
+        # Relay calls end as soon as the streams they carry have (new streams are refused as new calls are).
+        self.servicer.close_relays()
         finished = await self.admission.drain(grace)
         await self.server.stop(max(0.0, deadline - time.monotonic()) if finished else 0)
         if self.follower is not None:

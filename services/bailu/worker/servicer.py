@@ -7,11 +7,12 @@ Errors are not handled here: a `BailuError` (or any other exception) raised by a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -23,6 +24,7 @@ from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
 from bailu.worker.admission import Admission
 from bailu.worker.engines.base import Engine
+from bailu.worker.relay import RelaySession
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,38 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
         self.engine = engine
         self.admission = admission
         self.metrics = metrics
+        self.relays: set[RelaySession] = set()
+        self.closing = False
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
+        async with contextlib.aclosing(self.generate(request)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def Relay(
+        self, request_iterator: AsyncIterator[pb.RelayRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RelayResponse]:
+        session = RelaySession(self.generate)
+        self.relays.add(session)
+        if self.closing:
+            session.close()
+        try:
+            async with contextlib.aclosing(session.run(request_iterator)) as responses:
+                async for response in responses:
+                    yield response
+        finally:
+            self.relays.discard(session)
+
+    def close_relays(self) -> None:
+        """End every Relay call once its streams have ended, and new ones at once (the worker drains)."""
+        self.closing = True
+        for session in self.relays:
+            session.close()
+
+    async def generate(self, request: pb.GenerateRequest) -> AsyncGenerator[pb.GenerateResponse, None]:
+        """One completion, as `Generate` streams it and as each `Relay` stream carries it."""
         # The interceptor has set the caller's request id (x-request-id); the request's own one wins.
         rid = request.request_id or request_id_var.get() or uuid.uuid4().hex
         token = request_id_var.set(rid)
@@ -100,6 +130,7 @@ class InferenceWorkerServicer(pb_grpc.InferenceWorkerServicer):
             models=[wire.card_to_pb(card) for card in self.engine.models()],
             engine=self.engine.kind,
             capabilities=wire.capabilities_to_pb(self.engine.capabilities),
+            relay=True,
         )
 
     async def LoadAdapter(

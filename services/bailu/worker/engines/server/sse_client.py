@@ -24,6 +24,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
+from typing import cast
 
 import httptools
 
@@ -71,8 +72,7 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol -------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
 
     def data_received(self, data: bytes) -> None:
         response = self._response
