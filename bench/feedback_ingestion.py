@@ -48,6 +48,7 @@ from bailu.datasets.format import PREFERENCE, SFT
 from bailu.gateway.auth import KeyStore
 from bailu.gateway.settings import GatewaySettings
 from bailu.keys.model import hash_key, new_key
+from bench import profiling
 from bench.common import (
     REDIS_CONFIG,
     BlockResult,
@@ -75,7 +76,6 @@ from bench.feedback_ceiling import (
     CEILING_REQUESTS,
     ceiling,
 )
-from bench.pyspy import Profiler
 from bench.sse_client import HttpError, SseClient
 
 NAME = "feedback_ingestion"
@@ -90,6 +90,17 @@ POLL_S = 0.01  # how often the end of the drain is checked
 TIMELINE_S = 0.5  # how often progress (accepted, committed, backlog) is sampled during the load
 REQUEST_TIMEOUT_S = 30.0
 PROCESSES = ("client", "gateway", "collector", "redis")
+PROFILED = ("gateway", "collector")
+PROFILE_RATE_HZ = 100
+# Library frames whose total share says where a request's time goes (with --profile).
+PROFILE_ENTRY_POINTS = (
+    "RequestResponseCycle.run_asgi",  # uvicorn: the whole ASGI app, middleware included
+    "get_request_handler.<locals>.app",  # FastAPI: body parsing, validation, the endpoint, serialisation
+    "run_endpoint_function",  # FastAPI: the endpoint itself
+    "Response.__call__",  # Starlette: sending the response
+    "Redis.execute_command",  # redis-py: one command, round trip included
+    "AsyncScript.__call__",  # redis-py: EVALSHA of a registered script
+)
 TARGET_EVENTS_PER_S = 5_000
 # An edit yields one SFT example (the edited text) and one preference pair (edited over original).
 RECORDS_PER_EDIT = {SFT: 1, PREFERENCE: 1}
@@ -373,11 +384,8 @@ async def measure_phase(
     feed = Feed(http, api_key, response_ids, first, mode.events, mode.batch_size)
     timeline: list[dict[str, Any]] = []
     cpu: dict[str, dict[str, float | None]] = {}
-    profiler = None
-    if profile_dir is not None:
-        profiler = Profiler({n: pids[n] for n in ("gateway", "collector")}, profile_dir / mode.name)
-        profiler.out_dir.mkdir()
-        profiler.start()
+    recorders = start_profiles(pids, profile_dir / mode.name) if profile_dir is not None else None
+    if recorders:
         await asyncio.sleep(1.0)  # py-spy attaches
     meter.start()
     sampler = asyncio.create_task(sample_timeline(client, feed, time.perf_counter(), timeline))
@@ -392,7 +400,7 @@ async def measure_phase(
     committed_at, final_state = await wait_committed(client, DRAIN_CAP_S)
     cpu["drain"] = meter.stop()
     # The load and the drain: the collector may still be committing the load's events after it.
-    profiles = profiler.stop() if profiler is not None else None
+    profiles = stop_profiles(recorders) if recorders is not None else None
     cpu["total"] = {}
     meter.add(cpu["total"], cpu["load"])
     meter.add(cpu["total"], cpu["drain"])
@@ -407,6 +415,35 @@ async def measure_phase(
         mode, feed, block, first_post, load_end, committed_at, at_load_end, final_state, timeline, cpu, commandstats,
         profiles,
     )  # fmt: skip
+
+
+def start_profiles(pids: dict[str, int], out_dir: Path) -> dict[str, profiling.SpyRecorder]:
+    """py-spy recording each of PROFILED into `out_dir` (none if py-spy is not installed)."""
+    spy = profiling.find_py_spy()
+    if spy is None:
+        return {}
+    recorders = {
+        name: profiling.SpyRecorder(spy, pids[name], out_dir / f"{name}.txt", PROFILE_RATE_HZ) for name in PROFILED
+    }
+    for recorder in recorders.values():
+        recorder.start()
+    return recorders
+
+
+def stop_profiles(recorders: dict[str, profiling.SpyRecorder]) -> dict[str, Any]:
+    """Stop the recorders; each profile's summary (or why there is none)."""
+    if not recorders:
+        return {"error": "py-spy not found: install the dev extra (it brings py-spy)"}
+    out: dict[str, Any] = {}
+    for name, recorder in recorders.items():
+        status = recorder.stop()
+        if "error" in status:
+            out[name] = status
+            continue
+        summary = profiling.summarize_collapsed(recorder.output, entry_points=PROFILE_ENTRY_POINTS)
+        del summary["file"]  # in a temporary directory, gone when the run ends
+        out[name] = {**status, **summary}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -813,11 +850,12 @@ def main() -> None:
             "the kernel), valid while the CPU per event stays the same",
             "batch_sizes": "events of the phase per collector batch (from the shards' meta.json)",
             "redis_commandstats": "Redis's per-command statistics over the phase's load and drain (reset before it)",
-            "profiles": "with --profile: py-spy samples (100/s, not pausing the process) of the gateway and the "
-            "collector during the load and the drain after it (an idle process is not sampled); self: the "
-            "function running; inclusive: on the stack (the service's own "
-            "functions, and library entry points: the ASGI app, FastAPI's request handling, the endpoint, sending "
-            "the response, redis-py commands); percentages of the samples in which the process was busy",
+            "profiles": f"with --profile: py-spy samples ({PROFILE_RATE_HZ}/s, not pausing the process; "
+            "bench.profiling) of the gateway and the collector during the load and the drain after it (an idle "
+            "thread is not sampled); top_self: the function running; top_total: on the stack; top_files_self: "
+            "self samples by file; entry_points: library entry points on the stack (the ASGI app, FastAPI's "
+            "request handling, the endpoint, sending the response, redis-py commands); percentages of the samples "
+            "in which the process was busy",
             "timeline": f"every {TIMELINE_S}s of the load: accepted so far, committed by the collector so far, "
             "and the group's backlog (lag: not yet delivered; pending: delivered, not yet committed)",
         },

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,10 +96,12 @@ def _file(frame: str) -> str:
     return found.group(1) if found else frame.strip()
 
 
-def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
+def summarize_collapsed(path: Path, top: int = 15, entry_points: Collection[str] = ()) -> dict[str, Any]:
     """The top `top` functions by self and by total samples, and the top files by self samples, of a
     collapsed-stack file (`frame;frame;...;innermost count` per line); samples of a thread waiting in a
-    native call (`IDLE_NATIVE_LEAVES`) are counted apart and left out; percentages are of the rest."""
+    native call (`IDLE_NATIVE_LEAVES`) are counted apart and left out; percentages are of the rest.
+    With `entry_points` (function names without their file, e.g. `Redis.execute_command`), also those
+    functions by total samples (`entry_points`): where a request's time goes, library frames included."""
     self_samples: dict[str, int] = {}
     total_samples: dict[str, int] = {}
     file_samples: dict[str, int] = {}
@@ -128,7 +131,7 @@ def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
             {"entry": k, "samples": v, "percent": round(100 * v / samples, 1) if samples else None} for k, v in best
         ]
 
-    return {
+    summary = {
         "file": str(path),
         "samples": samples,
         "idle_native_samples_left_out": idle,
@@ -136,6 +139,9 @@ def summarize_collapsed(path: Path, top: int = 15) -> dict[str, Any]:
         "top_total": ranked(total_samples),
         "top_files_self": ranked(file_samples),
     }
+    if entry_points:
+        summary["entry_points"] = ranked({k: v for k, v in total_samples.items() if k.split(" (")[0] in entry_points})
+    return summary
 
 
 def format_top(summary: dict[str, Any], key: str = "top_self", width: int = 100) -> str:

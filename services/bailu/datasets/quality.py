@@ -3,7 +3,6 @@ the trainer's evaluation gate to generated samples)."""
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
@@ -58,26 +57,31 @@ class QualityFilter:
         words = norm.split()
         if len(words) < 3:
             return False
-        grams = Counter(zip(words, words[1:], words[2:], strict=False))
-        return max(grams.values()) >= self.max_repeats
+        grams = list(zip(words, words[1:], words[2:], strict=False))
+        if self.max_repeats >= 2 and len(set(grams)) == len(grams):
+            return False  # no 3-gram occurs twice: the usual answer, decided without counting
+        return max(Counter(grams).values()) >= self.max_repeats
 
 
 _CONTROL_OK = frozenset("\n\t\r")
-_ASCII_BLANK = (" ", "\n", "\t", "\r")
-_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_ASCII_NON_LETTERS = re.compile(r"[^A-Za-z]+")
+# Byte tables for ASCII text (`bytes.translate` deletes them in C): the control characters refused, the
+# blanks (not visible), and everything but the letters A-Z and a-z.
+_ASCII_CONTROL = bytes(c for c in range(128) if chr(c) not in _CONTROL_OK and (c < 0x20 or c == 0x7F))
+_ASCII_BLANK = b" \n\t\r"
+_ASCII_NON_LETTERS = bytes(c for c in range(256) if not chr(c).isascii() or not chr(c).isalpha())
 
 
 def _bad_characters(text: str, min_letter_share: float) -> bool:
     """Control characters, unassigned or private-use code points, replacement characters, or too few
     letters among the visible characters (symbol or emoji spam, binary garbage)."""
     if text.isascii():
-        # The same rules with C-speed string operations: in ASCII the letters are A-Z and a-z, the only
+        # The same rules with C-speed byte operations: in ASCII the letters are A-Z and a-z, the only
         # separator is the space, and every other control character than \n, \t, \r is refused.
-        if _ASCII_CONTROL.search(text):
+        raw = text.encode("ascii")
+        if len(raw.translate(None, _ASCII_CONTROL)) != len(raw):
             return True
-        visible = len(text) - sum(text.count(c) for c in _ASCII_BLANK)
-        letters = len(_ASCII_NON_LETTERS.sub("", text))
+        visible = len(raw.translate(None, _ASCII_BLANK))
+        letters = len(raw.translate(None, _ASCII_NON_LETTERS))
         return visible > 0 and letters / visible < min_letter_share
     letters = visible = 0
     # Each distinct character once (counted in C), weighted by how often it occurs: the same answer as a

@@ -29,12 +29,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bailu.common.atomic import TMP_PREFIX, fsync_dir, write_durable
 from bailu.datasets.format import KINDS, PREFERENCE_FILE, SFT_FILE, Example, file_name
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _json_bytes(value: Any) -> bytes:
+    """`value` as compact UTF-8 JSON: orjson's (several times faster: the collector writes every record of a
+    batch), or the standard library's for what orjson refuses (an integer beyond 64 bits, a lone surrogate,
+    which then fails to encode as before)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def provenance_of(example: Example) -> dict[str, Any]:
@@ -85,16 +97,16 @@ class DatasetStore:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         for kind in KINDS:
-            lines = [json.dumps(e.to_swift(), ensure_ascii=False) for e in examples if e.kind == kind]
+            lines = [_json_bytes(e.to_swift()) for e in examples if e.kind == kind]
             if lines:
-                write_durable(tmp / file_name(kind), ("\n".join(lines) + "\n").encode())
+                write_durable(tmp / file_name(kind), b"\n".join(lines) + b"\n")
         meta = {
             "batch": name,
             "consumer": consumer,
             "created": _iso(time.time()),
             "records": [provenance_of(e) for e in examples],
         }
-        write_durable(tmp / "meta.json", json.dumps(meta, ensure_ascii=False).encode())
+        write_durable(tmp / "meta.json", _json_bytes(meta))
         fsync_dir(tmp)
         os.rename(tmp, final)
         fsync_dir(self.shards)
