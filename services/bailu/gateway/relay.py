@@ -30,7 +30,7 @@ import grpc
 from bailu.common import wire
 from bailu.common.errors import BailuError, DeadlineExceeded, Stalled, Unavailable
 from bailu.common.grpc_errors import from_status
-from bailu.common.types import BATCH, GenerateChunk, GenerateRequest
+from bailu.common.types import GenerateChunk, GenerateRequest
 from bailu.common.wire import STREAM_WINDOW_BYTES
 from bailu.v1 import worker_pb2 as pb
 from bailu.v1 import worker_pb2_grpc as pb_grpc
@@ -179,11 +179,8 @@ class RelayStream:
         self._consumed = 0  # bytes consumed and not yet credited back
         self._closed = False
         self._ended = False  # the worker sent the stream's end (or the call failed): nothing to cancel
-        self._batch = int(request.priority == BATCH)
         self._id = relay.open(self, wire.request_to_pb(request), timeout)
-        worker.inflight += 1
-        worker.inflight_batch += self._batch
-        worker.calls += 1
+        self._batch = worker.started(request)
 
     # Called by the channel's reader.
     def push(self, chunk: pb.GenerateResponse) -> None:
@@ -258,8 +255,7 @@ class RelayStream:
         if self._closed:
             return
         self._closed = True
-        self.worker.inflight -= 1
-        self.worker.inflight_batch -= self._batch
+        self.worker.finished(self._batch)
         if not self._ended:
             self._relay.cancel(self._id)
 

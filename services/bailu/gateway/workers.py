@@ -164,6 +164,20 @@ class WorkerClient:
             return RelayStream(self, self.relay, request, timeout, first_token_s, idle_s)
         return WorkerStream(self, request, timeout, first_token_s, idle_s)
 
+    def started(self, request: GenerateRequest) -> int:
+        """A stream of `request` (a Generate call or a Relay stream) starts: count it in `inflight` (and in
+        `inflight_batch` for batch work); 1 if it is batch work, which `finished` takes back."""
+        batch = int(request.priority == BATCH)
+        self.inflight += 1
+        self.inflight_batch += batch
+        self.calls += 1
+        return batch
+
+    def finished(self, batch: int) -> None:
+        """A stream counted by `started` is closed."""
+        self.inflight -= 1
+        self.inflight_batch -= batch
+
     def call_failed(self, error: BailuError) -> None:
         """A call failed with `error`: an unavailable worker (refused connection, or one that says it cannot
         serve) is out of routing until its next successful poll. A worker that reports its engine `Stalled`
@@ -206,10 +220,7 @@ class WorkerStream:
         self._bound, self._stalled = first_token_s, "the inference worker sent no first token within {:g}s"
         self._idle_s = idle_s
         self._closed = False
-        self._batch = int(request.priority == BATCH)
-        worker.inflight += 1
-        worker.inflight_batch += self._batch
-        worker.calls += 1
+        self._batch = worker.started(request)
 
     def __aiter__(self) -> WorkerStream:
         return self
@@ -248,8 +259,7 @@ class WorkerStream:
         if self._closed:
             return
         self._closed = True
-        self.worker.inflight -= 1
-        self.worker.inflight_batch -= self._batch
+        self.worker.finished(self._batch)
         self._call.cancel()
 
     async def aclose(self) -> None:
